@@ -1,0 +1,52 @@
+"""trio_wshandler: WebSocket servers for Trio with a connection registry and fan-out.
+
+A re-imagining of Qore's ``WebSocketHandler`` module: a :class:`WebSocketHandler` accepts HTTP
+upgrades (optionally authenticated), keeps a registry of live connections, hands each incoming
+message to a per-connection :class:`WebSocketConnection`, and pushes messages to one client
+(:meth:`~WebSocketHandler.send_one`) or to all (:meth:`~WebSocketHandler.send_all`).
+"""
+
+from __future__ import annotations
+
+from . import codec
+from ._auth import AbstractAuthenticator, BasicAuthenticator, TokenAuthenticator
+from ._connection import FrameAction, WebSocketConnection
+from ._errors import (
+    AuthenticationError,
+    ConnectionClosedError,
+    UnknownConnectionError,
+    WebSocketHandlerError,
+)
+from ._handler import WebSocketHandler
+from ._http import HttpHandler, HttpLimits
+from ._server import Listener, Server, serve
+from ._types import CallContext, Request, Response
+from .codec import CloseCode, Frame, Opcode
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbstractAuthenticator",
+    "AuthenticationError",
+    "BasicAuthenticator",
+    "CallContext",
+    "CloseCode",
+    "ConnectionClosedError",
+    "Frame",
+    "FrameAction",
+    "HttpHandler",
+    "HttpLimits",
+    "Listener",
+    "Opcode",
+    "Request",
+    "Response",
+    "Server",
+    "TokenAuthenticator",
+    "UnknownConnectionError",
+    "WebSocketConnection",
+    "WebSocketHandler",
+    "WebSocketHandlerError",
+    "__version__",
+    "codec",
+    "serve",
+]

@@ -1,0 +1,485 @@
+"""One WebSocket connection: the object user code subclasses, and the tasks that run it.
+
+After the upgrade, :meth:`WebSocketConnection._run` opens a nursery with three tasks:
+
+* the **reader** (here): receives bytes, feeds the sans-I/O protocol (``_protocol.py``) and
+  dispatches its events to the hooks, one at a time, in order;
+* the **writer** (``_writer.py``): drains the connection's send queue (``_send_queue.py``);
+* the **heartbeat** (here): pings an idle peer and fails the connection when no Pong comes.
+
+The whole connection runs inside one cancel scope.  Closing it from our side (``stop()``, a
+protocol error, a failing hook, a slow consumer) queues a Close frame and sets a deadline of
+``close_timeout`` seconds on that scope: the peer has that long to answer, after which the scope
+cancels whatever is still running.  Whatever way the connection ends, the socket is closed and
+``deregister_connection`` then ``connection_closed`` run exactly once, shielded and bounded.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._errors import ConnectionClosedError
+from ._protocol import (
+    CloseCompleted,
+    CloseReceived,
+    DataFrame,
+    MessageAssembler,
+    MessageReceived,
+    PingReceived,
+    PongReceived,
+    ProtocolFailed,
+    WebSocketProtocol,
+)
+from ._send_queue import SendQueue
+from ._types import CallContext, Request
+from ._writer import WriteTimeout, write_loop
+from .codec import CloseCode, DataLike, Frame, Opcode, encode_message
+
+if TYPE_CHECKING:
+    from ._handler import WebSocketHandler
+
+__all__ = ["FrameAction", "WebSocketConnection"]
+
+#: Bytes asked of the socket per receive.
+RECEIVE_BYTES = 64 * 1024
+
+#: Close codes an endpoint may send (RFC 6455 section 7.4), besides 3000-4999.
+_SENDABLE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+
+
+class FrameAction(enum.Enum):
+    """What :meth:`WebSocketConnection.got_raw_message` wants done with a frame."""
+
+    #: handle the frame normally
+    PROCESS = "process"
+    #: skip the frame (its data is not added to the message; a skipped Ping is not answered)
+    CONTINUE = "continue"
+    #: end the connection (Close 1000)
+    BREAK = "break"
+
+
+class _State(enum.IntEnum):
+    NEW = 0  # created, not yet running: messages may be queued
+    OPEN = 1
+    CLOSING = 2  # a Close was sent or received, or the connection is being failed
+    CLOSED = 3
+
+
+def validate_close_code(code: int) -> None:
+    if code not in _SENDABLE_CODES and not 3000 <= code <= 4999:
+        raise ValueError(
+            f"close code {code} cannot be sent; use 1000-1003, 1007-1014 or 3000-4999"
+        )
+
+
+class WebSocketConnection:
+    """One client connection (the seed's ``WebSocketConnection``).
+
+    Subclass it, override the hooks, and return instances from
+    :meth:`WebSocketHandler.get_connection`.  The sending methods never block and never await
+    the network: frames go to the connection's bounded send queue, written by its own task.
+    Messages sent before the connection is registered (in ``__init__`` or in
+    ``get_connection``) are delivered in order right after the upgrade.
+    """
+
+    def __init__(
+        self,
+        handler: WebSocketHandler,
+        cx: CallContext | None = None,
+        hdr: Request | None = None,
+        cid: str | None = None,
+    ) -> None:
+        self.handler = handler
+        #: the call context of the upgrade request (set by the handler if not given here)
+        self.cx: CallContext = cx  # type: ignore[assignment]
+        #: the upgrade request
+        self.hdr: Request = hdr  # type: ignore[assignment]
+        #: the connection id, unique across processes (``cx.id``)
+        self.id: str = cid if cid is not None else (cx.id if cx is not None else "")
+        #: messages dropped for this client under the ``"drop"`` slow-consumer policy
+        self.dropped_messages = 0
+        #: the close code and reason the connection ended with (None while open)
+        self.close_code: int | None = None
+        self.close_reason: str = ""
+        self._state = _State.NEW
+        self._queue = SendQueue(handler.max_queue, handler.max_queue_bytes)
+        self._protocol = WebSocketProtocol(
+            max_message_size=handler.max_message_size,
+            raw_frames=type(self).got_raw_message is not WebSocketConnection.got_raw_message,
+        )
+        self._scope: trio.CancelScope | None = None
+        self._close_deadline = math.inf
+        self._heartbeat_scope = trio.CancelScope()
+        self._heartbeat_sleep: trio.CancelScope | None = None
+        self._last_received = 0.0
+        self._pong: trio.Event | None = None
+        self._assembler: MessageAssembler | None = None
+
+    # ---------------------------------------------------------------- hooks
+
+    async def got_message(self, message: str | bytes) -> None:
+        """A whole message arrived: ``str`` for Text, ``bytes`` for Binary.  Default: nothing.
+
+        Messages are delivered one at a time; while this runs, no further input is read (that
+        is the backpressure on a client that sends faster than the application handles).  An
+        exception closes the connection with 1011 and is logged with its traceback.
+        """
+
+    async def registered(self) -> None:
+        """The connection is in the registry and may send (e.g. a welcome message).
+
+        An exception is logged and closes the connection with 1011.
+        """
+
+    async def connection_closed(self) -> None:
+        """The connection has ended (any way); called once, after
+        :meth:`WebSocketHandler.deregister_connection`.  Exceptions are logged."""
+
+    def got_raw_message(self, frame: Frame) -> FrameAction:
+        """Called for every frame before normal processing; only when overridden (frames are
+        then delivered whole, and a subclass that does not override it pays nothing).
+
+        Return :attr:`FrameAction.PROCESS`, ``CONTINUE`` (skip this frame) or ``BREAK`` (end
+        the connection).  For a Close frame ``CONTINUE`` acts as ``PROCESS``: the closing
+        handshake cannot be skipped.
+        """
+        return FrameAction.PROCESS
+
+    # ---------------------------------------------------------------- sending
+
+    @property
+    def is_open(self) -> bool:
+        """True while messages can be sent (before and after registration, until closing)."""
+        return self._state <= _State.OPEN
+
+    @property
+    def listener_id(self) -> str:
+        return self.cx.listener_id
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes queued and not yet written."""
+        return self._queue.queued_bytes
+
+    def send(self, data: DataLike) -> None:
+        """Queue a message: ``str`` as Text, bytes-like as Binary.
+
+        :raises ConnectionClosedError: the connection is closing or closed, or the send queue
+            is full under the ``"close"`` slow-consumer policy (the client is being closed).
+        """
+        self.send_encoded(encode_message(data))
+
+    def send_frame(self, data: DataLike, opcode: int, fin: bool = True) -> None:
+        """Queue one frame of any kind but Close: a fragment (Text or Binary with
+        ``fin=False``, then ``Opcode.CONTINUATION`` frames) or a server Ping."""
+        if opcode == Opcode.CLOSE:
+            raise ValueError("use stop(code, reason) to close a connection")
+        self.send_encoded(encode_message(data, opcode, fin=fin))
+
+    def send_encoded(self, frame: bytes) -> None:
+        """Queue a frame already encoded with :func:`trio_wshandler.codec.encode_message`."""
+        if not self._enqueue(frame):
+            raise ConnectionClosedError(self._not_sent_reason())
+
+    async def send_wait(self, data: DataLike) -> None:
+        """Like :meth:`send`, but wait for room in the send queue instead of applying the
+        slow-consumer policy."""
+        frame = encode_message(data)
+        await self._queue.wait_for_room(len(frame))
+        self.send_encoded(frame)
+
+    async def flush(self) -> None:
+        """Wait until every frame queued so far has been written to the socket.
+
+        :raises ConnectionClosedError: the connection ended before they were all written.
+        """
+        if not await self._queue.wait_written(self._queue.enqueued):
+            raise ConnectionClosedError(
+                f"connection {self.id} ended with {self._queue.queued_frames} frame(s) unwritten"
+            )
+
+    def stop(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
+        """Close this connection: queue a Close frame after what is already queued, and give
+        the peer ``close_timeout`` seconds to answer.  Does not wait (see ``wait_closed``)."""
+        validate_close_code(code)
+        self._start_close(code, reason)
+
+    def _enqueue(self, frame: bytes) -> bool:
+        """Queue a data frame (also the hot path of ``send_all``); False if not queued."""
+        if self._state > _State.OPEN:
+            return False
+        if self._queue.put_data(frame):
+            return True
+        self._overflow(len(frame))
+        return False
+
+    def _overflow(self, nbytes: int) -> None:
+        handler = self.handler
+        if handler.slow_consumer == "drop":
+            self.dropped_messages += 1
+            if self.dropped_messages == 1 or self.dropped_messages % 1000 == 0:
+                handler.log_warning(
+                    "connection %s: send queue full (%d bytes, %d frames); %d message(s) dropped",
+                    self.id, self._queue.queued_bytes, self._queue.queued_frames,
+                    self.dropped_messages,
+                )
+            return
+        handler.log_warning(
+            "connection %s: slow consumer, send queue full (%d bytes, %d frames, +%d refused);"
+            " closing",
+            self.id, self._queue.queued_bytes, self._queue.queued_frames, nbytes,
+        )
+        self._start_close(CloseCode.POLICY_VIOLATION, "slow consumer")
+
+    def _not_sent_reason(self) -> str:
+        if self._state <= _State.OPEN:
+            return (
+                f"connection {self.id}: send queue full ({self._queue.queued_bytes} bytes);"
+                f" message dropped"
+            )
+        return f"connection {self.id} is closed ({self.close_code or 'closing'})"
+
+    # ---------------------------------------------------------------- closing
+
+    def _start_close(self, code: int, reason: str) -> None:
+        """Queue our Close and bound the closing handshake by ``close_timeout``."""
+        if self._state >= _State.CLOSING:
+            return
+        self._state = _State.CLOSING
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        frame = self._protocol.close(code, reason)
+        if frame and not self._queue.put_control(frame):
+            self._set_deadline(0)  # not even room for a Close: abort now
+            return
+        self._set_deadline(self.handler.close_timeout)
+
+    def _set_deadline(self, delay: float) -> None:
+        try:
+            deadline = trio.current_time() + delay
+        except RuntimeError:  # not in Trio (stop() before the connection runs, from sync code)
+            deadline = -math.inf if delay == 0 else math.inf
+        self._close_deadline = min(self._close_deadline, deadline)
+        if self._scope is not None:
+            self._scope.deadline = min(self._scope.deadline, self._close_deadline)
+
+    def _finish_protocol(self, code: int, reason: str, reply: bytes) -> None:
+        """The closing handshake is over (or failed): queue ``reply`` if there is one."""
+        self._state = max(self._state, _State.CLOSING)
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        if reply:
+            self._queue.put_control(reply)
+
+    # ---------------------------------------------------------------- running
+
+    def _bind(self, cx: CallContext, hdr: Request, cid: str) -> None:
+        if self.cx is None:
+            self.cx = cx
+        if self.hdr is None:
+            self.hdr = hdr
+        if not self.id:
+            self.id = cid
+
+    async def _run(self, stream: trio.abc.Stream, initial_data: bytes = b"") -> None:
+        handler = self.handler
+        registry = handler._registry
+        registry.add(self)
+        if self._state is _State.NEW:
+            self._state = _State.OPEN
+        self._last_received = trio.current_time()
+        try:
+            with trio.CancelScope(deadline=self._close_deadline) as self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write, stream)
+                    if await self._call_registered():
+                        nursery.start_soon(self._heartbeat)
+                    await self._read(stream, initial_data)
+                    # done reading: the writer drains the queue (our Close last) within
+                    # close_timeout, then the nursery ends
+                    self._heartbeat_scope.cancel()
+                    self._queue.close()
+                    self._set_deadline(handler.close_timeout)
+            if self._scope.cancelled_caught and self.close_code is None:
+                self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "timed out"
+        finally:
+            self._state = _State.CLOSED
+            self._queue.finish()
+            if self.close_code is None:
+                self.close_code = CloseCode.ABNORMAL_CLOSURE
+            await trio.aclose_forcefully(stream)
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + handler.close_timeout
+                try:
+                    await handler.deregister_connection(self)
+                except Exception:
+                    handler.log_error("deregister_connection(%s) failed", self.id, exc_info=True)
+                try:
+                    await self.connection_closed()
+                except Exception:
+                    handler.log_error("connection %s: connection_closed() failed", self.id,
+                                      exc_info=True)
+            registry.remove(self)
+            handler.log_debug("connection %s closed (%s %s)", self.id, self.close_code,
+                              self.close_reason)
+
+    async def _call_registered(self) -> bool:
+        try:
+            await self.registered()
+        except Exception:
+            self.handler.log_error("connection %s: registered() failed; closing", self.id,
+                                   exc_info=True)
+            self._start_close(CloseCode.INTERNAL_SERVER_ERROR, "registered() failed")
+            return False
+        return True
+
+    async def _write(self, stream: trio.abc.SendStream) -> None:
+        handler = self.handler
+        try:
+            await write_loop(self._queue, stream, lambda: handler.send_timeout)
+        except WriteTimeout as exc:
+            handler.log_warning("connection %s: %s; closing", self.id, exc)
+            self.close_code = self.close_code or CloseCode.POLICY_VIOLATION
+            self.close_reason = self.close_reason or "send timeout"
+            self._abort()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._abort()
+
+    def _abort(self) -> None:
+        """The socket is unusable: end the connection at once."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "connection lost"
+        self._state = max(self._state, _State.CLOSING)
+        assert self._scope is not None
+        self._scope.cancel()
+
+    async def _read(self, stream: trio.abc.ReceiveStream, initial_data: bytes) -> None:
+        protocol = self._protocol
+        data = initial_data
+        while True:
+            if data:
+                protocol.receive_data(data)
+                for event in protocol.events():
+                    if await self._dispatch(event):
+                        return
+            try:
+                data = await stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                if self.close_code is None:
+                    self.close_code, self.close_reason = (
+                        CloseCode.ABNORMAL_CLOSURE, "connection lost")
+                self._state = max(self._state, _State.CLOSING)
+                return
+            self._last_received = trio.current_time()
+
+    async def _dispatch(self, event: object) -> bool:
+        """Act on one protocol event; True when the connection is done reading."""
+        if isinstance(event, MessageReceived):
+            if self._state is _State.OPEN:
+                await self._deliver(event.data)
+            return False
+        if isinstance(event, DataFrame):
+            await self._raw_data_frame(event)
+            return False
+        if isinstance(event, PingReceived):
+            if self._raw(Frame(Opcode.PING, event.payload)) is FrameAction.PROCESS:
+                pong = self._protocol.pong(event.payload)
+                if pong:
+                    self._queue.put_control(pong)  # dropped when the reserve is full
+            return False
+        if isinstance(event, PongReceived):
+            if self._raw(Frame(Opcode.PONG, event.payload)) is FrameAction.PROCESS and self._pong:
+                self._pong.set()
+            return False
+        if isinstance(event, CloseReceived):
+            self._raw(Frame(Opcode.CLOSE, b"", close_code=event.code, close_reason=event.reason))
+            self._finish_protocol(event.code, event.reason, event.reply)
+            return True
+        if isinstance(event, CloseCompleted):
+            self._finish_protocol(event.code, event.reason, b"")
+            return True
+        assert isinstance(event, ProtocolFailed)
+        self.handler.log_info("connection %s: protocol error %d: %s", self.id, event.code,
+                              event.reason)
+        self.close_code, self.close_reason = event.code, event.reason
+        self._finish_protocol(event.code, event.reason, event.reply)
+        return True
+
+    async def _deliver(self, message: str | bytes) -> None:
+        try:
+            await self.got_message(message)
+        except Exception:
+            self.handler.log_error("connection %s: got_message() failed; closing", self.id,
+                                   exc_info=True)
+            self._start_close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
+
+    async def _raw_data_frame(self, event: DataFrame) -> None:
+        if self._state is not _State.OPEN:
+            return
+        if self._assembler is None:
+            self._assembler = MessageAssembler()
+        action = self._raw(Frame(event.opcode, event.data, event.fin))
+        if action is FrameAction.BREAK:
+            return
+        message = (
+            self._assembler.add(event.data, event.fin)
+            if action is FrameAction.PROCESS
+            else self._assembler.skip(event.fin)
+        )
+        if message is not None:
+            await self._deliver(message)
+
+    def _raw(self, frame: Frame) -> FrameAction:
+        """Run ``got_raw_message`` (when overridden); BREAK starts a normal close."""
+        if not self._protocol.raw_frames:
+            return FrameAction.PROCESS
+        try:
+            action = self.got_raw_message(frame)
+        except Exception:
+            self.handler.log_error("connection %s: got_raw_message() failed; closing", self.id,
+                                   exc_info=True)
+            self._start_close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
+            return FrameAction.CONTINUE
+        if action is FrameAction.BREAK:
+            self._start_close(CloseCode.NORMAL_CLOSURE, "")
+        return action if isinstance(action, FrameAction) else FrameAction.PROCESS
+
+    # ---------------------------------------------------------------- heartbeat
+
+    async def _heartbeat(self) -> None:
+        """Ping after ``heartbeat`` seconds without input; fail the connection (1011) when the
+        Pong does not come within ``pong_timeout``.  Only *received* data counts as activity,
+        so a peer that stopped reading or vanished is detected whatever the server sends."""
+        handler = self.handler
+        with self._heartbeat_scope:
+            while True:
+                with trio.CancelScope() as self._heartbeat_sleep:
+                    interval = handler.heartbeat
+                    if interval is None:
+                        await trio.sleep_forever()
+                    await trio.sleep_until(self._last_received + interval)
+                if self._heartbeat_sleep.cancelled_caught:
+                    continue  # the settings changed; recompute
+                if trio.current_time() < self._last_received + interval:
+                    continue  # input arrived meanwhile
+                self._pong = pong = trio.Event()
+                ping = encode_message(handler.heartbeat_message, Opcode.PING)
+                self._queue.put_control(ping)
+                with trio.move_on_after(handler.pong_timeout):
+                    await pong.wait()
+                if not pong.is_set():
+                    handler.log_warning("connection %s: no Pong within %s s; closing", self.id,
+                                        handler.pong_timeout)
+                    self._start_close(CloseCode.INTERNAL_SERVER_ERROR, "pong timeout")
+                    return
+
+    def _settings_changed(self) -> None:
+        """Heartbeat settings changed: wake the heartbeat task so it uses them at once."""
+        if self._heartbeat_sleep is not None:
+            self._heartbeat_sleep.cancel()

@@ -1,0 +1,352 @@
+"""The handler: upgrade validation, the registry of live connections, and fan-out.
+
+:class:`WebSocketHandler` is the seed's ``WebSocketHandler``.  It owns no task of its own: each
+upgraded connection runs in its listener's nursery (``_server.py``), inside
+:meth:`WebSocketHandler.start`, and the handler reaches it through the registry.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import trio
+
+from ._auth import AbstractAuthenticator
+from ._connection import WebSocketConnection, validate_close_code
+from ._registry import ConnectionRegistry
+from ._types import CallContext, Request, Response
+from .codec import MAX_CONTROL_PAYLOAD, CloseCode, DataLike, encode_message, response_key
+
+__all__ = ["WebSocketHandler"]
+
+SlowConsumerPolicy = Literal["close", "drop"]
+
+
+def _positive(name: str, value: Any, *, allow_none: bool = False, integer: bool = False) -> Any:
+    kind = "an int" if integer else "a number"
+    valid = f"{kind} > 0" + (" or None" if allow_none else "")
+    if value is None and allow_none:
+        return None
+    types = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise TypeError(f"{name} must be {valid}, not {type(value).__name__}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be {valid}, got {value!r}")
+    return value
+
+
+def _heartbeat_payload(value: Any) -> bytes:
+    if isinstance(value, str):
+        payload = value.encode("utf-8")
+    elif isinstance(value, bytes | bytearray):
+        payload = bytes(value)
+    else:
+        raise TypeError(f"heartbeat_message must be str or bytes, not {type(value).__name__}")
+    if len(payload) > MAX_CONTROL_PAYLOAD:
+        raise ValueError(
+            f"heartbeat_message must be at most {MAX_CONTROL_PAYLOAD} bytes, got {len(payload)}"
+        )
+    return payload
+
+
+class WebSocketHandler:
+    """Accepts WebSocket upgrades and keeps the registry of live connections.
+
+    Options (all keyword-only; a bad value raises ``TypeError``/``ValueError`` naming it):
+
+    ``auth``
+        an :class:`AbstractAuthenticator`; ``None`` accepts everyone.
+    ``heartbeat`` (20.0 s, > 0 or None to disable)
+        send a Ping after this many seconds without input from the client.
+    ``heartbeat_message`` ("heartbeat", at most 125 bytes)
+        the heartbeat Ping's payload.
+    ``pong_timeout`` (20.0 s)
+        close with 1011 when a heartbeat Ping is not answered within this time.
+    ``max_message_size`` (1 MiB)
+        largest incoming message, all fragments together; bigger closes with 1009.
+    ``max_queue`` (4096 frames) and ``max_queue_bytes`` (1 MiB)
+        bounds of each connection's send queue.
+    ``slow_consumer`` ("close")
+        what happens when a message does not fit in a client's send queue: ``"close"`` closes
+        that client with 1008 "slow consumer"; ``"drop"`` drops the message for that client
+        only and counts it in ``connection.dropped_messages``.  Both log a warning.
+    ``send_timeout`` (30.0 s, or None)
+        a client whose socket accepts no data for this long is disconnected.
+    ``close_timeout`` (5.0 s)
+        how long a closing handshake (and the hooks after it) may take.
+    ``max_connections`` (None: unlimited)
+        upgrades beyond this many live connections get a 503.
+    ``subprotocols`` (none)
+        subprotocols this handler speaks, in order of preference.
+    ``logger``
+        a ``logging.Logger``; default ``logging.getLogger("trio_wshandler")``.
+    """
+
+    def __init__(
+        self,
+        auth: AbstractAuthenticator | None = None,
+        *,
+        heartbeat: float | None = 20.0,
+        heartbeat_message: str | bytes = "heartbeat",
+        pong_timeout: float = 20.0,
+        max_message_size: int = 1 << 20,
+        max_queue: int = 4096,
+        max_queue_bytes: int = 1 << 20,
+        slow_consumer: SlowConsumerPolicy = "close",
+        send_timeout: float | None = 30.0,
+        close_timeout: float = 5.0,
+        max_connections: int | None = None,
+        subprotocols: Sequence[str] = (),
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if auth is not None and not isinstance(auth, AbstractAuthenticator):
+            raise TypeError(f"auth must be an AbstractAuthenticator or None, not {auth!r}")
+        if slow_consumer not in ("close", "drop"):
+            raise ValueError(f"slow_consumer must be 'close' or 'drop', got {slow_consumer!r}")
+        if logger is not None and not isinstance(logger, logging.Logger):
+            raise TypeError(f"logger must be a logging.Logger or None, not {logger!r}")
+        if isinstance(subprotocols, str) or not all(isinstance(p, str) for p in subprotocols):
+            raise TypeError("subprotocols must be a sequence of str")
+        self.auth = auth
+        self._heartbeat: float | None = _positive("heartbeat", heartbeat, allow_none=True)
+        self._heartbeat_message = _heartbeat_payload(heartbeat_message)
+        self._pong_timeout: float = _positive("pong_timeout", pong_timeout)
+        self.max_message_size: int = _positive("max_message_size", max_message_size, integer=True)
+        self.max_queue: int = _positive("max_queue", max_queue, integer=True)
+        self.max_queue_bytes: int = _positive("max_queue_bytes", max_queue_bytes, integer=True)
+        self.slow_consumer: SlowConsumerPolicy = slow_consumer
+        self.send_timeout: float | None = _positive("send_timeout", send_timeout, allow_none=True)
+        self.close_timeout: float = _positive("close_timeout", close_timeout)
+        self.max_connections: int | None = _positive(
+            "max_connections", max_connections, allow_none=True, integer=True
+        )
+        self.subprotocols: tuple[str, ...] = tuple(subprotocols)
+        self.logger = logger if logger is not None else logging.getLogger("trio_wshandler")
+        self._registry = ConnectionRegistry()
+        self._stopped = False
+        self._empty = trio.Event()
+
+    # ---------------------------------------------------------------- settings
+
+    @property
+    def heartbeat(self) -> float | None:
+        """Seconds without input before a Ping; setting it applies to live connections."""
+        return self._heartbeat
+
+    @heartbeat.setter
+    def heartbeat(self, value: float | None) -> None:
+        self._heartbeat = _positive("heartbeat", value, allow_none=True)
+        self._settings_changed()
+
+    @property
+    def heartbeat_message(self) -> bytes:
+        """The heartbeat Ping payload (bytes; a str set here is UTF-8 encoded)."""
+        return self._heartbeat_message
+
+    @heartbeat_message.setter
+    def heartbeat_message(self, value: str | bytes) -> None:
+        self._heartbeat_message = _heartbeat_payload(value)
+
+    @property
+    def pong_timeout(self) -> float:
+        return self._pong_timeout
+
+    @pong_timeout.setter
+    def pong_timeout(self, value: float) -> None:
+        self._pong_timeout = _positive("pong_timeout", value)
+
+    def _settings_changed(self) -> None:
+        for connection in self._registry:
+            connection._settings_changed()
+
+    # ---------------------------------------------------------------- the upgrade
+
+    async def handle_request(self, cx: CallContext, hdr: Request, body: bytes) -> Response:
+        """Validate an upgrade request and answer it: 101 accepts it.
+
+        Runs the authenticator first (a crash in it is a 500).  Then: 503 once stopped or
+        full; 405 unless GET; 400 unless HTTP/1.1 with ``Upgrade: websocket`` and
+        ``Connection: upgrade``; 426 (with ``Sec-WebSocket-Version: 13``) for another
+        version; 400 for a missing or malformed ``Sec-WebSocket-Key``.  Subclasses call
+        ``await super().handle_request(...)`` and add checks or headers (``with_headers``).
+        """
+        if self.auth is not None:
+            try:
+                refusal = await self.auth.authenticate_request(cx.listener_id, hdr, cx)
+            except Exception:
+                self.log_error("authenticator failed for %s", cx.peer, exc_info=True)
+                return Response(500, "authentication failed: internal error", close=True)
+            if refusal is not None:
+                return refusal
+        if self._stopped:
+            return Response(503, "this WebSocket handler has been stopped", close=True)
+        if self.max_connections is not None and len(self._registry) >= self.max_connections:
+            return Response(
+                503, f"too many connections (max_connections={self.max_connections})",
+                {"Retry-After": "5"}, close=True,
+            )
+        if hdr.method != "GET":
+            return Response(405, "a WebSocket upgrade must use GET", {"Allow": "GET"})
+        if hdr.http_version != "1.1":
+            return Response(400, "a WebSocket upgrade needs HTTP/1.1", close=True)
+        if "websocket" not in hdr.header_tokens("upgrade"):
+            return Response(
+                426, "this is a WebSocket endpoint: send Upgrade: websocket",
+                {"Upgrade": "websocket", "Connection": "Upgrade"},
+            )
+        if "upgrade" not in hdr.header_tokens("connection"):
+            return Response(400, "a WebSocket upgrade needs Connection: Upgrade")
+        if hdr.header("sec-websocket-version").strip() != "13":
+            return Response(
+                426, "unsupported Sec-WebSocket-Version; this server supports 13",
+                {"Sec-WebSocket-Version": "13"},
+            )
+        key = hdr.header("sec-websocket-key").strip()
+        if not key:
+            return Response(400, "missing Sec-WebSocket-Key header")
+        try:
+            valid = len(base64.b64decode(key, validate=True)) == 16
+        except binascii.Error:
+            valid = False
+        if not valid:
+            return Response(400, "invalid Sec-WebSocket-Key: must be 16 bytes in base64")
+        headers = {
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Accept": response_key(key),
+        }
+        protocol = self.select_subprotocol(hdr.header_tokens("sec-websocket-protocol"))
+        if protocol is not None:
+            headers["Sec-WebSocket-Protocol"] = protocol
+        return Response(101, b"", headers)
+
+    def select_subprotocol(self, offered: list[str]) -> str | None:
+        """The subprotocol to accept among those the client offered (first of ours it offers)."""
+        for protocol in self.subprotocols:
+            if protocol.lower() in offered:
+                return protocol
+        return None
+
+    def get_connection(self, cx: CallContext, hdr: Request, cid: str) -> WebSocketConnection:
+        """Factory hook: the connection object for a new upgrade (override for a subclass)."""
+        return WebSocketConnection(self, cx, hdr, cid)
+
+    async def deregister_connection(self, connection: WebSocketConnection) -> None:
+        """Hook: ``connection`` has ended; called once, before its ``connection_closed``."""
+
+    async def start(
+        self,
+        listener_id: str,
+        cx: CallContext,
+        hdr: Request,
+        stream: trio.abc.Stream,
+        *,
+        initial_data: bytes = b"",
+    ) -> None:
+        """Run one upgraded connection until it ends (the seed's ``startImpl``).
+
+        The server calls it after sending the 101; ``initial_data`` is anything the client sent
+        after its request head.  Creates the connection with :meth:`get_connection`,
+        registers it, calls ``registered()`` and handles it until it closes.
+        """
+        connection = self.get_connection(cx, hdr, cx.id)
+        if not isinstance(connection, WebSocketConnection):
+            raise TypeError(f"get_connection() must return a WebSocketConnection, not {connection!r}")
+        connection._bind(cx, hdr, cx.id)
+        if self._stopped:
+            connection.stop(CloseCode.GOING_AWAY, "server is stopping")
+        self.log_debug("connection %s from %s registered", connection.id, cx.peer)
+        self._empty = trio.Event() if self._empty.is_set() else self._empty
+        try:
+            await connection._run(stream, initial_data)
+        finally:
+            if not self._registry:
+                self._empty.set()
+
+    # ---------------------------------------------------------------- sending
+
+    def send_all(self, data: DataLike) -> int:
+        """Send a message to every open connection; returns how many it was queued on.
+
+        The message is encoded once and the same frame bytes are queued on every connection;
+        nothing awaits the network.  A client whose queue is full gets the slow-consumer policy.
+        No connections is not an error.
+        """
+        frame = encode_message(data)
+        queued = 0
+        for connection in self._registry:
+            if connection._enqueue(frame):
+                queued += 1
+        return queued
+
+    def send_one(self, cid: str, data: DataLike) -> None:
+        """Send a message to the connection with id ``cid``.
+
+        :raises UnknownConnectionError: no live connection has that id.
+        :raises ConnectionClosedError: it is closing, or its queue is full (``"close"`` policy).
+        """
+        self._registry.get(cid).send(data)
+
+    def connection(self, cid: str) -> WebSocketConnection:
+        """The live connection with id ``cid`` (raises :class:`UnknownConnectionError`)."""
+        return self._registry.get(cid)
+
+    def connection_ids(self) -> list[str]:
+        """Ids of the live connections, oldest first."""
+        return self._registry.ids()
+
+    def __len__(self) -> int:
+        return len(self._registry)
+
+    # ---------------------------------------------------------------- stopping
+
+    def stop_one(self, cid: str, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
+        """Close one connection (Close ``code``, default 1001)."""
+        self._registry.get(cid).stop(code, reason)
+
+    def stop(self, code: int = CloseCode.GOING_AWAY, reason: str = "server is stopping") -> None:
+        """Stop the handler: refuse new upgrades (503) and close every live connection with
+        ``code`` (1001).  Returns at once; ``await wait_stopped()`` waits for them to end."""
+        validate_close_code(code)
+        self._stopped = True
+        for connection in self._registry.snapshot():
+            connection.stop(code, reason)
+
+    def stop_listener(self, listener_id: str, code: int = CloseCode.GOING_AWAY) -> None:
+        """Close the connections accepted by one listener (used by ``Server.stop_listener``)."""
+        for connection in self._registry.snapshot():
+            if connection.cx.listener_id == listener_id:
+                connection.stop(code, "listener is stopping")
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    async def wait_stopped(self) -> None:
+        """Wait until no connection is left (each within ``close_timeout`` of its stop)."""
+        while self._registry:
+            await self._empty.wait()
+
+    async def aclose(self) -> None:
+        """``stop()`` and wait until every connection has ended."""
+        self.stop()
+        await self.wait_stopped()
+
+    # ---------------------------------------------------------------- logging
+
+    def log_debug(self, msg: str, *args: object, **kwargs: Any) -> None:
+        self.logger.debug(msg, *args, **kwargs)
+
+    def log_info(self, msg: str, *args: object, **kwargs: Any) -> None:
+        self.logger.info(msg, *args, **kwargs)
+
+    def log_warning(self, msg: str, *args: object, **kwargs: Any) -> None:
+        self.logger.warning(msg, *args, **kwargs)
+
+    def log_error(self, msg: str, *args: object, **kwargs: Any) -> None:
+        self.logger.error(msg, *args, **kwargs)

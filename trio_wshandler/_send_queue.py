@@ -1,0 +1,138 @@
+"""Where outgoing frames are queued: one bounded trio memory channel per connection.
+
+Producers (``send``, ``send_all``, the reader's Pongs, the heartbeat) put already-encoded frames
+with ``put_*`` methods that never block and never await the network.  The connection's writer
+task (``_writer.py``) takes them out in batches.
+
+Bounds: ``max_frames`` frames and ``max_bytes`` bytes.  A single frame larger than
+``max_bytes`` is still accepted when the queue is empty, or no message over the limit could ever
+be sent.  Control frames (Pong, Ping, Close) do not count against ``max_frames``: they use a
+small reserve of channel slots beyond ``max_frames``, so a Close can always be queued behind a full queue of
+data; when the reserve itself is full a Pong is dropped (RFC 6455 section 5.5.3 allows answering
+only the most recent Ping), which bounds the work a Ping flood can cause.
+"""
+
+from __future__ import annotations
+
+import trio
+
+__all__ = ["CONTROL_RESERVE", "SendQueue"]
+
+#: Channel slots kept for control frames beyond ``max_frames``.
+CONTROL_RESERVE = 8
+
+
+class SendQueue:
+    """A bounded FIFO of encoded frames with byte accounting and flush support."""
+
+    __slots__ = (
+        "_progress",
+        "_receive",
+        "_send",
+        "enqueued",
+        "finished",
+        "max_bytes",
+        "max_frames",
+        "queued_bytes",
+        "queued_frames",
+        "written",
+    )
+
+    def __init__(self, max_frames: int, max_bytes: int) -> None:
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self._send, self._receive = trio.open_memory_channel[bytes](max_frames + CONTROL_RESERVE)
+        #: frames and bytes currently queued (data and control frames alike)
+        self.queued_frames = 0
+        self.queued_bytes = 0
+        #: frames ever queued / ever written; ``flush`` waits for written >= enqueued
+        self.enqueued = 0
+        self.written = 0
+        #: set once the writer can write no more (the connection ended)
+        self.finished = False
+        self._progress = trio.Event()
+
+    def has_room(self, nbytes: int) -> bool:
+        """Whether a data frame of ``nbytes`` fits within both bounds."""
+        if self.queued_frames >= self.max_frames:
+            return False
+        return self.queued_bytes == 0 or self.queued_bytes + nbytes <= self.max_bytes
+
+    def put_data(self, frame: bytes) -> bool:
+        """Queue a data frame; False (nothing queued) when the bounds would be exceeded."""
+        n = len(frame)
+        if not self.has_room(n):
+            return False
+        try:
+            self._send.send_nowait(frame)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            return False
+        self.queued_frames += 1
+        self.queued_bytes += n
+        self.enqueued += 1
+        return True
+
+    def put_control(self, frame: bytes) -> bool:
+        """Queue a control frame using the reserve; False when even the reserve is full."""
+        try:
+            self._send.send_nowait(frame)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            return False
+        self.queued_frames += 1
+        self.queued_bytes += len(frame)
+        self.enqueued += 1
+        return True
+
+    async def wait_for_room(self, nbytes: int) -> None:
+        """Wait until a data frame of ``nbytes`` fits (or the connection has ended)."""
+        while not self.finished and not self.has_room(nbytes):
+            await self._progress.wait()
+
+    def close(self) -> None:
+        """No more frames: the writer drains what is queued, then stops."""
+        self._send.close()
+
+    async def next_batch(self, limit: int) -> tuple[list[bytes], int] | None:
+        """Wait for frames; return as many queued frames as fit in ``limit`` bytes (at least
+        one) and their total size, or None once the queue is closed and empty."""
+        receive = self._receive
+        try:
+            first = await receive.receive()
+        except trio.EndOfChannel:
+            return None
+        batch = [first]
+        size = len(first)
+        while size < limit:
+            try:
+                frame = receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            batch.append(frame)
+            size += len(frame)
+        return batch, size
+
+    def wrote(self, frames: list[bytes], size: int) -> None:
+        """Account for a written batch and wake ``flush`` and ``wait_for_room`` callers."""
+        self.queued_bytes -= size
+        self.queued_frames -= len(frames)
+        self.written += len(frames)
+        self._wake()
+
+    def finish(self) -> None:
+        """The connection ended: nothing more will be written; wake every waiter."""
+        self.finished = True
+        self._send.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+    async def wait_written(self, target: int) -> bool:
+        """Wait until ``target`` frames have been written: True, or False if the connection
+        ended first."""
+        while self.written < target:
+            if self.finished:
+                return False
+            await self._progress.wait()
+        return True

@@ -1,0 +1,263 @@
+"""The server: listeners, each with its own nursery, and routing of requests to handlers.
+
+Task tree::
+
+    serve()                      the server's nursery
+    └── Listener._run            one per listener: its own cancel scope and nursery
+        ├── accept loop          (trio.serve_listeners, in the accept scope)
+        └── _handle_stream       one per accepted TCP/TLS stream
+            ├── HTTP phase       (_http.serve_http, in a per-stream handshake scope)
+            └── handler.start    after a 101: the WebSocket connection and its tasks
+
+``stop_listener`` cancels the accept scope first (no new connections), cancels streams still in
+the HTTP phase, sends Close 1001 to the listener's WebSocket connections and puts a deadline on
+the listener's scope as a backstop; the listener's nursery ends once they are all gone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import ssl
+from collections.abc import Mapping
+
+import trio
+
+from ._http import HttpHandler, HttpLimits, Upgrade, serve_http
+from ._ids import new_connection_id
+from ._types import CallContext, Request
+
+__all__ = ["Listener", "Server", "serve"]
+
+logger = logging.getLogger("trio_wshandler.server")
+
+_listener_numbers = itertools.count(1)
+
+
+def _address(sockaddr: object) -> tuple[str, int]:
+    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
+        return str(sockaddr[0]), int(sockaddr[1])
+    return str(sockaddr), 0
+
+
+def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    return stream.socket if isinstance(stream, trio.SocketStream) else None
+
+
+class Listener:
+    """One listening address of a :class:`Server`, with its own nursery of connections."""
+
+    def __init__(
+        self, server: Server, listener_id: str, listeners: list[trio.SocketListener],
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        self.server = server
+        self.id = listener_id
+        self.ssl = ssl_context is not None
+        self._ssl_context = ssl_context
+        self._sockets = listeners
+        host, port = _address(listeners[0].socket.getsockname())
+        self.host = host
+        self.port = port
+        self._scope = trio.CancelScope()
+        self._accept_scope = trio.CancelScope()
+        self._handshakes: set[trio.CancelScope] = set()
+        self._stopped = False
+        self.closed = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Listener {self.id} {'wss' if self.ssl else 'ws'}://{self.host}:{self.port}>"
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(self._sockets)
+                    if self._ssl_context is not None:
+                        listeners = [
+                            trio.SSLListener(s, self._ssl_context, https_compatible=True)
+                            for s in self._sockets
+                        ]
+                    nursery.start_soon(self._accept, listeners, nursery)
+                    task_status.started()
+        finally:
+            for sock in self._sockets:
+                await trio.aclose_forcefully(sock)
+            self.server._listeners.pop(self.id, None)
+            self.closed.set()
+
+    async def _accept(
+        self, listeners: list[trio.abc.Listener[trio.abc.Stream]], nursery: trio.Nursery
+    ) -> None:
+        with self._accept_scope:
+            await trio.serve_listeners(self._handle_stream, listeners, handler_nursery=nursery)
+        for sock in self._sockets:  # stop accepting at once, before connections finish closing
+            await trio.aclose_forcefully(sock)
+
+    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
+        server = self.server
+        cid = new_connection_id()
+        sock = _socket_of(stream)
+        local = _address(sock.getsockname()) if sock is not None else ("", 0)
+        peer = _address(sock.getpeername()) if sock is not None else ("", 0)
+        scheme = "https" if self.ssl else "http"
+
+        def make_cx(request: Request) -> CallContext:
+            host = request.header("host") or f"{local[0]}:{local[1]}"
+            return CallContext(
+                id=cid, listener_id=self.id, local=local, peer=peer,
+                url=f"{scheme}://{host}{request.raw_target}", ssl=self.ssl,
+            )
+
+        upgrade: Upgrade | None = None
+        try:
+            with trio.CancelScope() as handshake:
+                self._handshakes.add(handshake)
+                try:
+                    upgrade = await serve_http(
+                        stream, route=server.route, make_cx=make_cx, limits=server.limits,
+                        on_error=lambda message: logger.error(
+                            "%s: %s", cid, message, exc_info=True),
+                    )
+                finally:
+                    self._handshakes.discard(handshake)
+            if upgrade is None or self._stopped:
+                await trio.aclose_forcefully(stream)
+                return
+            start = getattr(upgrade.handler, "start")
+            await start(self.id, upgrade.cx, upgrade.request, stream,
+                        initial_data=upgrade.trailing)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await trio.aclose_forcefully(stream)
+        except Exception:
+            # one broken connection must not take the listener (and every other client) down
+            logger.error("connection %s from %s failed", cid, peer, exc_info=True)
+            await trio.aclose_forcefully(stream)
+
+    def stop(self) -> None:
+        """Stop accepting, close this listener's connections (1001), bounded in time."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._accept_scope.cancel()
+        for handshake in list(self._handshakes):
+            handshake.cancel()
+        grace = 1.0
+        for handler in self.server.handlers():
+            stop_listener = getattr(handler, "stop_listener", None)
+            if stop_listener is not None:
+                stop_listener(self.id)
+            grace = max(grace, getattr(handler, "close_timeout", 0) * 2 + 1)
+        self._scope.deadline = trio.current_time() + grace
+
+
+class Server:
+    """Routes requests by path to handlers and owns the listeners.
+
+    ``handlers`` is one handler (serving every path) or a mapping ``{path: handler}``; the key
+    ``"*"`` is the fallback for other paths, and a path nobody serves gets a 404.  A handler is a
+    :class:`WebSocketHandler` or any object with ``async handle_request(cx, hdr, body)``.
+    """
+
+    def __init__(
+        self,
+        handlers: HttpHandler | Mapping[str, HttpHandler],
+        *,
+        limits: HttpLimits | None = None,
+    ) -> None:
+        if isinstance(handlers, Mapping):
+            self._routes: dict[str, HttpHandler] = dict(handlers)
+        else:
+            self._routes = {"*": handlers}
+        for path, handler in self._routes.items():
+            if not hasattr(handler, "handle_request"):
+                raise TypeError(f"handler for {path!r} has no handle_request(): {handler!r}")
+        self.limits = limits or HttpLimits()
+        self._listeners: dict[str, Listener] = {}
+        self._nursery: trio.Nursery | None = None
+
+    def route(self, path: str) -> HttpHandler | None:
+        handler = self._routes.get(path)
+        return self._routes.get("*") if handler is None else handler
+
+    def handlers(self) -> list[HttpHandler]:
+        return list({id(h): h for h in self._routes.values()}.values())
+
+    @property
+    def listeners(self) -> dict[str, Listener]:
+        """The running listeners by id."""
+        return dict(self._listeners)
+
+    @property
+    def port(self) -> int:
+        """The port of the first listener (handy with port 0)."""
+        return next(iter(self._listeners.values())).port
+
+    async def add_listener(
+        self,
+        host: str | None = "127.0.0.1",
+        port: int = 0,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        listener_id: str | None = None,
+    ) -> Listener:
+        """Bind ``host:port`` and start accepting; returns the running :class:`Listener`."""
+        if self._nursery is None:
+            raise RuntimeError("the server is not running (use serve() or Server.run())")
+        lid = listener_id or f"L{next(_listener_numbers)}"
+        if lid in self._listeners:
+            raise ValueError(f"listener id {lid!r} is already in use")
+        sockets = await trio.open_tcp_listeners(port, host=host)
+        listener = Listener(self, lid, sockets, ssl_context)
+        self._listeners[lid] = listener
+        await self._nursery.start(listener._run)
+        return listener
+
+    def stop_listener(self, listener_id: str) -> None:
+        """Stop one listener and close the WebSocket connections it accepted (1001)."""
+        try:
+            listener = self._listeners[listener_id]
+        except KeyError:
+            raise KeyError(f"no listener {listener_id!r}; have {sorted(self._listeners)}") from None
+        listener.stop()
+
+    def stop(self) -> None:
+        """Stop every listener; ``serve()`` returns when they have all closed."""
+        for listener in list(self._listeners.values()):
+            listener.stop()
+
+    async def run(
+        self,
+        host: str | None = "127.0.0.1",
+        port: int = 0,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run with one listener until every listener has stopped."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self.add_listener(host, port, ssl_context=ssl_context)
+            task_status.started(self)
+        self._nursery = None
+
+
+async def serve(
+    handler: HttpHandler | Mapping[str, HttpHandler],
+    host: str | None = "127.0.0.1",
+    port: int = 0,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    limits: HttpLimits | None = None,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``handler`` (or ``{path: handler}``) on ``host:port``.
+
+    Use as ``server = await nursery.start(serve, handler, "127.0.0.1", 0)``: ``server.port`` is
+    the bound port.  Returns when every listener has been stopped (``server.stop()``), or
+    runs until cancelled.
+    """
+    await Server(handler, limits=limits).run(host, port, ssl_context=ssl_context,
+                                             task_status=task_status)
