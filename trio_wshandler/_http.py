@@ -118,6 +118,10 @@ async def _read_request(
         raise _HttpError(400, f"unexpected {type(event).__name__}")
     if len(event.headers) > limits.max_headers:
         raise _HttpError(431, f"too many header fields (max {limits.max_headers})")
+    # h11 bounds only a head that is still incomplete; one that arrived whole is measured here
+    head_size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+    if head_size > limits.max_header_bytes:
+        raise _HttpError(431, f"request head over {limits.max_header_bytes} bytes")
     request = parse_request(event)
     body = bytearray()
     while True:
