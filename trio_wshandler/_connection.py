@@ -394,7 +394,7 @@ class WebSocketConnection:
                     self._queue.put_control(pong)  # dropped when the reserve is full
             return False
         if isinstance(event, PongReceived):
-            if self._raw(Frame(Opcode.PONG, event.payload)) is FrameAction.PROCESS and self._pong:
+            if self._raw(Frame(Opcode.PONG, event.payload)) is FrameAction.PROCESS and self._pong is not None:
                 self._pong.set()
             return False
         if isinstance(event, CloseReceived):
