@@ -31,8 +31,14 @@ async def running(
     """Serve ``handler`` on 127.0.0.1:0 for the duration of the block, then shut it down."""
     async with trio.open_nursery() as nursery:
         server: Server = await nursery.start(
-            lambda task_status: serve(handler, "127.0.0.1", 0, limits=limits,
-                                      ssl_context=ssl_context, task_status=task_status)
+            lambda task_status: serve(
+                handler,
+                "127.0.0.1",
+                0,
+                limits=limits,
+                ssl_context=ssl_context,
+                task_status=task_status,
+            )
         )
         try:
             yield server
@@ -108,7 +114,12 @@ async def wait_for(predicate: Any, timeout: float = TIMEOUT) -> None:
 
 
 def client_frame(
-    payload: bytes, opcode: int, *, fin: bool = True, rsv: int = 0, masked: bool = True,
+    payload: bytes,
+    opcode: int,
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    masked: bool = True,
     declared_length: int | None = None,
 ) -> bytes:
     """A client frame built by hand (independent of trio_wshandler.codec)."""
@@ -170,8 +181,12 @@ class RawClient:
     async def handshake(self, path: str = "/", headers: Mapping[str, str] | None = None) -> None:
         key = base64.b64encode(os.urandom(16)).decode()
         lines = [
-            f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Upgrade: websocket",
-            "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
+            f"GET {path} HTTP/1.1",
+            "Host: 127.0.0.1",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
         ]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         await self.stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -211,7 +226,9 @@ class RawClient:
                 frame = self.decoder.process_buffer()
                 if frame is not None:
                     assert frame.frame_finished
-                    return WireFrame(int(frame.opcode), bytes(frame.payload), frame.message_finished)
+                    return WireFrame(
+                        int(frame.opcode), bytes(frame.payload), frame.message_finished
+                    )
                 data = await self.stream.receive_some(65536)
                 if not data:
                     raise EOFError("server closed the connection")
@@ -242,7 +259,9 @@ class RawClient:
                     return
 
 
-async def raw_http(port: int, data: bytes, *, read_timeout: float = TIMEOUT) -> tuple[int, dict[str, str], bytes]:
+async def raw_http(
+    port: int, data: bytes, *, read_timeout: float = TIMEOUT
+) -> tuple[int, dict[str, str], bytes]:
     """Send raw bytes, read the response until the server closes or it is complete."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
@@ -250,7 +269,9 @@ async def raw_http(port: int, data: bytes, *, read_timeout: float = TIMEOUT) -> 
         return await read_response(stream, read_timeout)
 
 
-async def read_response(stream: trio.SocketStream, timeout: float = TIMEOUT) -> tuple[int, dict[str, str], bytes]:
+async def read_response(
+    stream: trio.SocketStream, timeout: float = TIMEOUT
+) -> tuple[int, dict[str, str], bytes]:
     buf = b""
     with trio.fail_after(timeout):
         while True:
@@ -291,6 +312,7 @@ def upgrade_request(path: str = "/", **overrides: str | None) -> bytes:
     version = overrides.pop("version", None) or "HTTP/1.1"
     for name, value in overrides.items():
         headers[name.replace("_", "-")] = value
-    lines = [f"{method} {path} {version}"] + [f"{k}: {v}" for k, v in headers.items() if v is not None]
+    lines = [f"{method} {path} {version}"] + [
+        f"{k}: {v}" for k, v in headers.items() if v is not None
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
-

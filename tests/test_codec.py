@@ -96,8 +96,9 @@ def test_any_message_round_trips_through_wsproto(data: str | bytes, masked: bool
     ws.receive_data(frame)
     parts = list(ws.events())
     assert all(isinstance(p, TextMessage | BytesMessage) for p in parts)
-    joined = "".join(p.data for p in parts) if isinstance(data, str) else b"".join(
-        p.data for p in parts)
+    joined = (
+        "".join(p.data for p in parts) if isinstance(data, str) else b"".join(p.data for p in parts)
+    )
     assert joined == data
     assert parts[-1].message_finished
 

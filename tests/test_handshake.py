@@ -52,7 +52,8 @@ async def test_wrong_version_is_426_naming_13() -> None:
 async def test_post_is_405_and_http10_is_400() -> None:
     async with running(WebSocketHandler()) as server:
         post, headers, _ = await raw_http(
-            server.port, upgrade_request(method="POST", Content_Length="0"))
+            server.port, upgrade_request(method="POST", Content_Length="0")
+        )
         old, _, body = await raw_http(server.port, upgrade_request(version="HTTP/1.0"))
     assert post == 405 and headers["allow"] == "GET"
     assert old == 400 and b"HTTP/1.1" in body
@@ -103,11 +104,17 @@ async def test_routing_by_path_and_404() -> None:
     page = PageHandler("<h1>hi</h1>")
     routes = {"/": page, "/ws": WebSocketHandler()}
     async with running(routes) as server:
-        status, headers, body = await raw_http(server.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        missing, _, _ = await raw_http(server.port, b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        status, headers, body = await raw_http(
+            server.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        missing, _, _ = await raw_http(
+            server.port, b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
         async with trio_websocket.open_websocket_url(ws_url(server, "/ws")) as ws:
             assert not ws.closed
-    assert status == 200 and body == b"<h1>hi</h1>" and headers["content-type"].startswith("text/html")
+    assert (
+        status == 200 and body == b"<h1>hi</h1>" and headers["content-type"].startswith("text/html")
+    )
     assert missing == 404
 
 
@@ -179,7 +186,9 @@ async def test_websockets_client_rejects_nothing_unusual() -> None:
         async with connect(ws_url(server)) as ws:
             assert ws.response.status_code == 101
         try:
-            async with connect(f"ws://127.0.0.1:{server.port}/", additional_headers={"Sec-WebSocket-Version": "8"}):
+            async with connect(
+                f"ws://127.0.0.1:{server.port}/", additional_headers={"Sec-WebSocket-Version": "8"}
+            ):
                 pass
         except websockets.exceptions.InvalidHandshake:
             pass

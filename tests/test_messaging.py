@@ -66,20 +66,20 @@ async def test_send_all_reaches_every_client_of_both_libraries() -> None:
 
 async def test_send_one_and_connection_ids() -> None:
     handler = RecordingHandler()
-    async with running(handler) as server:
-        async with (
-            trio_websocket.open_websocket_url(ws_url(server)) as a,
-            connect(ws_url(server)) as b,
-        ):
-            first, second = await handler.wait_connections(2)
-            assert handler.connection_ids() == [first.id, second.id]
-            handler.send_one(second.id, "only b")
-            handler.send_one(first.id, b"only a")
-            assert await b.recv() == "only b"
-            assert await a.get_message() == b"only a"
-            with pytest.raises(UnknownConnectionError, match="no-such-id") as info:
-                handler.send_one("no-such-id", "x")
-            assert isinstance(info.value, KeyError) and info.value.cid == "no-such-id"
+    async with (
+        running(handler) as server,
+        trio_websocket.open_websocket_url(ws_url(server)) as a,
+        connect(ws_url(server)) as b,
+    ):
+        first, second = await handler.wait_connections(2)
+        assert handler.connection_ids() == [first.id, second.id]
+        handler.send_one(second.id, "only b")
+        handler.send_one(first.id, b"only a")
+        assert await b.recv() == "only b"
+        assert await a.get_message() == b"only a"
+        with pytest.raises(UnknownConnectionError, match="no-such-id") as info:
+            handler.send_one("no-such-id", "x")
+        assert isinstance(info.value, KeyError) and info.value.cid == "no-such-id"
 
 
 class EarlyBird(Recorder):
@@ -108,9 +108,8 @@ class WelcomeOnRegister(EarlyBird):
 async def test_messages_queued_before_registration_arrive_in_order_with_types() -> None:
     handler = EarlyHandler()
     handler.connection_class = WelcomeOnRegister
-    async with running(handler) as server:
-        async with connect(ws_url(server)) as ws:
-            got = [await ws.recv() for _ in range(4)]
+    async with running(handler) as server, connect(ws_url(server)) as ws:
+        got = [await ws.recv() for _ in range(4)]
     assert got == [
         "first (constructor)",
         b"second (constructor, binary)",
@@ -121,25 +120,23 @@ async def test_messages_queued_before_registration_arrive_in_order_with_types() 
 
 async def test_client_fragments_are_reassembled() -> None:
     handler = RecordingHandler()
-    async with running(handler) as server:
-        async with connect(ws_url(server)) as ws:
-            await ws.send(iter(["frag", "ment", "ed ✓"]))  # websockets sends fragments
-            await ws.send(iter([b"a", b"b", b"c"]))
-            [conn] = await handler.wait_connections(1)
-            await wait_for(lambda: len(conn.messages) == 2)
+    async with running(handler) as server, connect(ws_url(server)) as ws:
+        await ws.send(iter(["frag", "ment", "ed ✓"]))  # websockets sends fragments
+        await ws.send(iter([b"a", b"b", b"c"]))
+        [conn] = await handler.wait_connections(1)
+        await wait_for(lambda: len(conn.messages) == 2)
     assert conn.messages == ["fragmented ✓", b"abc"]
 
 
 async def test_fragments_split_inside_a_utf8_character() -> None:
     handler = RecordingHandler()
-    async with running(handler) as server:
-        async with RawClient.connect(server.port) as raw:
-            data = "é€".encode()
-            await raw.send_frame(data[:1], Opcode.TEXT, fin=False)
-            await raw.send_frame(data[1:3], Opcode.CONTINUATION, fin=False)
-            await raw.send_frame(data[3:], Opcode.CONTINUATION)
-            [conn] = await handler.wait_connections(1)
-            await wait_for(lambda: conn.messages)
+    async with running(handler) as server, RawClient.connect(server.port) as raw:
+        data = "é€".encode()
+        await raw.send_frame(data[:1], Opcode.TEXT, fin=False)
+        await raw.send_frame(data[1:3], Opcode.CONTINUATION, fin=False)
+        await raw.send_frame(data[3:], Opcode.CONTINUATION)
+        [conn] = await handler.wait_connections(1)
+        await wait_for(lambda: conn.messages)
     assert conn.messages == ["é€"]
 
 
@@ -163,13 +160,12 @@ async def test_server_sent_fragments() -> None:
 
 async def test_send_encoded_and_send_frame_rules() -> None:
     handler = RecordingHandler()
-    async with running(handler) as server:
-        async with connect(ws_url(server)) as ws:
-            [conn] = await handler.wait_connections(1)
-            conn.send_encoded(encode_message(b"pre-encoded"))
-            assert await ws.recv() == b"pre-encoded"
-            with pytest.raises(ValueError, match="stop"):
-                conn.send_frame(b"", Opcode.CLOSE)
+    async with running(handler) as server, connect(ws_url(server)) as ws:
+        [conn] = await handler.wait_connections(1)
+        conn.send_encoded(encode_message(b"pre-encoded"))
+        assert await ws.recv() == b"pre-encoded"
+        with pytest.raises(ValueError, match="stop"):
+            conn.send_frame(b"", Opcode.CLOSE)
 
 
 class Flusher(Recorder):
@@ -243,12 +239,11 @@ async def test_client_ping_gets_pong_with_same_payload() -> None:
 
 
 async def test_unsolicited_pong_is_ignored() -> None:
-    async with running(EchoHandler()) as server:
-        async with RawClient.connect(server.port) as raw:
-            await raw.send_frame(b"unsolicited", Opcode.PONG)
-            await raw.send_frame("still here")
-            frame = await raw.receive_frame()
-            assert (frame.opcode, frame.payload) == (Opcode.TEXT, b"still here")
+    async with running(EchoHandler()) as server, RawClient.connect(server.port) as raw:
+        await raw.send_frame(b"unsolicited", Opcode.PONG)
+        await raw.send_frame("still here")
+        frame = await raw.receive_frame()
+        assert (frame.opcode, frame.payload) == (Opcode.TEXT, b"still here")
 
 
 class Skipper(Recorder):
@@ -265,53 +260,49 @@ class Skipper(Recorder):
 async def test_got_raw_message_continue_and_break() -> None:
     handler = RecordingHandler()
     handler.connection_class = Skipper
-    async with running(handler) as server:
-        async with RawClient.connect(server.port) as raw:
-            await raw.send_frame("skip")
-            await raw.send_frame("a", Opcode.TEXT, fin=False)
-            await raw.send_frame("skip", Opcode.CONTINUATION, fin=False)
-            await raw.send_frame("b", Opcode.CONTINUATION)
-            await raw.send_frame("kept")
-            [conn] = await handler.wait_connections(1)
-            await wait_for(lambda: len(conn.messages) == 2)
-            await raw.send_frame("quit")
-            await raw.expect_close(1000)
+    async with running(handler) as server, RawClient.connect(server.port) as raw:
+        await raw.send_frame("skip")
+        await raw.send_frame("a", Opcode.TEXT, fin=False)
+        await raw.send_frame("skip", Opcode.CONTINUATION, fin=False)
+        await raw.send_frame("b", Opcode.CONTINUATION)
+        await raw.send_frame("kept")
+        [conn] = await handler.wait_connections(1)
+        await wait_for(lambda: len(conn.messages) == 2)
+        await raw.send_frame("quit")
+        await raw.expect_close(1000)
     assert conn.messages == ["ab", "kept"]
 
 
 async def test_heartbeat_ping_carries_the_configured_payload() -> None:
     handler = WebSocketHandler(heartbeat=0.2, heartbeat_message="hb-payload", pong_timeout=5)
-    async with running(handler) as server:
-        async with RawClient.connect(server.port) as raw:
-            frame = await raw.receive_frame(timeout=5)
-            assert (frame.opcode, frame.payload) == (Opcode.PING, b"hb-payload")
-            handler.heartbeat_message = b"changed"
-            await raw.send_frame(frame.payload, Opcode.PONG)
-            frame = await raw.receive_frame(timeout=5)
-            assert (frame.opcode, frame.payload) == (Opcode.PING, b"changed")
+    async with running(handler) as server, RawClient.connect(server.port) as raw:
+        frame = await raw.receive_frame(timeout=5)
+        assert (frame.opcode, frame.payload) == (Opcode.PING, b"hb-payload")
+        handler.heartbeat_message = b"changed"
+        await raw.send_frame(frame.payload, Opcode.PONG)
+        frame = await raw.receive_frame(timeout=5)
+        assert (frame.opcode, frame.payload) == (Opcode.PING, b"changed")
 
 
 async def test_missing_pong_closes_with_1011() -> None:
     handler = RecordingHandler(heartbeat=0.2, pong_timeout=0.3, close_timeout=1)
-    async with running(handler) as server:
-        async with RawClient.connect(server.port) as raw:
-            ping = await raw.receive_frame()
-            assert ping.opcode == Opcode.PING  # and we never answer it
-            close = await raw.expect_close(1011)
-            assert close.close_reason == "pong timeout"
-            [conn] = handler.connections
-            await conn.closed.wait()
+    async with running(handler) as server, RawClient.connect(server.port) as raw:
+        ping = await raw.receive_frame()
+        assert ping.opcode == Opcode.PING  # and we never answer it
+        close = await raw.expect_close(1011)
+        assert close.close_reason == "pong timeout"
+        [conn] = handler.connections
+        await conn.closed.wait()
     assert conn.close_code == 1011
 
 
 async def test_setting_heartbeat_applies_to_live_connections() -> None:
     handler = WebSocketHandler(heartbeat=60)
-    async with running(handler) as server:
-        async with RawClient.connect(server.port) as raw:
-            await wait_for(lambda: len(handler) == 1)
-            handler.heartbeat = 0.1
-            frame = await raw.receive_frame(timeout=3)
-            assert frame.opcode == Opcode.PING
+    async with running(handler) as server, RawClient.connect(server.port) as raw:
+        await wait_for(lambda: len(handler) == 1)
+        handler.heartbeat = 0.1
+        frame = await raw.receive_frame(timeout=3)
+        assert frame.opcode == Opcode.PING
 
 
 async def test_input_keeps_the_heartbeat_quiet() -> None:

@@ -16,8 +16,10 @@ async def _run_demo(host: str, port: int) -> None:
     handler = ChatHandler()
     async with trio.open_nursery() as nursery:
         server: Server = await nursery.start(serve, {"/": chat_page(), "/ws": handler}, host, port)
-        print(f"chat demo: open http://{host}:{server.port}/ in a browser (Ctrl-C to stop)",
-              flush=True)
+        print(
+            f"chat demo: open http://{host}:{server.port}/ in a browser (Ctrl-C to stop)",
+            flush=True,
+        )
 
 
 async def _run_echo(host: str, port: int) -> None:
@@ -39,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--port", type=int, default=default_port)
         p.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     runner = _run_demo if args.command == "demo" else _run_echo
     try:
         trio.run(runner, args.host, args.port)

@@ -134,9 +134,10 @@ class BasicAuthenticator(AbstractAuthenticator):
         if isinstance(self._users, Mapping):
             expected = self._users.get(user)
             # compare even for unknown users so timing does not reveal which names exist
-            ok = hmac.compare_digest(
-                (expected or "\0invalid").encode(), password.encode()
-            ) and expected is not None
+            ok = (
+                hmac.compare_digest((expected or "\0invalid").encode(), password.encode())
+                and expected is not None
+            )
         else:
             ok = bool(await _maybe_await(self._users(user, password)))
         if not ok:
@@ -146,7 +147,7 @@ class BasicAuthenticator(AbstractAuthenticator):
         return self._trusted_ips.get(ip)
 
 
-TokenCheck = Callable[[str], str | None | Awaitable[str | None]]
+TokenCheck = Callable[[str], Awaitable[str | None] | str | None]
 
 
 class TokenAuthenticator(AbstractAuthenticator):

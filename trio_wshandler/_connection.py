@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import trio
 
@@ -48,7 +48,9 @@ __all__ = ["FrameAction", "WebSocketConnection"]
 RECEIVE_BYTES = 64 * 1024
 
 #: Close codes an endpoint may send (RFC 6455 section 7.4), besides 3000-4999.
-_SENDABLE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+_SENDABLE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+)
 
 
 class FrameAction(enum.Enum):
@@ -71,9 +73,7 @@ class _State(enum.IntEnum):
 
 def validate_close_code(code: int) -> None:
     if code not in _SENDABLE_CODES and not 3000 <= code <= 4999:
-        raise ValueError(
-            f"close code {code} cannot be sent; use 1000-1003, 1007-1014 or 3000-4999"
-        )
+        raise ValueError(f"close code {code} cannot be sent; use 1000-1003, 1007-1014 or 3000-4999")
 
 
 class WebSocketConnection:
@@ -224,14 +224,19 @@ class WebSocketConnection:
             if self.dropped_messages == 1 or self.dropped_messages % 1000 == 0:
                 handler.log_warning(
                     "connection %s: send queue full (%d bytes, %d frames); %d message(s) dropped",
-                    self.id, self._queue.queued_bytes, self._queue.queued_frames,
+                    self.id,
+                    self._queue.queued_bytes,
+                    self._queue.queued_frames,
                     self.dropped_messages,
                 )
             return
         handler.log_warning(
             "connection %s: slow consumer, send queue full (%d bytes, %d frames, +%d refused);"
             " closing",
-            self.id, self._queue.queued_bytes, self._queue.queued_frames, nbytes,
+            self.id,
+            self._queue.queued_bytes,
+            self._queue.queued_frames,
+            nbytes,
         )
         self._start_close(CloseCode.POLICY_VIOLATION, "slow consumer")
 
@@ -311,9 +316,11 @@ class WebSocketConnection:
             self._queue.finish()
             if self.close_code is None:
                 self.close_code = CloseCode.ABNORMAL_CLOSURE
-            await trio.aclose_forcefully(stream)
+            # shielded, so that cancellation of the server still runs the end hooks, and
+            # bounded, so that a hook cannot hold the server's shutdown forever
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + handler.close_timeout
+                await trio.aclose_forcefully(stream)
                 try:
                     await handler.deregister_connection(self)
                 except Exception:
@@ -321,18 +328,21 @@ class WebSocketConnection:
                 try:
                     await self.connection_closed()
                 except Exception:
-                    handler.log_error("connection %s: connection_closed() failed", self.id,
-                                      exc_info=True)
+                    handler.log_error(
+                        "connection %s: connection_closed() failed", self.id, exc_info=True
+                    )
             registry.remove(self)
-            handler.log_debug("connection %s closed (%s %s)", self.id, self.close_code,
-                              self.close_reason)
+            handler.log_debug(
+                "connection %s closed (%s %s)", self.id, self.close_code, self.close_reason
+            )
 
     async def _call_registered(self) -> bool:
         try:
             await self.registered()
         except Exception:
-            self.handler.log_error("connection %s: registered() failed; closing", self.id,
-                                   exc_info=True)
+            self.handler.log_error(
+                "connection %s: registered() failed; closing", self.id, exc_info=True
+            )
             self._start_close(CloseCode.INTERNAL_SERVER_ERROR, "registered() failed")
             return False
         return True
@@ -359,7 +369,7 @@ class WebSocketConnection:
 
     async def _read(self, stream: trio.abc.ReceiveStream, initial_data: bytes) -> None:
         protocol = self._protocol
-        data = initial_data
+        data: bytes = initial_data
         while True:
             if data:
                 protocol.receive_data(data)
@@ -367,13 +377,15 @@ class WebSocketConnection:
                     if await self._dispatch(event):
                         return
             try:
-                data = await stream.receive_some(RECEIVE_BYTES)
+                data = cast(bytes, await stream.receive_some(RECEIVE_BYTES))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:
                 if self.close_code is None:
                     self.close_code, self.close_reason = (
-                        CloseCode.ABNORMAL_CLOSURE, "connection lost")
+                        CloseCode.ABNORMAL_CLOSURE,
+                        "connection lost",
+                    )
                 self._state = max(self._state, _State.CLOSING)
                 return
             self._last_received = trio.current_time()
@@ -394,7 +406,10 @@ class WebSocketConnection:
                     self._queue.put_control(pong)  # dropped when the reserve is full
             return False
         if isinstance(event, PongReceived):
-            if self._raw(Frame(Opcode.PONG, event.payload)) is FrameAction.PROCESS and self._pong is not None:
+            if (
+                self._raw(Frame(Opcode.PONG, event.payload)) is FrameAction.PROCESS
+                and self._pong is not None
+            ):
                 self._pong.set()
             return False
         if isinstance(event, CloseReceived):
@@ -405,8 +420,9 @@ class WebSocketConnection:
             self._finish_protocol(event.code, event.reason, b"")
             return True
         assert isinstance(event, ProtocolFailed)
-        self.handler.log_info("connection %s: protocol error %d: %s", self.id, event.code,
-                              event.reason)
+        self.handler.log_info(
+            "connection %s: protocol error %d: %s", self.id, event.code, event.reason
+        )
         self.close_code, self.close_reason = event.code, event.reason
         self._finish_protocol(event.code, event.reason, event.reply)
         return True
@@ -415,8 +431,9 @@ class WebSocketConnection:
         try:
             await self.got_message(message)
         except Exception:
-            self.handler.log_error("connection %s: got_message() failed; closing", self.id,
-                                   exc_info=True)
+            self.handler.log_error(
+                "connection %s: got_message() failed; closing", self.id, exc_info=True
+            )
             self._start_close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
 
     async def _raw_data_frame(self, event: DataFrame) -> None:
@@ -442,8 +459,9 @@ class WebSocketConnection:
         try:
             action = self.got_raw_message(frame)
         except Exception:
-            self.handler.log_error("connection %s: got_raw_message() failed; closing", self.id,
-                                   exc_info=True)
+            self.handler.log_error(
+                "connection %s: got_raw_message() failed; closing", self.id, exc_info=True
+            )
             self._start_close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
             return FrameAction.CONTINUE
         if action is FrameAction.BREAK:
@@ -463,8 +481,9 @@ class WebSocketConnection:
                     interval = handler.heartbeat
                     if interval is None:
                         await trio.sleep_forever()
-                    await trio.sleep_until(self._last_received + interval)
-                if self._heartbeat_sleep.cancelled_caught:
+                    else:
+                        await trio.sleep_until(self._last_received + interval)
+                if self._heartbeat_sleep.cancelled_caught or interval is None:
                     continue  # the settings changed; recompute
                 if trio.current_time() < self._last_received + interval:
                     continue  # input arrived meanwhile
@@ -474,8 +493,9 @@ class WebSocketConnection:
                 with trio.move_on_after(handler.pong_timeout):
                     await pong.wait()
                 if not pong.is_set():
-                    handler.log_warning("connection %s: no Pong within %s s; closing", self.id,
-                                        handler.pong_timeout)
+                    handler.log_warning(
+                        "connection %s: no Pong within %s s; closing", self.id, handler.pong_timeout
+                    )
                     self._start_close(CloseCode.INTERNAL_SERVER_ERROR, "pong timeout")
                     return
 

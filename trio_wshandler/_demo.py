@@ -38,8 +38,9 @@ class ChatConnection(WebSocketConnection):
 
     async def registered(self) -> None:
         count = len(self.handler)
-        self.send(json.dumps({"type": "system", "text": f"welcome, you are {self.nick}"
-                              f" ({count} online)"}))
+        self.send(
+            json.dumps({"type": "system", "text": f"welcome, you are {self.nick} ({count} online)"})
+        )
         self.handler.send_all(json.dumps({"type": "system", "text": f"{self.nick} joined"}))
 
     async def got_message(self, message: str | bytes) -> None:

@@ -187,8 +187,10 @@ class WebSocketHandler:
             return Response(503, "this WebSocket handler has been stopped", close=True)
         if self.max_connections is not None and len(self._registry) >= self.max_connections:
             return Response(
-                503, f"too many connections (max_connections={self.max_connections})",
-                {"Retry-After": "5"}, close=True,
+                503,
+                f"too many connections (max_connections={self.max_connections})",
+                {"Retry-After": "5"},
+                close=True,
             )
         if hdr.method != "GET":
             return Response(405, "a WebSocket upgrade must use GET", {"Allow": "GET"})
@@ -196,14 +198,16 @@ class WebSocketHandler:
             return Response(400, "a WebSocket upgrade needs HTTP/1.1", close=True)
         if "websocket" not in hdr.header_tokens("upgrade"):
             return Response(
-                426, "this is a WebSocket endpoint: send Upgrade: websocket",
+                426,
+                "this is a WebSocket endpoint: send Upgrade: websocket",
                 {"Upgrade": "websocket", "Connection": "Upgrade"},
             )
         if "upgrade" not in hdr.header_tokens("connection"):
             return Response(400, "a WebSocket upgrade needs Connection: Upgrade")
         if hdr.header("sec-websocket-version").strip() != "13":
             return Response(
-                426, "unsupported Sec-WebSocket-Version; this server supports 13",
+                426,
+                "unsupported Sec-WebSocket-Version; this server supports 13",
                 {"Sec-WebSocket-Version": "13"},
             )
         key = hdr.header("sec-websocket-key").strip()
@@ -256,7 +260,9 @@ class WebSocketHandler:
         """
         connection = self.get_connection(cx, hdr, cx.id)
         if not isinstance(connection, WebSocketConnection):
-            raise TypeError(f"get_connection() must return a WebSocketConnection, not {connection!r}")
+            raise TypeError(
+                f"get_connection() must return a WebSocketConnection, not {connection!r}"
+            )
         connection._bind(cx, hdr, cx.id)
         if self._stopped:
             connection.stop(CloseCode.GOING_AWAY, "server is stopping")

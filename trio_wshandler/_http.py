@@ -105,7 +105,7 @@ async def _next_event(
             data = await stream.receive_some(16384)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             data = b""
-        conn.receive_data(data)
+        conn.receive_data(bytes(data))
 
 
 async def _read_request(
@@ -181,10 +181,13 @@ async def serve_http(
                 response = Response(500, "internal server error", close=True)
             else:
                 try:
-                    data = conn.send(h11.InformationalResponse(
-                        status_code=101, headers=list(response.headers.items()),
-                        reason=b"Switching Protocols",
-                    ))
+                    data = conn.send(
+                        h11.InformationalResponse(
+                            status_code=101,
+                            headers=list(response.headers.items()),
+                            reason=b"Switching Protocols",
+                        )
+                    )
                 except h11.LocalProtocolError as exc:
                     on_error(f"cannot switch protocols: {exc}")
                     response = Response(500, "internal server error", close=True)
@@ -194,8 +197,9 @@ async def serve_http(
                     assert handler is not None
                     return Upgrade(handler, request, cx, conn.trailing_data[0])
         if response.code == 101:  # refused upgrade ("close" set)
-            response = Response(403, response.body or "upgrade refused", response.headers,
-                                close=True)
+            response = Response(
+                403, response.body or "upgrade refused", response.headers, close=True
+            )
         if not await _send_response(stream, conn, response):
             return None
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
@@ -234,4 +238,3 @@ async def _send_quietly(stream: trio.abc.SendStream, data: bytes) -> None:
             await stream.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
-

@@ -157,10 +157,10 @@ class MessageAssembler:
     __slots__ = ("_kept", "_parts")
 
     def __init__(self) -> None:
-        self._parts: list[str | bytes] = []
+        self._parts: list[str | bytes | bytearray] = []
         self._kept = False
 
-    def add(self, data: str | bytes, fin: bool) -> str | bytes | None:
+    def add(self, data: str | bytes | bytearray, fin: bool) -> str | bytes | None:
         """Add one frame's data; returns the whole message after its final frame."""
         self._parts.append(data)
         self._kept = True
@@ -175,7 +175,8 @@ class MessageAssembler:
         if not kept:
             return None
         if len(parts) == 1:
-            return parts[0]
+            part = parts[0]
+            return bytes(part) if isinstance(part, bytearray) else part
         if isinstance(parts[0], str):
             return "".join(parts)  # type: ignore[arg-type]
         return b"".join(parts)  # type: ignore[arg-type]
@@ -196,10 +197,12 @@ class WebSocketProtocol:
 
     def __init__(self, *, max_message_size: int, raw_frames: bool = False) -> None:
         self._limit = max_message_size
-        self._ws = Connection(ConnectionType.SERVER, extensions=[_MessageSizeLimit(max_message_size)])
+        self._ws = Connection(
+            ConnectionType.SERVER, extensions=[_MessageSizeLimit(max_message_size)]
+        )
         self.raw_frames = raw_frames
         self._assembler = MessageAssembler()
-        self._frame_parts: list[str | bytes] = []
+        self._frame_parts: list[str | bytes | bytearray] = []
         self._in_message = False
 
     @property

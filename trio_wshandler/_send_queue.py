@@ -6,10 +6,10 @@ task (``_writer.py``) takes them out in batches.
 
 Bounds: ``max_frames`` frames and ``max_bytes`` bytes.  A single frame larger than
 ``max_bytes`` is still accepted when the queue is empty, or no message over the limit could ever
-be sent.  Control frames (Pong, Ping, Close) do not count against ``max_frames``: they use a
-small reserve of channel slots beyond ``max_frames``, so a Close can always be queued behind a full queue of
-data; when the reserve itself is full a Pong is dropped (RFC 6455 section 5.5.3 allows answering
-only the most recent Ping), which bounds the work a Ping flood can cause.
+be sent.  Control frames (Pong, Ping, Close) may use a small reserve of channel slots beyond
+``max_frames``, so a Close can always be queued behind a full queue of data; when the reserve
+itself is full a Pong is dropped (RFC 6455 section 5.5.3 allows answering only the most recent
+Ping), which bounds the work a Ping flood can cause.
 """
 
 from __future__ import annotations

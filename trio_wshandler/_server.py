@@ -20,6 +20,7 @@ import itertools
 import logging
 import ssl
 from collections.abc import Mapping
+from typing import Any
 
 import trio
 
@@ -50,7 +51,10 @@ class Listener:
     """One listening address of a :class:`Server`, with its own nursery of connections."""
 
     def __init__(
-        self, server: Server, listener_id: str, listeners: list[trio.SocketListener],
+        self,
+        server: Server,
+        listener_id: str,
+        listeners: list[trio.SocketListener],
         ssl_context: ssl.SSLContext | None,
     ) -> None:
         self.server = server
@@ -107,8 +111,12 @@ class Listener:
         def make_cx(request: Request) -> CallContext:
             host = request.header("host") or f"{local[0]}:{local[1]}"
             return CallContext(
-                id=cid, listener_id=self.id, local=local, peer=peer,
-                url=f"{scheme}://{host}{request.raw_target}", ssl=self.ssl,
+                id=cid,
+                listener_id=self.id,
+                local=local,
+                peer=peer,
+                url=f"{scheme}://{host}{request.raw_target}",
+                ssl=self.ssl,
             )
 
         upgrade: Upgrade | None = None
@@ -117,18 +125,23 @@ class Listener:
                 self._handshakes.add(handshake)
                 try:
                     upgrade = await serve_http(
-                        stream, route=server.route, make_cx=make_cx, limits=server.limits,
+                        stream,
+                        route=server.route,
+                        make_cx=make_cx,
+                        limits=server.limits,
                         on_error=lambda message: logger.error(
-                            "%s: %s", cid, message, exc_info=True),
+                            "%s: %s", cid, message, exc_info=True
+                        ),
                     )
                 finally:
                     self._handshakes.discard(handshake)
             if upgrade is None or self._stopped:
                 await trio.aclose_forcefully(stream)
                 return
-            start = getattr(upgrade.handler, "start")
-            await start(self.id, upgrade.cx, upgrade.request, stream,
-                        initial_data=upgrade.trailing)
+            handler: Any = upgrade.handler  # serve_http checked that it has start()
+            await handler.start(
+                self.id, upgrade.cx, upgrade.request, stream, initial_data=upgrade.trailing
+            )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await trio.aclose_forcefully(stream)
         except Exception:
@@ -259,5 +272,6 @@ async def serve(
     the bound port.  Returns when every listener has been stopped (``server.stop()``), or
     runs until cancelled.
     """
-    await Server(handler, limits=limits).run(host, port, ssl_context=ssl_context,
-                                             task_status=task_status)
+    await Server(handler, limits=limits).run(
+        host, port, ssl_context=ssl_context, task_status=task_status
+    )

@@ -34,7 +34,7 @@ class Response:
     close: bool = False
 
     def with_headers(self, **headers: str) -> Response:
-        """A copy with ``headers`` added (``Sec_WebSocket_Protocol`` -> ``Sec-WebSocket-Protocol``)."""
+        """A copy with ``headers`` added (``_`` in a name becomes ``-``: ``X_Room=``)."""
         extra = {name.replace("_", "-"): value for name, value in headers.items()}
         return attrs.evolve(self, headers={**self.headers, **extra})
 

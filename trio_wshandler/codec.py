@@ -246,6 +246,7 @@ async def read_message(
         raise FrameError(str(exc), exc.code) from None
     assert raw is not None, "a whole frame was fed"
     opcode = Opcode(raw.opcode)
+    assert isinstance(raw.payload, bytes | bytearray)
     payload = bytes(raw.payload)
     if opcode is Opcode.CLOSE:
         return _close_frame(payload, masked)

@@ -1,0 +1,70 @@
+"""``python -m trio_wshandler demo|echo`` as a user runs them: a real process on port 0."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+from websockets.trio.client import connect
+
+from .conftest import raw_http
+
+
+@asynccontextmanager
+async def cli(*args: str) -> AsyncIterator[int]:
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_wshandler", *args, "--port", "0"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        output = b""
+        with trio.fail_after(20):
+            while b"\n" not in output:
+                chunk = await process.stdout.receive_some(1024)
+                assert chunk, "the process exited before printing its address"
+                output += chunk
+        match = re.search(rb"127\.0\.0\.1:(\d+)", output)
+        assert match, output
+        yield int(match.group(1))
+    finally:
+        process.send_signal(signal.SIGINT)
+        with trio.move_on_after(5):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_echo_server_process() -> None:
+    async with cli("echo") as port, connect(f"ws://127.0.0.1:{port}/") as ws:
+        await ws.send("echo me")
+        assert await ws.recv() == "echo me"
+
+
+async def test_demo_chat_room_process() -> None:
+    async with cli("demo") as port:
+        status, headers, body = await raw_http(
+            port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        assert status == 200 and headers["content-type"].startswith("text/html")
+        assert b"new WebSocket" in body and b"/ws" in body
+        async with (
+            connect(f"ws://127.0.0.1:{port}/ws") as alice,
+            connect(f"ws://127.0.0.1:{port}/ws") as bob,
+        ):
+            welcome = json.loads(await alice.recv())
+            assert welcome["type"] == "system" and "welcome" in welcome["text"]
+            await bob.send("hi everyone")
+            seen = []
+            with trio.fail_after(10):
+                while not any(m.get("type") == "chat" for m in seen):
+                    seen.append(json.loads(await alice.recv()))
+            chat = next(m for m in seen if m["type"] == "chat")
+            assert chat["text"] == "hi everyone" and chat["from"].startswith("guest-")
