@@ -113,9 +113,10 @@ class WebSocketConnection:
         )
         self._scope: trio.CancelScope | None = None
         self._close_deadline = math.inf
-        self._heartbeat_scope = trio.CancelScope()
+        self._timers_scope = trio.CancelScope()
         self._heartbeat_sleep: trio.CancelScope | None = None
         self._last_received = 0.0
+        self._last_message = 0.0
         self._pong: trio.Event | None = None
         self._assembler: MessageAssembler | None = None
 
@@ -296,17 +297,17 @@ class WebSocketConnection:
         registry.add(self)
         if self._state is _State.NEW:
             self._state = _State.OPEN
-        self._last_received = trio.current_time()
+        self._last_received = self._last_message = trio.current_time()
         try:
             with trio.CancelScope(deadline=self._close_deadline) as self._scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write, stream)
                     if await self._call_registered():
-                        nursery.start_soon(self._heartbeat)
+                        nursery.start_soon(self._timers)
                     await self._read(stream, initial_data)
                     # done reading: the writer drains the queue (our Close last) within
                     # close_timeout, then the nursery ends
-                    self._heartbeat_scope.cancel()
+                    self._timers_scope.cancel()
                     self._queue.close()
                     self._set_deadline(handler.close_timeout)
             if self._scope.cancelled_caught and self.close_code is None:
@@ -428,6 +429,7 @@ class WebSocketConnection:
         return True
 
     async def _deliver(self, message: str | bytes) -> None:
+        self._last_message = trio.current_time()
         try:
             await self.got_message(message)
         except Exception:
@@ -468,36 +470,54 @@ class WebSocketConnection:
             self._start_close(CloseCode.NORMAL_CLOSURE, "")
         return action if isinstance(action, FrameAction) else FrameAction.PROCESS
 
-    # ---------------------------------------------------------------- heartbeat
+    # ---------------------------------------------------------------- timers
+
+    async def _timers(self) -> None:
+        """The heartbeat and the idle timeout, cancelled together when reading ends."""
+        with self._timers_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._heartbeat)
+                if self.handler.idle_timeout is not None:
+                    nursery.start_soon(self._idle_watch, self.handler.idle_timeout)
+
+    async def _idle_watch(self, limit: float) -> None:
+        """Close (1001 "idle timeout") after ``limit`` seconds without a message."""
+        while True:
+            await trio.sleep_until(self._last_message + limit)
+            if trio.current_time() >= self._last_message + limit:
+                self.handler.log_info(
+                    "connection %s: no message for %s s; closing", self.id, limit
+                )
+                self._start_close(CloseCode.GOING_AWAY, "idle timeout")
+                return
 
     async def _heartbeat(self) -> None:
         """Ping after ``heartbeat`` seconds without input; fail the connection (1011) when the
         Pong does not come within ``pong_timeout``.  Only *received* data counts as activity,
         so a peer that stopped reading or vanished is detected whatever the server sends."""
         handler = self.handler
-        with self._heartbeat_scope:
-            while True:
-                with trio.CancelScope() as self._heartbeat_sleep:
-                    interval = handler.heartbeat
-                    if interval is None:
-                        await trio.sleep_forever()
-                    else:
-                        await trio.sleep_until(self._last_received + interval)
-                if self._heartbeat_sleep.cancelled_caught or interval is None:
-                    continue  # the settings changed; recompute
-                if trio.current_time() < self._last_received + interval:
-                    continue  # input arrived meanwhile
-                self._pong = pong = trio.Event()
-                ping = encode_message(handler.heartbeat_message, Opcode.PING)
-                self._queue.put_control(ping)
-                with trio.move_on_after(handler.pong_timeout):
-                    await pong.wait()
-                if not pong.is_set():
-                    handler.log_warning(
-                        "connection %s: no Pong within %s s; closing", self.id, handler.pong_timeout
-                    )
-                    self._start_close(CloseCode.INTERNAL_SERVER_ERROR, "pong timeout")
-                    return
+        while True:
+            with trio.CancelScope() as self._heartbeat_sleep:
+                interval = handler.heartbeat
+                if interval is None:
+                    await trio.sleep_forever()
+                else:
+                    await trio.sleep_until(self._last_received + interval)
+            if self._heartbeat_sleep.cancelled_caught or interval is None:
+                continue  # the settings changed; recompute
+            if trio.current_time() < self._last_received + interval:
+                continue  # input arrived meanwhile
+            self._pong = pong = trio.Event()
+            ping = encode_message(handler.heartbeat_message, Opcode.PING)
+            self._queue.put_control(ping)
+            with trio.move_on_after(handler.pong_timeout):
+                await pong.wait()
+            if not pong.is_set():
+                handler.log_warning(
+                    "connection %s: no Pong within %s s; closing", self.id, handler.pong_timeout
+                )
+                self._start_close(CloseCode.INTERNAL_SERVER_ERROR, "pong timeout")
+                return
 
     def _settings_changed(self) -> None:
         """Heartbeat settings changed: wake the heartbeat task so it uses them at once."""

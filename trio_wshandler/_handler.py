@@ -79,6 +79,9 @@ class WebSocketHandler:
         a client whose socket accepts no data for this long is disconnected.
     ``close_timeout`` (5.0 s)
         how long a closing handshake (and the hooks after it) may take.
+    ``idle_timeout`` (None: never)
+        close (1001 "idle timeout") a connection that has sent no message for this long; Pings
+        and Pongs do not count.  Read when a connection starts.
     ``max_connections`` (None: unlimited)
         upgrades beyond this many live connections get a 503.
     ``subprotocols`` (none)
@@ -100,6 +103,7 @@ class WebSocketHandler:
         slow_consumer: SlowConsumerPolicy = "close",
         send_timeout: float | None = 30.0,
         close_timeout: float = 5.0,
+        idle_timeout: float | None = None,
         max_connections: int | None = None,
         subprotocols: Sequence[str] = (),
         logger: logging.Logger | None = None,
@@ -122,6 +126,7 @@ class WebSocketHandler:
         self.slow_consumer: SlowConsumerPolicy = slow_consumer
         self.send_timeout: float | None = _positive("send_timeout", send_timeout, allow_none=True)
         self.close_timeout: float = _positive("close_timeout", close_timeout)
+        self.idle_timeout: float | None = _positive("idle_timeout", idle_timeout, allow_none=True)
         self.max_connections: int | None = _positive(
             "max_connections", max_connections, allow_none=True, integer=True
         )
