@@ -169,8 +169,12 @@ class WebSocketConnection:
     def send(self, data: DataLike) -> None:
         """Queue a message: ``str`` as Text, bytes-like as Binary.
 
-        :raises ConnectionClosedError: the connection is closing or closed, or the send queue
-            is full under the ``"close"`` slow-consumer policy (the client is being closed).
+        When the send queue is full, the handler's ``slow_consumer`` policy applies: under
+        ``"drop"`` the message is dropped and counted in :attr:`dropped_messages`; under
+        ``"close"`` the client is closed (1008) and this raises.
+
+        :raises ConnectionClosedError: the connection is closing or closed (the message was not
+            queued).
         """
         self.send_encoded(encode_message(data))
 
@@ -183,7 +187,7 @@ class WebSocketConnection:
 
     def send_encoded(self, frame: bytes) -> None:
         """Queue a frame already encoded with :func:`trio_wshandler.codec.encode_message`."""
-        if not self._enqueue(frame):
+        if not self._enqueue(frame) and not self.is_open:
             raise ConnectionClosedError(self._not_sent_reason())
 
     async def send_wait(self, data: DataLike) -> None:
@@ -242,12 +246,9 @@ class WebSocketConnection:
         self._start_close(CloseCode.POLICY_VIOLATION, "slow consumer")
 
     def _not_sent_reason(self) -> str:
-        if self._state <= _State.OPEN:
-            return (
-                f"connection {self.id}: send queue full ({self._queue.queued_bytes} bytes);"
-                f" message dropped"
-            )
-        return f"connection {self.id} is closed ({self.close_code or 'closing'})"
+        return (
+            f"connection {self.id} is closed ({self.close_code or 'closing'}: {self.close_reason})"
+        )
 
     # ---------------------------------------------------------------- closing
 
@@ -485,9 +486,7 @@ class WebSocketConnection:
         while True:
             await trio.sleep_until(self._last_message + limit)
             if trio.current_time() >= self._last_message + limit:
-                self.handler.log_info(
-                    "connection %s: no message for %s s; closing", self.id, limit
-                )
+                self.handler.log_info("connection %s: no message for %s s; closing", self.id, limit)
                 self._start_close(CloseCode.GOING_AWAY, "idle timeout")
                 return
 
