@@ -1,4 +1,4 @@
-"""Sessions: ``nox`` runs tests (every supported Python found), lint and typecheck.
+"""Sessions: ``nox`` runs tests (every supported Python found), lint, typecheck and conformance.
 
 ``nox -s tests`` runs the test suite on 3.11, 3.12 and 3.13, those that are installed: on PATH, or
 under pyenv (``~/.pyenv/versions``), whose shims only expose the global version.
@@ -13,7 +13,7 @@ import nox
 
 PYTHONS = ["3.11", "3.12", "3.13"]
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "conformance"]
 nox.options.error_on_missing_interpreters = False  # "where present"
 nox.options.reuse_existing_virtualenvs = True
 
@@ -44,3 +44,13 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
     session.install("mypy", "-e", ".")
     session.run("mypy", "--strict", "trio_wshandler")
+
+
+@nox.session(python="3.11")
+def conformance(session: nox.Session) -> None:
+    """The Autobahn|Testsuite against the echo server (skipped, saying so, without Python 2.7).
+
+    Extra arguments go to conformance/autobahn.py, e.g. ``nox -s conformance -- --cases "5.*"``.
+    """
+    session.install("-e", ".")
+    session.run("python", "conformance/autobahn.py", *session.posargs)
