@@ -13,7 +13,7 @@ import nox
 
 PYTHONS = ["3.11", "3.12", "3.13"]
 
-nox.options.sessions = ["tests", "lint", "typecheck", "conformance"]
+nox.options.sessions = ["tests", "lint", "typecheck", "conformance", "bench_smoke"]
 nox.options.error_on_missing_interpreters = False  # "where present"
 nox.options.reuse_existing_virtualenvs = True
 
@@ -54,3 +54,22 @@ def conformance(session: nox.Session) -> None:
     """
     session.install("-e", ".")
     session.run("python", "conformance/autobahn.py", *session.posargs)
+
+
+BENCH_DEPS = ["-e", ".", "websockets>=17", "trio-websocket>=0.12", "tqdm", "matplotlib"]
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """The side-by-side benchmark (about 15 minutes); ``nox -s bench -- --quick`` for a smoke run."""
+    session.install(*BENCH_DEPS)
+    session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session(name="bench_smoke", python="3.11")
+def bench_smoke(session: nox.Session) -> None:
+    """CI: the benchmark in --quick mode completes and its results parse (no timing is judged)."""
+    session.install(*BENCH_DEPS)
+    out = ".nox/bench-smoke"
+    session.run("python", "benchmarks/run.py", "--quick", "--out", out)
+    session.run("python", "benchmarks/check_results.py", f"{out}/results.json")

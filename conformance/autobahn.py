@@ -44,7 +44,10 @@ def find_python27() -> str | None:
         try:
             out = subprocess.run(
                 [candidate, "-c", "import sys; print(sys.version_info[:2])"],
-                capture_output=True, text=True, timeout=30, check=False,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
             )
         except OSError:
             continue
@@ -59,8 +62,9 @@ def ensure_wstest(python27: str) -> Path:
         return wstest
     print(f"installing autobahntestsuite into {VENV} (Python 2.7: {python27})", flush=True)
     # the last virtualenv release that can still create Python 2.7 environments
-    subprocess.run([python27, "-m", "pip", "install", "-q", "--user", "virtualenv<20.22"],
-                   check=True)
+    subprocess.run(
+        [python27, "-m", "pip", "install", "-q", "--user", "virtualenv<20.22"], check=True
+    )
     subprocess.run([python27, "-m", "virtualenv", "-q", str(VENV)], check=True)
     subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "autobahntestsuite"], check=True)
     return wstest
@@ -69,7 +73,9 @@ def ensure_wstest(python27: str) -> Path:
 def start_echo_server(log: Path) -> tuple[subprocess.Popen[str], int]:
     server = subprocess.Popen(
         [sys.executable, "-m", "trio_wshandler", "echo", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
     )
     assert server.stdout is not None
     line = server.stdout.readline()
@@ -94,8 +100,10 @@ def summarize(index_file: Path) -> int:
         behavior, close = result["behavior"], result["behaviorClose"]
         counts[behavior] += 1
         major = case_key(case)[0]
-        bad = behavior == "FAILED" or close == "FAILED" or (
-            major <= 10 and behavior not in ACCEPTABLE
+        bad = (
+            behavior == "FAILED"
+            or close == "FAILED"
+            or (major <= 10 and behavior not in ACCEPTABLE)
         )
         if behavior != "OK" or close not in ("OK", "INFORMATIONAL"):
             problems.append((case, behavior, close, bad))
@@ -103,7 +111,7 @@ def summarize(index_file: Path) -> int:
     print("| behaviour | cases |\n|---|---|")
     for behavior, count in sorted(counts.items()):
         print(f"| {behavior} | {count} |")
-    shown = [p for p in problems if not p[1] == "UNIMPLEMENTED"]
+    shown = [p for p in problems if p[1] != "UNIMPLEMENTED"]
     if shown:
         print("\ncases not plainly OK (case, behaviour, close behaviour):")
         for case, behavior, close, bad in shown:
@@ -111,8 +119,10 @@ def summarize(index_file: Path) -> int:
     unimplemented = [p[0] for p in problems if p[1] == "UNIMPLEMENTED"]
     if unimplemented:
         groups = sorted({c.split(".")[0] + ".*" for c in unimplemented})
-        print(f"\nUNIMPLEMENTED: {len(unimplemented)} cases in {', '.join(groups)}"
-              " (permessage-deflate is not offered)")
+        print(
+            f"\nUNIMPLEMENTED: {len(unimplemented)} cases in {', '.join(groups)}"
+            " (permessage-deflate is not offered)"
+        )
     failed = [p for p in problems if p[3]]
     print(f"\n{'FAILED' if failed else 'PASSED'}: {len(failed)} unacceptable case(s)")
     return 1 if failed else 0
@@ -120,11 +130,15 @@ def summarize(index_file: Path) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", default=DEFAULT_CASES,
-                        help='comma-separated case patterns, default "*" (all)')
+    parser.add_argument(
+        "--cases", default=DEFAULT_CASES, help='comma-separated case patterns, default "*" (all)'
+    )
     parser.add_argument("--outdir", default=str(ROOT / "reports" / "autobahn"))
-    parser.add_argument("--require", action="store_true",
-                        help="fail instead of skipping when no Python 2.7 is found")
+    parser.add_argument(
+        "--require",
+        action="store_true",
+        help="fail instead of skipping when no Python 2.7 is found",
+    )
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
 
@@ -151,8 +165,11 @@ def main() -> int:
         print(f"wstest -m fuzzingclient, cases {spec['cases']}, server on port {port}", flush=True)
         subprocess.run(
             [str(wstest), "-m", "fuzzingclient", "-s", str(spec_file)],
-            cwd=outdir, timeout=args.timeout, check=False,
-            stdout=(outdir / "wstest.log").open("w"), stderr=subprocess.STDOUT,
+            cwd=outdir,
+            timeout=args.timeout,
+            check=False,
+            stdout=(outdir / "wstest.log").open("w"),
+            stderr=subprocess.STDOUT,
         )
         print(f"wstest finished in {time.monotonic() - started:.0f} s")
     finally:

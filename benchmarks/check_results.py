@@ -1,0 +1,34 @@
+"""Check that a benchmark results file parses and has every scenario (used by CI's smoke run).
+
+It judges no timing: only that each server produced each scenario's figures.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main(path: str) -> int:
+    results = json.loads(open(path, encoding="utf-8").read())
+    problems = list(results.get("errors", []))
+    servers = {e["server"] for e in results["broadcast"]}
+    if "trio_wshandler" not in servers:
+        problems.append("no broadcast result for trio_wshandler")
+    for entry in results["broadcast"]:
+        for rnd in entry["rounds"]:
+            if rnd["deliveries"] <= 0 or rnd["deliveries_per_s"] <= 0:
+                problems.append(f"{entry['server']}: no deliveries")
+    if not results["echo"] or not results["slow_consumer"]:
+        problems.append("missing echo or slow-consumer results")
+    for problem in problems:
+        print("PROBLEM:", problem)
+    print(
+        f"{path}: {len(results['broadcast'])} broadcast, {len(results['echo'])} echo,"
+        f" {len(results['slow_consumer'])} slow-consumer results; {len(problems)} problem(s)"
+    )
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

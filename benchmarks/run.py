@@ -1,0 +1,422 @@
+"""Side-by-side benchmark of trio_wshandler and its peers; every server in its own process.
+
+    python benchmarks/run.py [--quick] [--servers a,b] [--out reports/bench]
+
+Scenarios (all over loopback, clients in separate processes, see fleet.py):
+
+1. broadcast fan-out to N clients (100, 1,000, 10,000), messages of 64 B and 4 KiB: deliveries
+   per second from the moment the broadcast starts until every client has every message, and
+   p50/p99 delivery latency (production time to arrival);
+2. echo with 1 and 100 connections: messages per second and p50/p99 round trip;
+3. idle memory per connection at 1,000 and 10,000 clients: server RSS delta / N;
+4. server CPU seconds per million deliveries (from /proc, during the broadcasts);
+5. slow consumer: 10 normal clients and 1 that never reads, 2000 broadcasts of 10 KB: what the
+   normal clients received, and how long it took.
+
+The fleet's own CPU use is reported with every broadcast (a fleet near 100% of a core would be
+the bottleneck).  Writes ``results.json`` (raw), ``results.md`` (tables with ratios to the best
+peer in the same run) and ``fanout.png`` into ``--out``.  ``--quick`` is a smoke run under two
+minutes (CI runs it and checks only that it completes and the results parse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import selectors
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SERVERS = ["trio_wshandler", "websockets_trio", "trio_websocket", "websockets_asyncio", "raw"]
+PEERS = ["websockets_trio", "trio_websocket", "websockets_asyncio"]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Process:
+    """A child process we talk to in lines over stdin/stdout."""
+
+    def __init__(self, args: list[str]) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            env=env,
+        )
+        self.selector = selectors.DefaultSelector()
+        assert self.proc.stdout is not None
+        self.selector.register(self.proc.stdout, selectors.EVENT_READ)
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def readline(self, timeout: float) -> str | None:
+        assert self.proc.stdout is not None
+        if not self.selector.select(timeout):
+            return None
+        line = self.proc.stdout.readline()
+        return line.strip() if line else None
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def stop(self) -> None:
+        try:
+            self.send("quit")
+            self.proc.wait(5)
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_server(kind: str) -> tuple[Process, int]:
+    server = Process([str(HERE / "servers.py"), kind])
+    line = server.readline(30)
+    if not line or not line.startswith("port "):
+        server.stop()
+        raise RuntimeError(f"{kind} did not start: {line!r}")
+    return server, int(line.split()[1])
+
+
+def start_fleets(
+    port: int, connections: int, stuck: int = 0, timeout: float = 120
+) -> list[Process]:
+    parts = 1 if connections <= 1000 else 2
+    fleets = []
+    for i in range(parts):
+        share = connections // parts + (1 if i < connections % parts else 0)
+        fleets.append(
+            Process(
+                [
+                    str(HERE / "fleet.py"),
+                    "--port",
+                    str(port),
+                    "--connections",
+                    str(share),
+                    "--stuck",
+                    str(stuck if i == 0 else 0),
+                    "--timeout",
+                    str(timeout),
+                ]
+            )
+        )
+    for fleet in fleets:
+        line = fleet.readline(300)
+        if line != "ready":
+            for f in fleets:
+                f.stop()
+            raise RuntimeError(f"fleet did not connect: {line!r}")
+    return fleets
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    if not samples:
+        return {}
+    ordered = sorted(samples)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p50": pick(0.5), "p99": pick(0.99)}
+
+
+def broadcast_round(
+    server: Process, fleets: list[Process], count: int, size: int, timeout: float
+) -> dict[str, Any]:
+    for fleet in fleets:
+        fleet.send(f"expect {count}")
+        assert fleet.readline(30) == "armed"
+    cpu0 = server.cpu_seconds()
+    started = time.time_ns()
+    server.send(f"broadcast {count} {size}")
+    reports = []
+    for fleet in fleets:
+        line = fleet.readline(timeout + 30)
+        reports.append(json.loads(line) if line else {"received": 0, "timed_out": True})
+    server_cpu = server.cpu_seconds() - cpu0
+    sent = server.readline(1 if any(r.get("timed_out") for r in reports) else timeout)
+    received = sum(r["received"] for r in reports)
+    last = max(r.get("last_received_ns", time.time_ns()) for r in reports)
+    seconds = max(1e-9, (last - started) / 1e9)
+    quantiles: list[float] = []
+    for r in reports:
+        quantiles += r.get("latencies_us", {}).get("quantiles", [])
+    lat = percentiles(quantiles)
+    return {
+        "messages": count,
+        "size": size,
+        "deliveries": received,
+        "expected": count * sum(r.get("connections", 0) for r in reports),
+        "seconds": seconds,
+        "deliveries_per_s": received / seconds,
+        "latency_p50_ms": lat.get("p50", 0) / 1000,
+        "latency_p99_ms": lat.get("p99", 0) / 1000,
+        "server_cpu_s": server_cpu,
+        "server_cpu_s_per_million": server_cpu / max(received, 1) * 1e6,
+        "fleet_cpu_share": max(r.get("cpu_s", 0) / seconds for r in reports),
+        "timed_out": any(r.get("timed_out") for r in reports),
+        "server_finished_sending": sent == "sent",
+        "fleet_reports": [{k: v for k, v in r.items() if k != "latencies_us"} for r in reports],
+    }
+
+
+def scenario_broadcast(
+    kind: str, n: int, sizes: list[int], total: int, timeout: float
+) -> dict[str, Any]:
+    server, port = start_server(kind)
+    try:
+        time.sleep(0.5)
+        rss0 = server.rss_bytes()
+        fleets = start_fleets(port, n, timeout=timeout)
+        try:
+            time.sleep(1.0)
+            rss1 = server.rss_bytes()
+            rounds = []
+            for size in sizes:
+                count = max(10, total // n)
+                rounds.append(broadcast_round(server, fleets, count, size, timeout))
+        finally:
+            for fleet in fleets:
+                fleet.stop()
+    finally:
+        server.stop()
+    return {
+        "server": kind,
+        "clients": n,
+        "idle_bytes_per_connection": (rss1 - rss0) / n,
+        "rounds": rounds,
+    }
+
+
+def scenario_echo(kind: str, connections: int, seconds: float) -> dict[str, Any]:
+    server, port = start_server(kind)
+    try:
+        [fleet] = start_fleets(port, connections)
+        try:
+            cpu0 = server.cpu_seconds()
+            fleet.send(f"echo {seconds} 64")
+            line = fleet.readline(seconds + 60)
+            report = json.loads(line) if line else {"messages": 0, "latencies_us": {}}
+            cpu = server.cpu_seconds() - cpu0
+        finally:
+            fleet.stop()
+    finally:
+        server.stop()
+    lat = percentiles(report["latencies_us"].get("quantiles", []))
+    return {
+        "server": kind,
+        "connections": connections,
+        "messages_per_s": report["messages"] / seconds,
+        "rtt_p50_ms": lat.get("p50", 0) / 1000,
+        "rtt_p99_ms": lat.get("p99", 0) / 1000,
+        "server_cpu_share": cpu / seconds,
+        "fleet_cpu_share": report.get("cpu_s", 0) / seconds,
+    }
+
+
+def scenario_slow(kind: str, count: int, timeout: float) -> dict[str, Any]:
+    server, port = start_server(kind)
+    try:
+        fleets = start_fleets(port, 10, stuck=1, timeout=timeout)
+        try:
+            result = broadcast_round(server, fleets, count, 10_000, timeout)
+        finally:
+            for fleet in fleets:
+                fleet.stop()
+    finally:
+        server.stop()
+    report = result["fleet_reports"][0]
+    return {
+        "server": kind,
+        "messages": count,
+        "normal_clients_received": result["deliveries"],
+        "expected": result["expected"],
+        "normal_clients_complete": report.get("complete", 0),
+        "seconds": result["seconds"],
+        "timed_out": result["timed_out"],
+    }
+
+
+# ---------------------------------------------------------------- reports
+
+
+def ratio(value: float, best: float, higher_is_better: bool = True) -> str:
+    if not best or not value:
+        return ""
+    r = value / best if higher_is_better else best / value
+    return f" ({r:.2f}x)"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    out = [f"Machine: {results['machine']}. Command: `{results['command']}`.\n"]
+    out.append("### 1 and 4. Broadcast fan-out\n")
+    out.append(
+        "Deliveries/s (ratio to the best peer at the same N and size), p50/p99 delivery "
+        "latency, server CPU seconds per million deliveries, fleet CPU share.\n"
+    )
+    out.append("| N | size | server | deliveries/s | p50 ms | p99 ms | CPU s/M | fleet CPU |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    by_key: dict[tuple[int, int], list[tuple[str, dict[str, Any]]]] = {}
+    for entry in results["broadcast"]:
+        for rnd in entry["rounds"]:
+            by_key.setdefault((entry["clients"], rnd["size"]), []).append((entry["server"], rnd))
+    for (n, size), rows in sorted(by_key.items()):
+        best_peer = max((r["deliveries_per_s"] for s, r in rows if s in PEERS), default=0)
+        for server, rnd in rows:
+            note = " (timed out)" if rnd["timed_out"] else ""
+            rel = ratio(rnd["deliveries_per_s"], best_peer) if server not in PEERS else ""
+            out.append(
+                f"| {n} | {size} | {server} | {rnd['deliveries_per_s']:,.0f}{rel}{note} | "
+                f"{rnd['latency_p50_ms']:.1f} | {rnd['latency_p99_ms']:.1f} | "
+                f"{rnd['server_cpu_s_per_million']:.1f} | {rnd['fleet_cpu_share']:.0%} |"
+            )
+    out.append("\n### 2. Echo\n")
+    out.append("| connections | server | messages/s | RTT p50 ms | RTT p99 ms | server CPU |")
+    out.append("|---|---|---|---|---|---|")
+    for c in sorted({e["connections"] for e in results["echo"]}):
+        rows = [e for e in results["echo"] if e["connections"] == c]
+        best = max((e["messages_per_s"] for e in rows if e["server"] in PEERS), default=0)
+        for e in rows:
+            rel = ratio(e["messages_per_s"], best) if e["server"] not in PEERS else ""
+            out.append(
+                f"| {c} | {e['server']} | {e['messages_per_s']:,.0f}{rel} | "
+                f"{e['rtt_p50_ms']:.2f} | {e['rtt_p99_ms']:.2f} | "
+                f"{e['server_cpu_share']:.0%} |"
+            )
+    out.append("\n### 3. Idle memory per connection\n")
+    out.append("| N | server | KiB per connection |")
+    out.append("|---|---|---|")
+    for entry in sorted(results["broadcast"], key=lambda e: (e["clients"], e["server"])):
+        if entry["clients"] >= 1000 or results["quick"]:
+            out.append(
+                f"| {entry['clients']} | {entry['server']} | "
+                f"{entry['idle_bytes_per_connection'] / 1024:.1f} |"
+            )
+    out.append("\n### 5. Slow consumer (10 normal clients, 1 that never reads)\n")
+    out.append("| server | messages | normal clients received | complete clients | seconds |")
+    out.append("|---|---|---|---|---|")
+    for e in results["slow_consumer"]:
+        out.append(
+            f"| {e['server']} | {e['messages']} | {e['normal_clients_received']:,} of "
+            f"{e['expected']:,} | {e['normal_clients_complete']} of 10 | "
+            f"{e['seconds']:.1f}{' (gave up)' if e['timed_out'] else ''} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({r["size"] for e in results["broadcast"] for r in e["rounds"]})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
+    for ax, size in zip(axes[0], sizes, strict=True):
+        for server in SERVERS:
+            points = sorted(
+                (e["clients"], r["deliveries_per_s"])
+                for e in results["broadcast"]
+                if e["server"] == server
+                for r in e["rounds"]
+                if r["size"] == size
+            )
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker="o", label=server)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("clients (N)")
+        ax.set_ylabel("deliveries per second")
+        ax.set_title(f"broadcast fan-out, {size} B messages")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run, under two minutes")
+    parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--clients", default=None, help="comma-separated N, e.g. 100,1000")
+    parser.add_argument("--out", default=str(ROOT / "reports" / "bench"))
+    args = parser.parse_args()
+
+    servers = [s for s in args.servers.split(",") if s]
+    unknown = set(servers) - set(SERVERS)
+    if unknown:
+        parser.error(f"unknown servers {sorted(unknown)}; known: {SERVERS}")
+    if args.quick:
+        clients, sizes, total = [100], [64], 20_000
+        echo_conns, echo_s, slow_n, timeout = [1], 1.0, 500, 10
+    else:
+        clients, sizes, total, echo_conns, echo_s, slow_n, timeout = (
+            [100, 1000, 10_000],
+            [64, 4096],
+            200_000,
+            [1, 100],
+            5.0,
+            2000,
+            60,
+        )
+    if args.clients:
+        clients = [int(n) for n in args.clients.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    steps = [("broadcast", s, n) for n in clients for s in servers]
+    steps += [("echo", s, c) for c in echo_conns for s in servers if s != "raw"]
+    steps += [("slow", s, 0) for s in servers]
+    results: dict[str, Any] = {
+        "quick": args.quick,
+        "command": "python benchmarks/run.py" + (" --quick" if args.quick else ""),
+        "machine": f"{platform.node()}: {os.cpu_count()} cores, {platform.machine()}, "
+        f"Python {platform.python_version()}, {platform.platform()}",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "broadcast": [],
+        "echo": [],
+        "slow_consumer": [],
+    }
+    bar = tqdm(steps, unit="run", file=sys.stderr)
+    for scenario, server, n in bar:
+        bar.set_description(f"{scenario} {server} {n or ''}".strip())
+        try:
+            if scenario == "broadcast":
+                results["broadcast"].append(scenario_broadcast(server, n, sizes, total, timeout))
+            elif scenario == "echo":
+                results["echo"].append(scenario_echo(server, n, echo_s))
+            else:
+                results["slow_consumer"].append(scenario_slow(server, slow_n, timeout / 2))
+        except Exception as exc:  # report and go on: one broken peer must not lose the run
+            results.setdefault("errors", []).append(f"{scenario} {server} {n}: {exc!r}")
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(markdown(results))
+    plot(results, out / "fanout.png")
+    print(markdown(results))
+    for error in results.get("errors", []):
+        print("ERROR:", error)
+    return 1 if results.get("errors") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
