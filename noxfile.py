@@ -61,7 +61,7 @@ BENCH_DEPS = ["-e", ".", "websockets>=17", "trio-websocket>=0.12", "tqdm", "matp
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """The side-by-side benchmark (about 15 minutes); ``nox -s bench -- --quick`` for a smoke run."""
+    """The side-by-side benchmark (about 15 minutes); ``nox -s bench -- --quick``: smoke run."""
     session.install(*BENCH_DEPS)
     session.run("python", "benchmarks/run.py", *session.posargs)
 

@@ -10,7 +10,8 @@ import sys
 
 
 def main(path: str) -> int:
-    results = json.loads(open(path, encoding="utf-8").read())
+    with open(path, encoding="utf-8") as file:
+        results = json.load(file)
     problems = list(results.get("errors", []))
     servers = {e["server"] for e in results["broadcast"]}
     if "trio_wshandler" not in servers:
