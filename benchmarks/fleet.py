@@ -3,8 +3,11 @@
     python benchmarks/fleet.py --port P --connections N [--stuck K]
 
 Plain asyncio protocols with a minimal frame parser (server frames are unmasked and small to
-parse) and no per-message objects.  After connecting it prints ``ready``; then it reads commands
-on stdin and answers each with one JSON line:
+parse) and no per-message objects.  Latency is sampled once per read: the first (oldest) message
+of each chunk, which is the largest latency in it, so the percentiles err on the high side.
+
+After connecting it prints ``ready``; then it reads commands on stdin and answers each with one
+JSON line:
 
 ``expect COUNT``
     wait until every (non-stuck) connection has received COUNT binary messages (or
@@ -106,7 +109,7 @@ class Client(asyncio.Protocol):
         now = time.time_ns()
         pos, n = 0, len(buf)
         fleet = self.fleet
-        latencies = fleet.latencies
+        oldest = 0  # the first message of this read: the largest latency in it
         while n - pos >= 2:
             b0, b1 = buf[pos], buf[pos + 1] & 0x7F
             if b1 < 126:
@@ -125,7 +128,8 @@ class Client(asyncio.Protocol):
             opcode = b0 & 0x0F
             if opcode == 0x2:
                 self.received += 1
-                latencies.append(now - HEADER.unpack_from(buf, start)[1])
+                if not oldest:
+                    oldest = HEADER.unpack_from(buf, start)[1]
                 if self.echoed is not None and not self.echoed.done():
                     self.echoed.set_result(now)
             elif opcode == 0x9 and self.transport is not None:  # Ping
@@ -135,6 +139,8 @@ class Client(asyncio.Protocol):
                 self.transport.close()
             pos = end
         del buf[:pos]
+        if oldest:
+            fleet.latencies.append(now - oldest)
         fleet.progress()
 
 

@@ -305,6 +305,20 @@ async def test_setting_heartbeat_applies_to_live_connections() -> None:
         assert frame.opcode == Opcode.PING
 
 
+async def test_enabling_the_heartbeat_later_starts_it_on_live_connections() -> None:
+    handler = WebSocketHandler(heartbeat=None)
+    async with running(handler) as server, RawClient.connect(server.port) as raw:
+        await wait_for(lambda: len(handler) == 1)
+        handler.heartbeat = 0.1
+        frame = await raw.receive_frame(timeout=3)
+        assert frame.opcode == Opcode.PING
+        await raw.send_frame(frame.payload, Opcode.PONG)
+        handler.heartbeat = None  # and disabling it stops the Pings
+        await trio.sleep(0.3)
+        with pytest.raises(trio.TooSlowError):
+            await raw.receive_frame(timeout=0.3)
+
+
 async def test_input_keeps_the_heartbeat_quiet() -> None:
     async with running(EchoHandler(heartbeat=0.3)) as server:
         async with RawClient.connect(server.port) as raw:

@@ -113,8 +113,10 @@ class WebSocketConnection:
         )
         self._scope: trio.CancelScope | None = None
         self._close_deadline = math.inf
+        self._nursery: trio.Nursery | None = None
         self._timers_scope = trio.CancelScope()
-        self._heartbeat_sleep: trio.CancelScope | None = None
+        self._timers_sleep: trio.CancelScope | None = None
+        self._timers_running = False
         self._last_received = 0.0
         self._last_message = 0.0
         self._pong: trio.Event | None = None
@@ -302,9 +304,10 @@ class WebSocketConnection:
         try:
             with trio.CancelScope(deadline=self._close_deadline) as self._scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write, stream)
+                    self._nursery = nursery
+                    nursery.start_soon(self._write, stream, name="trio_wshandler writer")
                     if await self._call_registered():
-                        nursery.start_soon(self._timers)
+                        self._start_timers()
                     await self._read(stream, initial_data)
                     # done reading: the writer drains the queue (our Close last) within
                     # close_timeout, then the nursery ends
@@ -473,52 +476,80 @@ class WebSocketConnection:
 
     # ---------------------------------------------------------------- timers
 
-    async def _timers(self) -> None:
-        """The heartbeat and the idle timeout, cancelled together when reading ends."""
-        with self._timers_scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._heartbeat)
-                if self.handler.idle_timeout is not None:
-                    nursery.start_soon(self._idle_watch, self.handler.idle_timeout)
-
-    async def _idle_watch(self, limit: float) -> None:
-        """Close (1001 "idle timeout") after ``limit`` seconds without a message."""
-        while True:
-            await trio.sleep_until(self._last_message + limit)
-            if trio.current_time() >= self._last_message + limit:
-                self.handler.log_info("connection %s: no message for %s s; closing", self.id, limit)
-                self._start_close(CloseCode.GOING_AWAY, "idle timeout")
-                return
-
-    async def _heartbeat(self) -> None:
-        """Ping after ``heartbeat`` seconds without input; fail the connection (1011) when the
-        Pong does not come within ``pong_timeout``.  Only *received* data counts as activity,
-        so a peer that stopped reading or vanished is detected whatever the server sends."""
+    def _start_timers(self) -> None:
+        """Run the timers task if a heartbeat or an idle timeout is set (and it is not running):
+        a connection without either costs no task and no wake-ups."""
         handler = self.handler
-        while True:
-            with trio.CancelScope() as self._heartbeat_sleep:
-                interval = handler.heartbeat
-                if interval is None:
-                    await trio.sleep_forever()
-                else:
-                    await trio.sleep_until(self._last_received + interval)
-            if self._heartbeat_sleep.cancelled_caught or interval is None:
-                continue  # the settings changed; recompute
-            if trio.current_time() < self._last_received + interval:
-                continue  # input arrived meanwhile
-            self._pong = pong = trio.Event()
-            ping = encode_message(handler.heartbeat_message, Opcode.PING)
-            self._queue.put_control(ping)
-            with trio.move_on_after(handler.pong_timeout):
-                await pong.wait()
-            if not pong.is_set():
-                handler.log_warning(
-                    "connection %s: no Pong within %s s; closing", self.id, handler.pong_timeout
-                )
-                self._start_close(CloseCode.INTERNAL_SERVER_ERROR, "pong timeout")
-                return
+        if (
+            not self._timers_running
+            and self._nursery is not None
+            and self._state is _State.OPEN
+            and (handler.heartbeat is not None or handler.idle_timeout is not None)
+        ):
+            self._timers_running = True
+            self._nursery.start_soon(self._timers, name="trio_wshandler timers")
+
+    async def _timers(self) -> None:
+        """The heartbeat and the idle timeout, in one task, cancelled when reading ends.
+
+        Heartbeat: a Ping after ``heartbeat`` seconds without input; no Pong within
+        ``pong_timeout`` closes with 1011.  Only *received* data counts as activity, so a peer
+        that stopped reading or vanished is detected whatever the server sends.  Idle timeout:
+        no message for ``idle_timeout`` seconds closes with 1001 "idle timeout".
+        """
+        handler = self.handler
+        try:
+            with self._timers_scope:
+                while True:
+                    heartbeat, idle = handler.heartbeat, handler.idle_timeout
+                    due = [
+                        t
+                        for t in (
+                            None if heartbeat is None else self._last_received + heartbeat,
+                            None if idle is None else self._last_message + idle,
+                        )
+                        if t is not None
+                    ]
+                    if not due:
+                        return
+                    with trio.CancelScope() as self._timers_sleep:
+                        await trio.sleep_until(min(due))
+                    if self._timers_sleep.cancelled_caught:
+                        continue  # the settings changed; recompute
+                    now = trio.current_time()
+                    if idle is not None and now >= self._last_message + idle:
+                        handler.log_info(
+                            "connection %s: no message for %s s; closing", self.id, idle
+                        )
+                        self._start_close(CloseCode.GOING_AWAY, "idle timeout")
+                        return
+                    if (
+                        heartbeat is not None
+                        and now >= self._last_received + heartbeat
+                        and not await self._ping_and_wait()
+                    ):
+                        return
+        finally:
+            self._timers_running = False
+            self._timers_sleep = None
+
+    async def _ping_and_wait(self) -> bool:
+        """Send a heartbeat Ping; False (and close 1011) when no Pong comes in time."""
+        handler = self.handler
+        self._pong = pong = trio.Event()
+        self._queue.put_control(encode_message(handler.heartbeat_message, Opcode.PING))
+        with trio.move_on_after(handler.pong_timeout):
+            await pong.wait()
+        if pong.is_set():
+            return True
+        handler.log_warning(
+            "connection %s: no Pong within %s s; closing", self.id, handler.pong_timeout
+        )
+        self._start_close(CloseCode.INTERNAL_SERVER_ERROR, "pong timeout")
+        return False
 
     def _settings_changed(self) -> None:
-        """Heartbeat settings changed: wake the heartbeat task so it uses them at once."""
-        if self._heartbeat_sleep is not None:
-            self._heartbeat_sleep.cancel()
+        """Timer settings changed: wake the timers task so it uses them at once (or start it)."""
+        if self._timers_sleep is not None:
+            self._timers_sleep.cancel()
+        self._start_timers()

@@ -81,7 +81,7 @@ class WebSocketHandler:
         how long a closing handshake (and the hooks after it) may take.
     ``idle_timeout`` (None: never)
         close (1001 "idle timeout") a connection that has sent no message for this long; Pings
-        and Pongs do not count.  Read when a connection starts.
+        and Pongs do not count.  Setting it applies to live connections.
     ``max_connections`` (None: unlimited)
         upgrades beyond this many live connections get a 503.
     ``subprotocols`` (none)
@@ -126,7 +126,7 @@ class WebSocketHandler:
         self.slow_consumer: SlowConsumerPolicy = slow_consumer
         self.send_timeout: float | None = _positive("send_timeout", send_timeout, allow_none=True)
         self.close_timeout: float = _positive("close_timeout", close_timeout)
-        self.idle_timeout: float | None = _positive("idle_timeout", idle_timeout, allow_none=True)
+        self._idle_timeout: float | None = _positive("idle_timeout", idle_timeout, allow_none=True)
         self.max_connections: int | None = _positive(
             "max_connections", max_connections, allow_none=True, integer=True
         )
@@ -156,6 +156,16 @@ class WebSocketHandler:
     @heartbeat_message.setter
     def heartbeat_message(self, value: str | bytes) -> None:
         self._heartbeat_message = _heartbeat_payload(value)
+
+    @property
+    def idle_timeout(self) -> float | None:
+        """Seconds without a message before a connection is closed; applies to live ones."""
+        return self._idle_timeout
+
+    @idle_timeout.setter
+    def idle_timeout(self, value: float | None) -> None:
+        self._idle_timeout = _positive("idle_timeout", value, allow_none=True)
+        self._settings_changed()
 
     @property
     def pong_timeout(self) -> float:

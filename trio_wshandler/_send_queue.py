@@ -31,6 +31,7 @@ class SendQueue:
         "_send",
         "enqueued",
         "finished",
+        "in_channel",
         "max_bytes",
         "max_frames",
         "queued_bytes",
@@ -45,12 +46,14 @@ class SendQueue:
         #: frames and bytes currently queued (data and control frames alike)
         self.queued_frames = 0
         self.queued_bytes = 0
+        #: frames in the channel, not yet taken by the writer (so that it never has to try)
+        self.in_channel = 0
         #: frames ever queued / ever written; ``flush`` waits for written >= enqueued
         self.enqueued = 0
         self.written = 0
         #: set once the writer can write no more (the connection ended)
         self.finished = False
-        self._progress = trio.Event()
+        self._progress: trio.Event | None = None  # made only when somebody waits
 
     def has_room(self, nbytes: int) -> bool:
         """Whether a data frame of ``nbytes`` fits within both bounds."""
@@ -70,6 +73,7 @@ class SendQueue:
         self.queued_frames += 1
         self.queued_bytes += n
         self.enqueued += 1
+        self.in_channel += 1
         return True
 
     def put_control(self, frame: bytes) -> bool:
@@ -81,12 +85,13 @@ class SendQueue:
         self.queued_frames += 1
         self.queued_bytes += len(frame)
         self.enqueued += 1
+        self.in_channel += 1
         return True
 
     async def wait_for_room(self, nbytes: int) -> None:
         """Wait until a data frame of ``nbytes`` fits (or the connection has ended)."""
         while not self.finished and not self.has_room(nbytes):
-            await self._progress.wait()
+            await self._progress_event().wait()
 
     def close(self) -> None:
         """No more frames: the writer drains what is queued, then stops."""
@@ -96,19 +101,22 @@ class SendQueue:
         """Wait for frames; return as many queued frames as fit in ``limit`` bytes (at least
         one) and their total size, or None once the queue is closed and empty."""
         receive = self._receive
-        try:
-            first = await receive.receive()
-        except trio.EndOfChannel:
-            return None
+        if self.in_channel:
+            first = receive.receive_nowait()  # frames are waiting: no need to yield
+        else:
+            try:
+                first = await receive.receive()
+            except trio.EndOfChannel:
+                return None
+        left = max(0, self.in_channel - 1)
         batch = [first]
         size = len(first)
-        while size < limit:
-            try:
-                frame = receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
+        while left and size < limit:
+            frame = receive.receive_nowait()
             batch.append(frame)
             size += len(frame)
+            left -= 1
+        self.in_channel = left
         return batch, size
 
     def wrote(self, frames: list[bytes], size: int) -> None:
@@ -124,9 +132,15 @@ class SendQueue:
         self._send.close()
         self._wake()
 
+    def _progress_event(self) -> trio.Event:
+        if self._progress is None:
+            self._progress = trio.Event()
+        return self._progress
+
     def _wake(self) -> None:
-        self._progress.set()
-        self._progress = trio.Event()
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
 
     async def wait_written(self, target: int) -> bool:
         """Wait until ``target`` frames have been written: True, or False if the connection
@@ -134,5 +148,5 @@ class SendQueue:
         while self.written < target:
             if self.finished:
                 return False
-            await self._progress.wait()
+            await self._progress_event().wait()
         return True
