@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 from typing import TYPE_CHECKING, cast
 
 import trio
@@ -86,6 +87,29 @@ class WebSocketConnection:
     ``get_connection``) are delivered in order right after the upgrade.
     """
 
+    __slots__ = (
+        "_assembler",
+        "_close_deadline",
+        "_last_message",
+        "_last_received",
+        "_nursery",
+        "_pong",
+        "_protocol",
+        "_queue",
+        "_scope",
+        "_state",
+        "_timers_running",
+        "_timers_scope",
+        "_timers_sleep",
+        "close_code",
+        "close_reason",
+        "cx",
+        "dropped_messages",
+        "handler",
+        "hdr",
+        "id",
+    )
+
     def __init__(
         self,
         handler: WebSocketHandler,
@@ -114,7 +138,7 @@ class WebSocketConnection:
         self._scope: trio.CancelScope | None = None
         self._close_deadline = math.inf
         self._nursery: trio.Nursery | None = None
-        self._timers_scope = trio.CancelScope()
+        self._timers_scope: trio.CancelScope | None = None
         self._timers_sleep: trio.CancelScope | None = None
         self._timers_running = False
         self._last_received = 0.0
@@ -302,18 +326,21 @@ class WebSocketConnection:
             self._state = _State.OPEN
         self._last_received = self._last_message = trio.current_time()
         try:
-            with trio.CancelScope(deadline=self._close_deadline) as self._scope:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    nursery.start_soon(self._write, stream, name="trio_wshandler writer")
-                    if await self._call_registered():
-                        self._start_timers()
-                    await self._read(stream, initial_data)
-                    # done reading: the writer drains the queue (our Close last) within
-                    # close_timeout, then the nursery ends
+            # the nursery's cancel scope is the connection's: stopping sets its deadline
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._scope = nursery.cancel_scope
+                self._scope.deadline = self._close_deadline
+                nursery.start_soon(self._write, stream, name="trio_wshandler writer")
+                if await self._call_registered():
+                    self._start_timers()
+                await self._read(stream, initial_data)
+                # done reading: the writer drains the queue (our Close last) within
+                # close_timeout, then the nursery ends
+                if self._timers_scope is not None:
                     self._timers_scope.cancel()
-                    self._queue.close()
-                    self._set_deadline(handler.close_timeout)
+                self._queue.close()
+                self._set_deadline(handler.close_timeout)
             if self._scope.cancelled_caught and self.close_code is None:
                 self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "timed out"
         finally:
@@ -355,7 +382,7 @@ class WebSocketConnection:
     async def _write(self, stream: trio.abc.SendStream) -> None:
         handler = self.handler
         try:
-            await write_loop(self._queue, stream, lambda: handler.send_timeout)
+            await write_loop(self._queue, stream, handler)
         except WriteTimeout as exc:
             handler.log_warning("connection %s: %s; closing", self.id, exc)
             self.close_code = self.close_code or CloseCode.POLICY_VIOLATION
@@ -373,18 +400,40 @@ class WebSocketConnection:
         self._scope.cancel()
 
     async def _read(self, stream: trio.abc.ReceiveStream, initial_data: bytes) -> None:
+        """Receive and dispatch until the connection is done reading.
+
+        On a plain TCP stream the socket is read with a non-blocking ``read(2)`` and the task
+        waits for readability only when there is nothing to read; it yields once per read when
+        data keeps coming, so a flooding client cannot starve other tasks.  Trio's
+        ``receive_some`` would add a scheduling round to every read.
+        """
         protocol = self._protocol
         data: bytes = initial_data
+        fd = stream.socket.fileno() if type(stream) is trio.SocketStream else -1
+        waited = True
         while True:
             if data:
                 protocol.receive_data(data)
                 for event in protocol.events():
                     if await self._dispatch(event):
                         return
-            try:
-                data = cast(bytes, await stream.receive_some(RECEIVE_BYTES))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
+            if fd >= 0:
+                try:
+                    data = os.read(fd, RECEIVE_BYTES)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(fd)
+                    waited, data = True, b""
+                    continue
+                except OSError:  # ECONNRESET and the like: the peer is gone
+                    data = b""
+                if data and not waited:
+                    await trio.lowlevel.checkpoint()  # data keeps coming: let others run
+                waited = False
+            else:
+                try:
+                    data = cast(bytes, await stream.receive_some(RECEIVE_BYTES))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
             if not data:
                 if self.close_code is None:
                     self.close_code, self.close_reason = (
@@ -498,8 +547,11 @@ class WebSocketConnection:
         no message for ``idle_timeout`` seconds closes with 1001 "idle timeout".
         """
         handler = self.handler
+        if self._state is not _State.OPEN:  # reading ended before this task first ran
+            self._timers_running = False
+            return
         try:
-            with self._timers_scope:
+            with trio.CancelScope() as self._timers_scope:
                 while True:
                     heartbeat, idle = handler.heartbeat, handler.idle_timeout
                     due = [

@@ -97,26 +97,26 @@ class SendQueue:
         """No more frames: the writer drains what is queued, then stops."""
         self._send.close()
 
-    async def next_batch(self, limit: int) -> tuple[list[bytes], int] | None:
-        """Wait for frames; return as many queued frames as fit in ``limit`` bytes (at least
-        one) and their total size, or None once the queue is closed and empty."""
+    @property
+    def receive_channel(self) -> trio.MemoryReceiveChannel[bytes]:
+        """The writer's end: it awaits ``receive()`` only when ``in_channel`` is 0."""
+        return self._receive
+
+    def take(self, limit: int, first: bytes | None = None) -> tuple[list[bytes], int]:
+        """Take queued frames without waiting: ``first`` (already received) or the next one,
+        then as many more as fit in ``limit`` bytes; returns them and their total size."""
         receive = self._receive
-        if self.in_channel:
-            first = receive.receive_nowait()  # frames are waiting: no need to yield
-        else:
-            try:
-                first = await receive.receive()
-            except trio.EndOfChannel:
-                return None
-        left = max(0, self.in_channel - 1)
+        left = self.in_channel - 1
+        if first is None:
+            first = receive.receive_nowait()
         batch = [first]
         size = len(first)
-        while left and size < limit:
+        while left > 0 and size < limit:
             frame = receive.receive_nowait()
             batch.append(frame)
             size += len(frame)
             left -= 1
-        self.in_channel = left
+        self.in_channel = max(0, left)
         return batch, size
 
     def wrote(self, frames: list[bytes], size: int) -> None:

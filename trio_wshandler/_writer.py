@@ -10,7 +10,7 @@ peer is taken to be stuck and :class:`WriteTimeout` is raised.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
@@ -26,50 +26,49 @@ class WriteTimeout(Exception):
     """A write did not complete within ``send_timeout`` seconds (the peer stopped reading)."""
 
 
-def _direct_send(stream: trio.abc.SendStream) -> Callable[[bytes], int] | None:
-    """A non-blocking ``write(2)`` on the socket of a plain TCP stream, or None.
+class WriterSettings(Protocol):
+    """Where the writer reads ``send_timeout`` for each write (the handler)."""
 
-    Trio's ``SocketStream.send_all`` yields to the scheduler after every successful send.  When
-    the kernel's send buffer has room, which is nearly always, writing directly costs one system
-    call and no scheduling round; only a partial write falls back to ``send_all``, which waits
-    for the socket to become writable.  The writer task stays the only writer of the socket.
-    """
-    if type(stream) is not trio.SocketStream:
-        return None
-    fd = stream.socket.fileno()
-
-    def send(data: bytes) -> int:
-        try:
-            return os.write(fd, data)
-        except BlockingIOError:
-            return 0
-        except OSError as exc:  # EPIPE, ECONNRESET: the peer is gone
-            raise trio.BrokenResourceError(f"write failed: {exc}") from exc
-
-    return send
+    @property
+    def send_timeout(self) -> float | None: ...
 
 
 async def write_loop(
-    queue: SendQueue,
-    stream: trio.abc.SendStream,
-    send_timeout: Callable[[], float | None],
+    queue: SendQueue, stream: trio.abc.SendStream, settings: WriterSettings
 ) -> None:
     """Write batches until the queue is closed and drained.
 
-    ``send_timeout`` is read for every write so a changed setting applies at once.  Stream
-    errors (``BrokenResourceError`` when the peer vanished) propagate to the caller.
+    On a plain TCP stream a batch is written with a non-blocking ``write(2)`` on the socket:
+    Trio's ``SocketStream.send_all`` yields to the scheduler after every successful send, and
+    when the kernel's send buffer has room, which is nearly always, one system call with no
+    scheduling round is all a write needs.  Only a partial write falls back to ``send_all``,
+    which waits for the socket to become writable, within ``send_timeout`` (read for every such
+    write, so a changed setting applies at once).  The writer stays the only writer of the socket.
+    Stream errors (``BrokenResourceError`` when the peer vanished) propagate to the caller.
     """
-    direct = _direct_send(stream)
+    fd = stream.socket.fileno() if type(stream) is trio.SocketStream else -1
+    receive = queue.receive_channel
     while True:
-        batch = await queue.next_batch(COALESCE_BYTES)
-        if batch is None:
-            return
-        frames, size = batch
+        if queue.in_channel:  # frames are waiting: take them without yielding
+            frames, size = queue.take(COALESCE_BYTES)
+        else:
+            try:
+                first = await receive.receive()
+            except trio.EndOfChannel:
+                return
+            frames, size = queue.take(COALESCE_BYTES, first)
         data = frames[0] if len(frames) == 1 else b"".join(frames)
-        sent = direct(data) if direct is not None else 0
+        sent = 0
+        if fd >= 0:
+            try:
+                sent = os.write(fd, data)
+            except BlockingIOError:
+                pass
+            except OSError as exc:  # EPIPE, ECONNRESET: the peer is gone
+                raise trio.BrokenResourceError(f"write failed: {exc}") from exc
         if sent < size:
             rest = memoryview(data)[sent:] if sent else data
-            timeout = send_timeout()
+            timeout = settings.send_timeout
             if timeout is None:
                 await stream.send_all(rest)
             else:
