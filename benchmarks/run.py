@@ -102,7 +102,7 @@ def start_server(kind: str) -> tuple[Process, int]:
 def start_fleets(
     port: int, connections: int, stuck: int = 0, timeout: float = 120
 ) -> list[Process]:
-    parts = 1 if connections <= 1000 else 2
+    parts = 1 if connections < 1000 else 2
     fleets = []
     for i in range(parts):
         share = connections // parts + (1 if i < connections % parts else 0)
@@ -139,14 +139,14 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def broadcast_round(
-    server: Process, fleets: list[Process], count: int, size: int, timeout: float
+    server: Process, fleets: list[Process], count: int, size: int, mode: str, timeout: float
 ) -> dict[str, Any]:
     for fleet in fleets:
-        fleet.send(f"expect {count}")
+        fleet.send(f"expect {count} {size}")
         assert fleet.readline(30) == "armed"
     cpu0 = server.cpu_seconds()
     started = time.time_ns()
-    server.send(f"broadcast {count} {size}")
+    server.send(f"broadcast {count} {size} {mode}")
     reports = []
     for fleet in fleets:
         line = fleet.readline(timeout + 30)
@@ -163,6 +163,7 @@ def broadcast_round(
     return {
         "messages": count,
         "size": size,
+        "mode": mode,
         "deliveries": received,
         "expected": count * sum(r.get("connections", 0) for r in reports),
         "seconds": seconds,
@@ -173,13 +174,14 @@ def broadcast_round(
         "server_cpu_s_per_million": server_cpu / max(received, 1) * 1e6,
         "fleet_cpu_share": max(r.get("cpu_s", 0) / seconds for r in reports),
         "timed_out": any(r.get("timed_out") for r in reports),
+        "frame_errors": sum(r.get("frame_errors", 0) for r in reports),
         "server_finished_sending": sent == "sent",
         "fleet_reports": [{k: v for k, v in r.items() if k != "latencies_us"} for r in reports],
     }
 
 
 def scenario_broadcast(
-    kind: str, n: int, sizes: list[int], total: int, timeout: float
+    kind: str, n: int, sizes: list[int], modes: list[str], total: int, timeout: float
 ) -> dict[str, Any]:
     server, port = start_server(kind)
     try:
@@ -191,8 +193,10 @@ def scenario_broadcast(
             rss1 = server.rss_bytes()
             rounds = []
             for size in sizes:
-                count = max(10, total // n)
-                rounds.append(broadcast_round(server, fleets, count, size, timeout))
+                # the same number of deliveries for every N; a quarter of it for big messages
+                count = max(10, (total if size <= 1024 else total // 4) // n)
+                for mode in modes:
+                    rounds.append(broadcast_round(server, fleets, count, size, mode, timeout))
         finally:
             for fleet in fleets:
                 fleet.stop()
@@ -237,7 +241,7 @@ def scenario_slow(kind: str, count: int, timeout: float) -> dict[str, Any]:
     try:
         fleets = start_fleets(port, 10, stuck=1, timeout=timeout)
         try:
-            result = broadcast_round(server, fleets, count, 10_000, timeout)
+            result = broadcast_round(server, fleets, count, 10_000, "paced", timeout)
         finally:
             for fleet in fleets:
                 fleet.stop()
@@ -272,19 +276,22 @@ def markdown(results: dict[str, Any]) -> str:
         "Deliveries/s (ratio to the best peer at the same N and size), p50/p99 delivery "
         "latency, server CPU seconds per million deliveries, fleet CPU share.\n"
     )
-    out.append("| N | size | server | deliveries/s | p50 ms | p99 ms | CPU s/M | fleet CPU |")
-    out.append("|---|---|---|---|---|---|---|---|")
-    by_key: dict[tuple[int, int], list[tuple[str, dict[str, Any]]]] = {}
+    out.append(
+        "| N | size | producer | server | deliveries/s | p50 ms | p99 ms | CPU s/M | fleet CPU |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|---|")
+    by_key: dict[tuple[int, int, str], list[tuple[str, dict[str, Any]]]] = {}
     for entry in results["broadcast"]:
         for rnd in entry["rounds"]:
-            by_key.setdefault((entry["clients"], rnd["size"]), []).append((entry["server"], rnd))
-    for (n, size), rows in sorted(by_key.items()):
+            key = (entry["clients"], rnd["size"], rnd["mode"])
+            by_key.setdefault(key, []).append((entry["server"], rnd))
+    for (n, size, mode), rows in sorted(by_key.items()):
         best_peer = max((r["deliveries_per_s"] for s, r in rows if s in PEERS), default=0)
         for server, rnd in rows:
             note = " (timed out)" if rnd["timed_out"] else ""
             rel = ratio(rnd["deliveries_per_s"], best_peer) if server not in PEERS else ""
             out.append(
-                f"| {n} | {size} | {server} | {rnd['deliveries_per_s']:,.0f}{rel}{note} | "
+                f"| {n} | {size} | {mode} | {server} | {rnd['deliveries_per_s']:,.0f}{rel}{note} | "
                 f"{rnd['latency_p50_ms']:.1f} | {rnd['latency_p99_ms']:.1f} | "
                 f"{rnd['server_cpu_s_per_million']:.1f} | {rnd['fleet_cpu_share']:.0%} |"
             )
@@ -329,26 +336,30 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sizes = sorted({r["size"] for e in results["broadcast"] for r in e["rounds"]})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
-    for ax, size in zip(axes[0], sizes, strict=True):
-        for server in SERVERS:
-            points = sorted(
-                (e["clients"], r["deliveries_per_s"])
-                for e in results["broadcast"]
-                if e["server"] == server
-                for r in e["rounds"]
-                if r["size"] == size
-            )
-            if points:
-                xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, marker="o", label=server)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("clients (N)")
-        ax.set_ylabel("deliveries per second")
-        ax.set_title(f"broadcast fan-out, {size} B messages")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+    modes = sorted({r["mode"] for e in results["broadcast"] for r in e["rounds"]})
+    fig, axes = plt.subplots(
+        len(modes), len(sizes), figsize=(6 * len(sizes), 4.2 * len(modes)), squeeze=False
+    )
+    for row, mode in enumerate(modes):
+        for ax, size in zip(axes[row], sizes, strict=True):
+            for server in SERVERS:
+                points = sorted(
+                    (e["clients"], r["deliveries_per_s"])
+                    for e in results["broadcast"]
+                    if e["server"] == server
+                    for r in e["rounds"]
+                    if r["size"] == size and r["mode"] == mode
+                )
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    ax.plot(xs, ys, marker="o", label=server)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("clients (N)")
+            ax.set_ylabel("deliveries per second")
+            ax.set_title(f"{mode} broadcast, {size} B messages")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -365,6 +376,7 @@ def main() -> int:
     unknown = set(servers) - set(SERVERS)
     if unknown:
         parser.error(f"unknown servers {sorted(unknown)}; known: {SERVERS}")
+    modes = ["burst", "paced"]
     if args.quick:
         clients, sizes, total = [100], [64], 20_000
         echo_conns, echo_s, slow_n, timeout = [1], 1.0, 500, 10
@@ -401,7 +413,9 @@ def main() -> int:
         bar.set_description(f"{scenario} {server} {n or ''}".strip())
         try:
             if scenario == "broadcast":
-                results["broadcast"].append(scenario_broadcast(server, n, sizes, total, timeout))
+                results["broadcast"].append(
+                    scenario_broadcast(server, n, sizes, modes, total, timeout)
+                )
             elif scenario == "echo":
                 results["echo"].append(scenario_echo(server, n, echo_s))
             else:

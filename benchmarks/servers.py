@@ -6,11 +6,14 @@ KIND is one of ``trio_wshandler``, ``websockets_trio``, ``trio_websocket``,
 ``websockets_asyncio`` or ``raw``.  Each binds 127.0.0.1 on a free port, prints ``port N``, echoes
 every message it receives, and reads commands on stdin:
 
-``broadcast COUNT SIZE``
-    send COUNT binary messages of SIZE bytes to every connected client, back to back, yielding to
-    the event loop after each (as a producer that awaits its source does), then print ``sent``.
-    Each payload starts with the message number and the time it was produced (``time.time_ns``),
-    from which the clients compute delivery latency.
+``broadcast COUNT SIZE MODE``
+    send COUNT binary messages of SIZE bytes to every connected client, then print ``sent``.
+    MODE ``burst``: the messages are produced back to back, the producer awaiting only what the
+    library makes it await (a burst of events, or many producers in one scheduling round);
+    ``paced``: the producer also yields to the event loop after every message (one event per
+    round of the loop, the worst case for coalescing).  Each payload starts with the message
+    number and the time it was produced (``time.time_ns``), from which the clients compute
+    delivery latency.
 ``quit``
     exit.
 
@@ -18,7 +21,8 @@ Each server uses its library the way its documentation recommends for fan-out: t
 ``send_all``; websockets' ``broadcast()`` (trio and asyncio); a loop of ``send_message`` for
 trio-websocket, which has no broadcast.  ``raw`` is the floor: a plain Trio TCP server that
 answers any request head with a 101 and writes the very same frame bytes to each client through a
-per-client queue and writer task, with no WebSocket layer at all.  No server offers compression.
+per-client queue and writer task (joining what is queued into one ``send_all``), with no
+WebSocket layer at all.  No server offers compression.
 """
 
 from __future__ import annotations
@@ -58,9 +62,9 @@ async def trio_commands(broadcast: Any) -> None:
         if not words or words[0] == "quit":
             return
         if words[0] == "broadcast":
-            count, size = int(words[1]), int(words[2])
+            count, size, paced = int(words[1]), int(words[2]), words[3] == "paced"
             padding = b"p" * size
-            await broadcast(count, size, padding)
+            await broadcast(count, size, padding, paced)
             print("sent", flush=True)
 
 
@@ -78,12 +82,14 @@ async def run_trio_wshandler() -> None:
         def get_connection(self, cx: Any, hdr: Any, cid: str) -> WebSocketConnection:
             return Echo(self, cx, hdr, cid)
 
-    handler = Handler(heartbeat=None)
+    # queues sized to hold a whole burst of the benchmark (the peers' buffers are unbounded)
+    handler = Handler(heartbeat=None, max_queue=1 << 16, max_queue_bytes=8 << 20)
 
-    async def broadcast(count: int, size: int, padding: bytes) -> None:
+    async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
         for seq in range(count):
             handler.send_all(payload(seq, size, padding))
-            await trio.lowlevel.checkpoint()
+            if paced:
+                await trio.lowlevel.checkpoint()
 
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve, handler, "127.0.0.1", 0)
@@ -117,8 +123,8 @@ async def run_websockets_trio() -> None:
         )
         announce(server.listeners[0].socket.getsockname()[1])
 
-        async def broadcast(count: int, size: int, padding: bytes) -> None:
-            for seq in range(count):
+        async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
+            for seq in range(count):  # broadcast() awaits every write in both modes
                 await ws_broadcast(server.connections, payload(seq, size, padding))
 
         await trio_commands(broadcast)
@@ -144,8 +150,8 @@ async def run_trio_websocket() -> None:
         finally:
             connections.discard(ws)
 
-    async def broadcast(count: int, size: int, padding: bytes) -> None:
-        for seq in range(count):
+    async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
+        for seq in range(count):  # send_message awaits the write in both modes
             message = payload(seq, size, padding)
             for ws in list(connections):
                 with contextlib.suppress(ConnectionClosed):
@@ -190,11 +196,12 @@ async def run_websockets_asyncio() -> None:
             if not words or words[0] == "quit":
                 return
             if words[0] == "broadcast":
-                count, size = int(words[1]), int(words[2])
+                count, size, paced = int(words[1]), int(words[2]), words[3] == "paced"
                 padding = b"p" * size
                 for seq in range(count):
                     websockets.broadcast(server.connections, payload(seq, size, padding))
-                    await asyncio.sleep(0)
+                    if paced:
+                        await asyncio.sleep(0)
                 print("sent", flush=True)
 
 
@@ -220,18 +227,25 @@ async def run_raw() -> None:
         queues.append(send)
         try:
             async for frame in receive:
-                await stream.send_all(frame)
+                frames = [frame]
+                while True:
+                    try:
+                        frames.append(receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await stream.send_all(b"".join(frames) if len(frames) > 1 else frame)
         except trio.BrokenResourceError:
             pass
         finally:
             queues.remove(send)
 
-    async def broadcast(count: int, size: int, padding: bytes) -> None:
+    async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
         for seq in range(count):
             frame = encode_message(payload(seq, size, padding))
             for queue in queues:
                 queue.send_nowait(frame)
-            await trio.lowlevel.checkpoint()
+            if paced:
+                await trio.lowlevel.checkpoint()
 
     async with trio.open_nursery() as nursery:
         [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")

@@ -65,11 +65,12 @@ class FrameAction(enum.Enum):
     BREAK = "break"
 
 
-class _State(enum.IntEnum):
-    NEW = 0  # created, not yet running: messages may be queued
-    OPEN = 1
-    CLOSING = 2  # a Close was sent or received, or the connection is being failed
-    CLOSED = 3
+# Connection states, plain ints: the state is checked for every message of a broadcast, and
+# an Enum member lookup costs more than the rest of that check.
+_NEW = 0  # created, not yet running: messages may be queued
+_OPEN = 1
+_CLOSING = 2  # a Close was sent or received, or the connection is being failed
+_CLOSED = 3
 
 
 def validate_close_code(code: int) -> None:
@@ -129,7 +130,7 @@ class WebSocketConnection:
         #: the close code and reason the connection ended with (None while open)
         self.close_code: int | None = None
         self.close_reason: str = ""
-        self._state = _State.NEW
+        self._state = _NEW
         self._queue = SendQueue(handler.max_queue, handler.max_queue_bytes)
         self._protocol = WebSocketProtocol(
             max_message_size=handler.max_message_size,
@@ -181,7 +182,7 @@ class WebSocketConnection:
     @property
     def is_open(self) -> bool:
         """True while messages can be sent (before and after registration, until closing)."""
-        return self._state <= _State.OPEN
+        return self._state <= _OPEN
 
     @property
     def listener_id(self) -> str:
@@ -241,7 +242,7 @@ class WebSocketConnection:
 
     def _enqueue(self, frame: bytes) -> bool:
         """Queue a data frame (also the hot path of ``send_all``); False if not queued."""
-        if self._state > _State.OPEN:
+        if self._state > 1:  # _OPEN
             return False
         if self._queue.put_data(frame):
             return True
@@ -280,9 +281,9 @@ class WebSocketConnection:
 
     def _start_close(self, code: int, reason: str) -> None:
         """Queue our Close and bound the closing handshake by ``close_timeout``."""
-        if self._state >= _State.CLOSING:
+        if self._state >= _CLOSING:
             return
-        self._state = _State.CLOSING
+        self._state = _CLOSING
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         frame = self._protocol.close(code, reason)
@@ -302,7 +303,7 @@ class WebSocketConnection:
 
     def _finish_protocol(self, code: int, reason: str, reply: bytes) -> None:
         """The closing handshake is over (or failed): queue ``reply`` if there is one."""
-        self._state = max(self._state, _State.CLOSING)
+        self._state = max(self._state, _CLOSING)
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         if reply:
@@ -322,8 +323,8 @@ class WebSocketConnection:
         handler = self.handler
         registry = handler._registry
         registry.add(self)
-        if self._state is _State.NEW:
-            self._state = _State.OPEN
+        if self._state is _NEW:
+            self._state = _OPEN
         self._last_received = self._last_message = trio.current_time()
         try:
             # the nursery's cancel scope is the connection's: stopping sets its deadline
@@ -344,7 +345,7 @@ class WebSocketConnection:
             if self._scope.cancelled_caught and self.close_code is None:
                 self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "timed out"
         finally:
-            self._state = _State.CLOSED
+            self._state = _CLOSED
             self._queue.finish()
             if self.close_code is None:
                 self.close_code = CloseCode.ABNORMAL_CLOSURE
@@ -395,22 +396,21 @@ class WebSocketConnection:
         """The socket is unusable: end the connection at once."""
         if self.close_code is None:
             self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "connection lost"
-        self._state = max(self._state, _State.CLOSING)
+        self._state = max(self._state, _CLOSING)
         assert self._scope is not None
         self._scope.cancel()
 
     async def _read(self, stream: trio.abc.ReceiveStream, initial_data: bytes) -> None:
         """Receive and dispatch until the connection is done reading.
 
-        On a plain TCP stream the socket is read with a non-blocking ``read(2)`` and the task
-        waits for readability only when there is nothing to read; it yields once per read when
-        data keeps coming, so a flooding client cannot starve other tasks.  Trio's
-        ``receive_some`` would add a scheduling round to every read.
+        On a plain TCP stream the socket is read with a non-blocking ``read(2)`` after exactly
+        one yield: a wait for readability when the last read drained the socket, else a plain
+        checkpoint, so a flooding client cannot starve other tasks.  Trio's ``receive_some``
+        costs a second scheduling round and a second system call per read.
         """
         protocol = self._protocol
         data: bytes = initial_data
         fd = stream.socket.fileno() if type(stream) is trio.SocketStream else -1
-        waited = True
         while True:
             if data:
                 protocol.receive_data(data)
@@ -418,17 +418,19 @@ class WebSocketConnection:
                     if await self._dispatch(event):
                         return
             if fd >= 0:
+                # one yield before every read: wait when the last read drained the socket,
+                # else just let other tasks run (a flooding client cannot starve them)
+                if len(data) < RECEIVE_BYTES:
+                    await trio.lowlevel.wait_readable(fd)
+                else:
+                    await trio.lowlevel.checkpoint()
                 try:
                     data = os.read(fd, RECEIVE_BYTES)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(fd)
-                    waited, data = True, b""
+                except BlockingIOError:  # a spurious wake-up: wait again
+                    data = b""
                     continue
                 except OSError:  # ECONNRESET and the like: the peer is gone
                     data = b""
-                if data and not waited:
-                    await trio.lowlevel.checkpoint()  # data keeps coming: let others run
-                waited = False
             else:
                 try:
                     data = cast(bytes, await stream.receive_some(RECEIVE_BYTES))
@@ -440,14 +442,14 @@ class WebSocketConnection:
                         CloseCode.ABNORMAL_CLOSURE,
                         "connection lost",
                     )
-                self._state = max(self._state, _State.CLOSING)
+                self._state = max(self._state, _CLOSING)
                 return
             self._last_received = trio.current_time()
 
     async def _dispatch(self, event: object) -> bool:
         """Act on one protocol event; True when the connection is done reading."""
         if isinstance(event, MessageReceived):
-            if self._state is _State.OPEN:
+            if self._state is _OPEN:
                 await self._deliver(event.data)
             return False
         if isinstance(event, DataFrame):
@@ -492,7 +494,7 @@ class WebSocketConnection:
             self._start_close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
 
     async def _raw_data_frame(self, event: DataFrame) -> None:
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             return
         if self._assembler is None:
             self._assembler = MessageAssembler()
@@ -532,7 +534,7 @@ class WebSocketConnection:
         if (
             not self._timers_running
             and self._nursery is not None
-            and self._state is _State.OPEN
+            and self._state is _OPEN
             and (handler.heartbeat is not None or handler.idle_timeout is not None)
         ):
             self._timers_running = True
@@ -547,7 +549,7 @@ class WebSocketConnection:
         no message for ``idle_timeout`` seconds closes with 1001 "idle timeout".
         """
         handler = self.handler
-        if self._state is not _State.OPEN:  # reading ended before this task first ran
+        if self._state is not _OPEN:  # reading ended before this task first ran
             self._timers_running = False
             return
         try:

@@ -64,7 +64,8 @@ class SendQueue:
     def put_data(self, frame: bytes) -> bool:
         """Queue a data frame; False (nothing queued) when the bounds would be exceeded."""
         n = len(frame)
-        if not self.has_room(n):
+        queued = self.queued_bytes  # has_room(), inlined: this runs for every delivery
+        if self.queued_frames >= self.max_frames or (queued and queued + n > self.max_bytes):
             return False
         try:
             self._send.send_nowait(frame)
