@@ -72,18 +72,11 @@ async def trio_commands(broadcast: Any) -> None:
 
 
 async def run_trio_wshandler() -> None:
-    from trio_wshandler import WebSocketConnection, WebSocketHandler, serve
-
-    class Echo(WebSocketConnection):
-        async def got_message(self, message: str | bytes) -> None:
-            self.send(message)
-
-    class Handler(WebSocketHandler):
-        def get_connection(self, cx: Any, hdr: Any, cid: str) -> WebSocketConnection:
-            return Echo(self, cx, hdr, cid)
+    from trio_wshandler import serve
+    from trio_wshandler._demo import EchoHandler
 
     # queues sized to hold a whole burst of the benchmark (the peers' buffers are unbounded)
-    handler = Handler(heartbeat=None, max_queue=1 << 16, max_queue_bytes=8 << 20)
+    handler = EchoHandler(heartbeat=None, max_queue=1 << 16, max_queue_bytes=8 << 20)
 
     async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
         for seq in range(count):
@@ -101,18 +94,20 @@ async def run_trio_wshandler() -> None:
 # ---------------------------------------------------------------- websockets (trio)
 
 
+async def websockets_echo(ws: Any) -> None:
+    """The echo handler of both websockets servers (trio and asyncio have the same API)."""
+    async for message in ws:
+        await ws.send(message)
+
+
 async def run_websockets_trio() -> None:
     from websockets.trio.connection import broadcast as ws_broadcast
     from websockets.trio.server import serve
 
-    async def echo(ws: Any) -> None:
-        async for message in ws:
-            await ws.send(message)
-
     async with trio.open_nursery() as nursery:
         server = await nursery.start(
             lambda task_status: serve(
-                echo,
+                websockets_echo,
                 0,
                 host="127.0.0.1",
                 compression=None,
@@ -181,13 +176,9 @@ async def run_websockets_asyncio() -> None:
     import websockets
     from websockets.asyncio.server import serve
 
-    async def echo(ws: Any) -> None:
-        async for message in ws:
-            await ws.send(message)
-
     loop = asyncio.get_running_loop()
     async with serve(
-        echo, "127.0.0.1", 0, compression=None, ping_interval=None, max_size=None
+        websockets_echo, "127.0.0.1", 0, compression=None, ping_interval=None, max_size=None
     ) as server:
         announce(next(iter(server.sockets)).getsockname()[1])
         while True:
