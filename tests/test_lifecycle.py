@@ -117,6 +117,20 @@ async def test_handler_stop_closes_all_with_1001_and_refuses_new_upgrades() -> N
     assert handler.stopped
 
 
+async def test_wait_closed_returns_after_the_end_hooks() -> None:
+    handler = RecordingHandler()
+    async with running(handler) as server, connect(ws_url(server)):
+        [conn] = await handler.wait_connections(1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn.wait_closed)
+            await trio.sleep(0.05)
+            assert conn.is_open  # still waiting
+            conn.stop()
+        assert conn.events == END_HOOKS
+        with trio.fail_after(1):
+            await conn.wait_closed()  # and returns at once afterwards
+
+
 async def test_close_handshake_is_bounded_by_close_timeout() -> None:
     handler = RecordingHandler(close_timeout=0.3)
     async with running(handler) as server, RawClient.connect(server.port) as raw:

@@ -91,6 +91,8 @@ class WebSocketConnection:
     __slots__ = (
         "_assembler",
         "_close_deadline",
+        "_closed",
+        "_ended",
         "_last_message",
         "_last_received",
         "_nursery",
@@ -131,6 +133,8 @@ class WebSocketConnection:
         self.close_code: int | None = None
         self.close_reason: str = ""
         self._state = _NEW
+        self._closed: trio.Event | None = None  # made only when somebody waits for the end
+        self._ended = False  # the end hooks have run
         self._queue = SendQueue(handler.max_queue, handler.max_queue_bytes)
         self._protocol = WebSocketProtocol(
             max_message_size=handler.max_message_size,
@@ -239,6 +243,14 @@ class WebSocketConnection:
         the peer ``close_timeout`` seconds to answer.  Does not wait (see ``wait_closed``)."""
         validate_close_code(code)
         self._start_close(code, reason)
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection has ended and its end hooks have run."""
+        if self._ended:
+            return
+        if self._closed is None:
+            self._closed = trio.Event()
+        await self._closed.wait()
 
     def _enqueue(self, frame: bytes) -> bool:
         """Queue a data frame (also the hot path of ``send_all``); False if not queued."""
@@ -365,6 +377,9 @@ class WebSocketConnection:
                         "connection %s: connection_closed() failed", self.id, exc_info=True
                     )
             registry.remove(self)
+            self._ended = True
+            if self._closed is not None:
+                self._closed.set()
             handler.log_debug(
                 "connection %s closed (%s %s)", self.id, self.close_code, self.close_reason
             )
