@@ -281,7 +281,7 @@ class WebSocketHandler:
         connection._bind(cx, hdr, cx.id)
         if self._stopped:
             connection.stop(CloseCode.GOING_AWAY, "server is stopping")
-        self.log_debug("connection %s from %s registered", connection.id, cx.peer)
+        self.log_debug("connection %s from %s upgraded", connection.id, cx.peer)
         self._empty = trio.Event() if self._empty.is_set() else self._empty
         try:
             await connection._run(stream, initial_data)
