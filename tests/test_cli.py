@@ -9,6 +9,8 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import trio
 from websockets.trio.client import connect
@@ -68,3 +70,29 @@ async def test_demo_chat_room_process() -> None:
                     seen.append(json.loads(await alice.recv()))
             chat = next(m for m in seen if m["type"] == "chat")
             assert chat["text"] == "hi everyone" and chat["from"].startswith("guest-")
+
+
+async def test_readme_example_runs(tmp_path: Any) -> None:
+    """The 20-line example in README.md works as printed (on port 0 instead of 8000)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert '"127.0.0.1", 8000' in code
+    script = tmp_path / "example.py"
+    script.write_text(code.replace('"127.0.0.1", 8000', '"127.0.0.1", 0'))
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(script)], stdout=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        with trio.fail_after(20):
+            line = await process.stdout.receive_some(1024)
+        url = line.decode().strip()
+        async with connect(url) as a, connect(url) as b:
+            assert (await a.recv()).startswith("welcome ")
+            assert (await b.recv()).startswith("welcome ")
+            await a.send("hello room")
+            assert await a.recv() == "hello room"
+            assert await b.recv() == "hello room"
+    finally:
+        process.kill()
+        await process.wait()
