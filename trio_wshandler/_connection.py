@@ -37,7 +37,7 @@ from ._protocol import (
 )
 from ._send_queue import SendQueue
 from ._types import CallContext, Request
-from ._writer import WriteTimeout, write_loop
+from ._writer import WriteTimeout, plain_socket_fd, write_loop
 from .codec import CloseCode, DataLike, Frame, Opcode, encode_message
 
 if TYPE_CHECKING:
@@ -425,7 +425,7 @@ class WebSocketConnection:
         """
         protocol = self._protocol
         data: bytes = initial_data
-        fd = stream.socket.fileno() if type(stream) is trio.SocketStream else -1
+        fd = plain_socket_fd(stream)
         while True:
             if data:
                 protocol.receive_data(data)

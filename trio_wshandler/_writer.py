@@ -26,6 +26,17 @@ class WriteTimeout(Exception):
     """A write did not complete within ``send_timeout`` seconds (the peer stopped reading)."""
 
 
+def plain_socket_fd(stream: trio.abc.SendStream | trio.abc.ReceiveStream) -> int:
+    """The file descriptor of a plain TCP stream on a POSIX system, else -1.
+
+    The writer (and the connection's reader) use it for non-blocking ``write(2)``/``read(2)``;
+    any other stream (TLS, in-memory, Windows) goes through Trio's stream methods.
+    """
+    if type(stream) is trio.SocketStream and os.name == "posix":
+        return stream.socket.fileno()
+    return -1
+
+
 class WriterSettings(Protocol):
     """Where the writer reads ``send_timeout`` for each write (the handler)."""
 
@@ -46,7 +57,7 @@ async def write_loop(
     write, so a changed setting applies at once).  The writer stays the only writer of the socket.
     Stream errors (``BrokenResourceError`` when the peer vanished) propagate to the caller.
     """
-    fd = stream.socket.fileno() if type(stream) is trio.SocketStream else -1
+    fd = plain_socket_fd(stream)
     receive = queue.receive_channel
     while True:
         if queue.in_channel:  # frames are waiting: take them without yielding
