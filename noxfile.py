@@ -56,7 +56,7 @@ def conformance(session: nox.Session) -> None:
     session.run("python", "conformance/autobahn.py", *session.posargs)
 
 
-BENCH_DEPS = ["-e", ".", "websockets>=17", "trio-websocket>=0.12", "tqdm", "matplotlib"]
+BENCH_DEPS = ["-e", ".[bench]"]
 
 
 @nox.session(python="3.11")
