@@ -143,6 +143,22 @@ async def test_exception_in_got_message_is_1011_and_logged(
     assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in errors)
 
 
+async def test_get_connection_raising_is_logged_and_closed_1011(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(WebSocketHandler):
+        def get_connection(self, cx, hdr, cid):  # type: ignore[no-untyped-def]
+            raise LookupError("no such room")
+
+    handler = Broken()
+    async with running(handler) as server, RawClient.connect(server.port) as raw:
+        close = await raw.expect_close(1011)
+        await raw.receive_eof()
+    assert close.close_reason == "internal error"
+    assert handler.connection_ids() == []
+    assert any(r.exc_info and r.exc_info[0] is LookupError for r in caplog.records)
+
+
 class BadRegistration(Recorder):
     async def registered(self) -> None:
         self.send("queued before the failure")

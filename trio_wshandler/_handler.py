@@ -20,7 +20,14 @@ from ._auth import AbstractAuthenticator
 from ._connection import WebSocketConnection, validate_close_code
 from ._registry import ConnectionRegistry
 from ._types import CallContext, Request, Response
-from .codec import MAX_CONTROL_PAYLOAD, CloseCode, DataLike, encode_message, response_key
+from .codec import (
+    MAX_CONTROL_PAYLOAD,
+    CloseCode,
+    DataLike,
+    Opcode,
+    encode_message,
+    response_key,
+)
 
 __all__ = ["WebSocketHandler"]
 
@@ -273,11 +280,23 @@ class WebSocketHandler:
         after its request head.  Creates the connection with :meth:`get_connection`,
         registers it, calls ``registered()`` and handles it until it closes.
         """
-        connection = self.get_connection(cx, hdr, cx.id)
-        if not isinstance(connection, WebSocketConnection):
-            raise TypeError(
-                f"get_connection() must return a WebSocketConnection, not {connection!r}"
+        try:
+            connection = self.get_connection(cx, hdr, cx.id)
+            if not isinstance(connection, WebSocketConnection):
+                raise TypeError(
+                    f"get_connection() must return a WebSocketConnection, not {connection!r}"
+                )
+        except Exception:
+            # the client has its 101 already: tell it why it is dropped (1011), then close
+            self.log_error("get_connection() failed for %s", cx.peer, exc_info=True)
+            close = encode_message(
+                CloseCode.INTERNAL_SERVER_ERROR.to_bytes(2, "big") + b"internal error",
+                Opcode.CLOSE,
             )
+            with trio.move_on_after(self.close_timeout):
+                await stream.send_all(close)
+            await trio.aclose_forcefully(stream)
+            return
         connection._bind(cx, hdr, cx.id)
         if self._stopped:
             connection.stop(CloseCode.GOING_AWAY, "server is stopping")
