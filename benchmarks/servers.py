@@ -54,18 +54,20 @@ def announce(port: int) -> None:
     print(f"port {port}", flush=True)
 
 
+def parse_command(line: str) -> tuple[int, int, bytes, bool] | None:
+    """``broadcast COUNT SIZE MODE`` -> (count, size, padding, paced); None means quit."""
+    words = line.split()
+    if not words or words[0] != "broadcast":
+        return None
+    size = int(words[2])
+    return int(words[1]), size, b"p" * size, words[3] == "paced"
+
+
 async def trio_commands(broadcast: Any) -> None:
     """Read stdin commands in a thread; run broadcasts on the Trio loop."""
-    while True:
-        line = await trio.to_thread.run_sync(sys.stdin.readline)
-        words = line.split()
-        if not words or words[0] == "quit":
-            return
-        if words[0] == "broadcast":
-            count, size, paced = int(words[1]), int(words[2]), words[3] == "paced"
-            padding = b"p" * size
-            await broadcast(count, size, padding, paced)
-            print("sent", flush=True)
+    while command := parse_command(await trio.to_thread.run_sync(sys.stdin.readline)):
+        await broadcast(*command)
+        print("sent", flush=True)
 
 
 # ---------------------------------------------------------------- trio_wshandler
@@ -181,19 +183,13 @@ async def run_websockets_asyncio() -> None:
         websockets_echo, "127.0.0.1", 0, compression=None, ping_interval=None, max_size=None
     ) as server:
         announce(next(iter(server.sockets)).getsockname()[1])
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            words = line.split()
-            if not words or words[0] == "quit":
-                return
-            if words[0] == "broadcast":
-                count, size, paced = int(words[1]), int(words[2]), words[3] == "paced"
-                padding = b"p" * size
-                for seq in range(count):
-                    websockets.broadcast(server.connections, payload(seq, size, padding))
-                    if paced:
-                        await asyncio.sleep(0)
-                print("sent", flush=True)
+        while command := parse_command(await loop.run_in_executor(None, sys.stdin.readline)):
+            count, size, padding, paced = command
+            for seq in range(count):
+                websockets.broadcast(server.connections, payload(seq, size, padding))
+                if paced:
+                    await asyncio.sleep(0)
+            print("sent", flush=True)
 
 
 # ---------------------------------------------------------------- raw floor
