@@ -1,13 +1,14 @@
 """One WebSocket connection: the object user code subclasses, and the tasks that run it.
 
-After the upgrade, :meth:`WebSocketConnection._run` opens a nursery with three tasks:
+After the upgrade, :meth:`WebSocketConnection._run` opens a nursery for the connection:
 
-* the **reader** (here): receives bytes, feeds the sans-I/O protocol (``_protocol.py``) and
-  dispatches its events to the hooks, one at a time, in order;
+* the **reader** (the task that called ``_run``, code here): receives bytes, feeds the sans-I/O
+  protocol (``_protocol.py``) and dispatches its events to the hooks, one at a time, in order;
 * the **writer** (``_writer.py``): drains the connection's send queue (``_send_queue.py``);
-* the **heartbeat** (here): pings an idle peer and fails the connection when no Pong comes.
+* the **timers** (here), only while a heartbeat or an idle timeout is set: pings an idle peer and
+  fails the connection when no Pong comes; closes a connection that sends no message.
 
-The whole connection runs inside one cancel scope.  Closing it from our side (``stop()``, a
+The whole connection runs inside the nursery's cancel scope.  Closing it from our side (``stop()``, a
 protocol error, a failing hook, a slow consumer) queues a Close frame and sets a deadline of
 ``close_timeout`` seconds on that scope: the peer has that long to answer, after which the scope
 cancels whatever is still running.  Whatever way the connection ends, the socket is closed and
