@@ -8,9 +8,9 @@ After the upgrade, :meth:`WebSocketConnection._run` opens a nursery for the conn
 * the **timers** (here), only while a heartbeat or an idle timeout is set: pings an idle peer and
   fails the connection when no Pong comes; closes a connection that sends no message.
 
-The whole connection runs inside the nursery's cancel scope.  Closing it from our side (``stop()``, a
-protocol error, a failing hook, a slow consumer) queues a Close frame and sets a deadline of
-``close_timeout`` seconds on that scope: the peer has that long to answer, after which the scope
+The whole connection runs inside the nursery's cancel scope.  Closing it from our side
+(``stop()``, a protocol error, a failing hook, a slow consumer) queues a Close frame and sets a
+deadline of ``close_timeout`` seconds on that scope: the peer has that long to answer, after which the scope
 cancels whatever is still running.  Whatever way the connection ends, the socket is closed and
 ``deregister_connection`` then ``connection_closed`` run exactly once, shielded and bounded.
 """
