@@ -10,9 +10,10 @@ After the upgrade, :meth:`WebSocketConnection._run` opens a nursery for the conn
 
 The whole connection runs inside the nursery's cancel scope.  Closing it from our side
 (``stop()``, a protocol error, a failing hook, a slow consumer) queues a Close frame and sets a
-deadline of ``close_timeout`` seconds on that scope: the peer has that long to answer, after which the scope
-cancels whatever is still running.  Whatever way the connection ends, the socket is closed and
-``deregister_connection`` then ``connection_closed`` run exactly once, shielded and bounded.
+deadline of ``close_timeout`` seconds on that scope: the peer has that long to answer, after
+which the scope cancels whatever is still running.  Whatever way the connection ends, the socket
+is closed and ``deregister_connection`` then ``connection_closed`` run exactly once, shielded and
+bounded.
 """
 
 from __future__ import annotations
