@@ -192,3 +192,17 @@ async def test_websockets_client_rejects_nothing_unusual() -> None:
                 pass
         except websockets.exceptions.InvalidHandshake:
             pass
+
+
+async def test_request_body_over_the_limit_is_413() -> None:
+    limits = HttpLimits(max_body_bytes=1000)
+    async with running({"/": PageHandler("x")}, limits=limits) as server:
+        body = b"b" * 5000
+        head = f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        status, _, text = await raw_http(server.port, head + body)
+        small, _, _ = await raw_http(
+            server.port,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        )
+    assert status == 413 and b"1000" in text
+    assert small == 405  # within the limit, it reaches the handler (which serves GET only)
