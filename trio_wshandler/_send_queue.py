@@ -35,7 +35,6 @@ class SendQueue:
         "max_bytes",
         "max_frames",
         "queued_bytes",
-        "queued_frames",
         "written",
     )
 
@@ -43,8 +42,7 @@ class SendQueue:
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self._send, self._receive = trio.open_memory_channel[bytes](max_frames + CONTROL_RESERVE)
-        #: frames and bytes currently queued (data and control frames alike)
-        self.queued_frames = 0
+        #: bytes currently queued (data and control frames alike)
         self.queued_bytes = 0
         #: frames in the channel, not yet taken by the writer (so that it never has to try)
         self.in_channel = 0
@@ -54,6 +52,11 @@ class SendQueue:
         #: set once the writer can write no more (the connection ended)
         self.finished = False
         self._progress: trio.Event | None = None  # made only when somebody waits
+
+    @property
+    def queued_frames(self) -> int:
+        """Frames queued and not yet written (data and control frames alike)."""
+        return self.enqueued - self.written
 
     def has_room(self, nbytes: int) -> bool:
         """Whether a data frame of ``nbytes`` fits within both bounds."""
@@ -65,13 +68,13 @@ class SendQueue:
         """Queue a data frame; False (nothing queued) when the bounds would be exceeded."""
         n = len(frame)
         queued = self.queued_bytes  # has_room(), inlined: this runs for every delivery
-        if self.queued_frames >= self.max_frames or (queued and queued + n > self.max_bytes):
+        frames = self.enqueued - self.written
+        if frames >= self.max_frames or (queued and queued + n > self.max_bytes):
             return False
         try:
             self._send.send_nowait(frame)
         except (trio.WouldBlock, trio.ClosedResourceError):
             return False
-        self.queued_frames += 1
         self.queued_bytes += n
         self.enqueued += 1
         self.in_channel += 1
@@ -83,7 +86,6 @@ class SendQueue:
             self._send.send_nowait(frame)
         except (trio.WouldBlock, trio.ClosedResourceError):
             return False
-        self.queued_frames += 1
         self.queued_bytes += len(frame)
         self.enqueued += 1
         self.in_channel += 1
@@ -123,7 +125,6 @@ class SendQueue:
     def wrote(self, frames: list[bytes], size: int) -> None:
         """Account for a written batch and wake ``flush`` and ``wait_for_room`` callers."""
         self.queued_bytes -= size
-        self.queued_frames -= len(frames)
         self.written += len(frames)
         self._wake()
 
