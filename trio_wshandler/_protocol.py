@@ -205,11 +205,6 @@ class WebSocketProtocol:
         self._frame_parts: list[str | bytes | bytearray] = []
         self._in_message = False
 
-    @property
-    def is_open(self) -> bool:
-        """True until a Close has been sent or received."""
-        return self._ws.state is ConnectionState.OPEN
-
     def receive_data(self, data: bytes) -> None:
         self._ws.receive_data(data)
 
