@@ -23,7 +23,9 @@ async def _run_demo(host: str, port: int) -> None:
 
 
 async def _run_echo(host: str, port: int) -> None:
-    handler = EchoHandler(max_message_size=16 << 20, max_queue_bytes=32 << 20)
+    handler = EchoHandler(
+        max_message_size=16 << 20, max_fragments=1 << 17, max_queue_bytes=32 << 20
+    )
     async with trio.open_nursery() as nursery:
         server: Server = await nursery.start(serve, handler, host, port)
         print(f"echo server on ws://{host}:{server.port}/", flush=True)

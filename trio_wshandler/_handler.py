@@ -76,6 +76,10 @@ class WebSocketHandler:
         close with 1011 when a heartbeat Ping is not answered within this time.
     ``max_message_size`` (1 MiB)
         largest incoming message, all fragments together; bigger closes with 1009.
+    ``max_fragments`` (4096)
+        most frames one incoming message may have; more closes with 1009.  Reassembly joins
+        fragments into one buffer as they arrive, so memory stays near the message's size; this
+        bound is on the work a client can cause with empty or tiny fragments.
     ``max_queue`` (4096 frames) and ``max_queue_bytes`` (1 MiB)
         bounds of each connection's send queue.
     ``slow_consumer`` ("close")
@@ -105,6 +109,7 @@ class WebSocketHandler:
         heartbeat_message: str | bytes = "heartbeat",
         pong_timeout: float = 20.0,
         max_message_size: int = 1 << 20,
+        max_fragments: int = 4096,
         max_queue: int = 4096,
         max_queue_bytes: int = 1 << 20,
         slow_consumer: SlowConsumerPolicy = "close",
@@ -128,6 +133,7 @@ class WebSocketHandler:
         self._heartbeat_message = _heartbeat_payload(heartbeat_message)
         self._pong_timeout: float = _positive("pong_timeout", pong_timeout)
         self.max_message_size: int = _positive("max_message_size", max_message_size, integer=True)
+        self.max_fragments: int = _positive("max_fragments", max_fragments, integer=True)
         self.max_queue: int = _positive("max_queue", max_queue, integer=True)
         self.max_queue_bytes: int = _positive("max_queue_bytes", max_queue_bytes, integer=True)
         self.slow_consumer: SlowConsumerPolicy = slow_consumer
@@ -273,12 +279,15 @@ class WebSocketHandler:
         stream: trio.abc.Stream,
         *,
         initial_data: bytes = b"",
+        stopping: str | None = None,
     ) -> None:
         """Run one upgraded connection until it ends (the seed's ``startImpl``).
 
         The server calls it after sending the 101; ``initial_data`` is anything the client sent
         after its request head.  Creates the connection with :meth:`get_connection`,
-        registers it, calls ``registered()`` and handles it until it closes.
+        registers it, calls ``registered()`` and handles it until it closes.  ``stopping`` (a
+        reason) says that its listener stopped while the 101 was on its way: the connection
+        still runs its hooks, and is closed with 1001 and that reason at once.
         """
         try:
             connection = self.get_connection(cx, hdr, cx.id)
@@ -298,8 +307,8 @@ class WebSocketHandler:
             await trio.aclose_forcefully(stream)
             return
         connection._bind(cx, hdr, cx.id)
-        if self._stopped:
-            connection.stop(CloseCode.GOING_AWAY, "server is stopping")
+        if self._stopped or stopping is not None:
+            connection.stop(CloseCode.GOING_AWAY, stopping or "server is stopping")
         self.log_debug("connection %s from %s upgraded", connection.id, cx.peer)
         self._empty = trio.Event() if self._empty.is_set() else self._empty
         try:

@@ -103,22 +103,42 @@ Event = (
 )
 
 
-# ---------------------------------------------------------------- size limit
+# ---------------------------------------------------------------- inbound limits
 
 
-class _MessageSizeLimit(Extension):
-    """Refuses (1009) a message whose frames declare more than ``limit`` payload bytes in all.
+#: A Close code the IANA registry allows (Bad Gateway) that wsproto 1.3 rejects as reserved.
+_UNKNOWN_TO_WSPROTO = 1014
+#: What :class:`_InboundLimits` lets wsproto see instead (any code wsproto accepts will do).
+_STAND_IN = 1011
 
-    It uses wsproto's public extension hook, which sees every frame header before its payload,
-    so the check costs nothing per byte and works even when the payload never arrives.  It
-    claims no RSV bits, so wsproto's reserved-bit validation is unchanged.
+
+class _InboundLimits(Extension):
+    """Sees every frame before wsproto acts on it: the size and fragment limits, and Close codes.
+
+    It uses wsproto's public extension hooks (never negotiated, applied locally after the
+    handshake, claiming no RSV bits, so wsproto's reserved-bit validation is unchanged):
+
+    * ``frame_inbound_header`` sees every frame header before its payload: a message whose frames
+      declare more than ``max_size`` payload bytes in all, or that has more than
+      ``max_fragments`` frames, is refused (1009) there, so the check costs nothing per byte,
+      works even when the payload never arrives, and makes empty fragments count.
+    * ``frame_inbound_payload_data`` sees a Close frame's payload (control frames arrive whole):
+      a peer's 1014, which RFC 6455's registry allows but wsproto refuses, is passed to wsproto
+      as a code it knows and restored by :class:`WebSocketProtocol` (``peer_close_code``).
     """
 
-    name = "trio-wshandler-size-limit"
+    name = "trio-wshandler-inbound-limits"
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, max_size: int, max_fragments: int) -> None:
+        self.max_size = max_size
+        self.max_fragments = max_fragments
         self.message_bytes = 0
+        self.fragments = 0
+        #: which limit refused the current message ("size" or "fragments"), for the reason text
+        self.tripped = ""
+        self._close_frame = False
+        #: the code of the peer's Close when wsproto was shown a stand-in, else None
+        self.peer_close_code: int | None = None
 
     def enabled(self) -> bool:
         return True
@@ -135,51 +155,83 @@ class _MessageSizeLimit(Extension):
     ) -> CloseReason | RsvBits:
         if opcode is WsOpcode.CONTINUATION:
             self.message_bytes += payload_length
+            self.fragments += 1
         elif not opcode.iscontrol():
             self.message_bytes = payload_length
+            self.fragments = 1
         else:
+            self._close_frame = opcode is WsOpcode.CLOSE
             return RsvBits(False, False, False)
-        if self.message_bytes > self.limit:
+        if self.message_bytes > self.max_size:
+            self.tripped = "size"
+            return CloseReason.MESSAGE_TOO_BIG
+        if self.fragments > self.max_fragments:
+            self.tripped = "fragments"
             return CloseReason.MESSAGE_TOO_BIG
         return RsvBits(False, False, False)
+
+    def frame_inbound_payload_data(
+        self, proto: FrameDecoder | FrameProtocol, data: bytes
+    ) -> bytes | CloseReason:
+        if self._close_frame:
+            self._close_frame = False
+            if len(data) >= 2 and int.from_bytes(data[:2], "big") == _UNKNOWN_TO_WSPROTO:
+                self.peer_close_code = _UNKNOWN_TO_WSPROTO
+                return _STAND_IN.to_bytes(2, "big") + data[2:]
+        return data
 
 
 # ---------------------------------------------------------------- reassembly
 
 
 class MessageAssembler:
-    """Joins the data of consecutive frames into one message.
+    """Joins the data of consecutive frames (or of the pieces of one frame) into one message.
+
+    Pieces are appended to one growing ``bytearray`` as they arrive (Text as UTF-8, decoded
+    once at the end; wsproto has validated it already), so the memory held for a message in
+    reassembly stays near its size however it is cut up: a list of parts costs about 56 bytes
+    per part, which a client sending empty or one-byte fragments could grow without bound, and
+    ``io.StringIO`` peaks at 9 bytes per character on Python 3.11.  A message of one piece (the
+    common case) is returned as it came, without a copy.
 
     ``skip`` supports :attr:`FrameAction.CONTINUE`: a skipped frame adds nothing, and a message
     all of whose frames were skipped is not delivered at all.
     """
 
-    __slots__ = ("_kept", "_parts")
+    __slots__ = ("_buffer", "_first", "_text")
 
     def __init__(self) -> None:
-        self._parts: list[str | bytes | bytearray] = []
-        self._kept = False
+        self._first: str | bytes | None = None  # the first piece, kept as it came
+        self._buffer: bytearray | None = None  # made when a second piece comes
+        self._text = False
 
     def add(self, data: str | bytes | bytearray, fin: bool) -> str | bytes | None:
-        """Add one frame's data; returns the whole message after its final frame."""
-        self._parts.append(data)
-        self._kept = True
+        """Add one piece; returns the whole message after its final piece."""
+        buffer = self._buffer
+        if buffer is None:
+            if self._first is None:
+                piece = bytes(data) if isinstance(data, bytearray) else data
+                if fin:
+                    return piece
+                self._first = piece
+                return None
+            first, self._first = self._first, None
+            self._text = isinstance(first, str)
+            buffer = self._buffer = bytearray(
+                first.encode("utf-8") if isinstance(first, str) else first
+            )
+        buffer += data.encode("utf-8") if isinstance(data, str) else data
         return self._finish() if fin else None
 
     def skip(self, fin: bool) -> str | bytes | None:
         return self._finish() if fin else None
 
     def _finish(self) -> str | bytes | None:
-        parts, kept = self._parts, self._kept
-        self._parts, self._kept = [], False
-        if not kept:
-            return None
-        if len(parts) == 1:
-            part = parts[0]
-            return bytes(part) if isinstance(part, bytearray) else part
-        if isinstance(parts[0], str):
-            return "".join(parts)  # type: ignore[arg-type]
-        return b"".join(parts)  # type: ignore[arg-type]
+        buffer, first = self._buffer, self._first
+        self._buffer = self._first = None
+        if buffer is None:
+            return first
+        return buffer.decode("utf-8") if self._text else bytes(buffer)
 
 
 # ---------------------------------------------------------------- the protocol
@@ -193,16 +245,15 @@ class WebSocketProtocol:
     Data that arrives after we have sent a Close is discarded, as RFC 6455 section 1.4 allows.
     """
 
-    __slots__ = ("_assembler", "_frame_parts", "_in_message", "_limit", "_ws", "raw_frames")
+    __slots__ = ("_assembler", "_frame", "_in_message", "_limits", "_ws", "raw_frames")
 
-    def __init__(self, *, max_message_size: int, raw_frames: bool = False) -> None:
-        self._limit = max_message_size
-        self._ws = Connection(
-            ConnectionType.SERVER, extensions=[_MessageSizeLimit(max_message_size)]
-        )
+    def __init__(
+        self, *, max_message_size: int, max_fragments: int, raw_frames: bool = False
+    ) -> None:
+        self._limits = _InboundLimits(max_message_size, max_fragments)
+        self._ws = Connection(ConnectionType.SERVER, extensions=[self._limits])
         self.raw_frames = raw_frames
-        self._assembler = MessageAssembler()
-        self._frame_parts: list[str | bytes | bytearray] = []
+        self._assembler = MessageAssembler()  # pieces of a message (or, raw, of one frame)
         self._in_message = False
 
     def receive_data(self, data: bytes) -> None:
@@ -242,17 +293,10 @@ class WebSocketProtocol:
                 yield self._close_event(event)
 
     def _raw_frame(self, event: TextMessage | BytesMessage) -> DataFrame | None:
-        self._frame_parts.append(event.data)
-        if not event.frame_finished:
+        data = self._assembler.add(event.data, event.frame_finished)
+        if data is None:
             return None
-        parts, self._frame_parts = self._frame_parts, []
-        data: str | bytes
-        if isinstance(event, TextMessage):
-            data = "".join(parts)  # type: ignore[arg-type]
-            first = Opcode.TEXT
-        else:
-            data = b"".join(parts)  # type: ignore[arg-type]
-            first = Opcode.BINARY
+        first = Opcode.TEXT if isinstance(event, TextMessage) else Opcode.BINARY
         opcode = Opcode.CONTINUATION if self._in_message else first
         self._in_message = not event.message_finished
         return DataFrame(opcode, data, event.message_finished)
@@ -261,12 +305,19 @@ class WebSocketProtocol:
         ws = self._ws
         state = ws.state
         code, reason = int(event.code), event.reason or ""
+        limits = self._limits
+        peer_code, limits.peer_close_code = limits.peer_close_code, None
+        if peer_code is not None and code == _STAND_IN:  # wsproto was shown a stand-in
+            code = peer_code
+            event = CloseConnection(code=code, reason=event.reason)
         if state is ConnectionState.REMOTE_CLOSING:
             return CloseReceived(code, reason, bytes(ws.send(event.response())))
         if state is ConnectionState.CLOSED:
             return CloseCompleted(code, reason)
         # wsproto reports a protocol violation as a CloseConnection without a state change
-        if code == CloseCode.MESSAGE_TOO_BIG:
-            reason = f"message over max_message_size ({self._limit} bytes)"
+        if code == CloseCode.MESSAGE_TOO_BIG and limits.tripped == "fragments":
+            reason = f"message of more than max_fragments ({limits.max_fragments}) frames"
+        elif code == CloseCode.MESSAGE_TOO_BIG:
+            reason = f"message over max_message_size ({limits.max_size} bytes)"
         reply = self.close(code, reason) if state is ConnectionState.OPEN else b""
         return ProtocolFailed(code, reason, reply)
