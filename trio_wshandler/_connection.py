@@ -39,7 +39,7 @@ from ._protocol import (
 )
 from ._send_queue import SendQueue
 from ._types import CallContext, Request
-from ._writer import WriteTimeout, plain_socket_fd, write_loop
+from ._writer import WriteTimeout, plain_socket_fd, write_last_words, write_loop
 from .codec import CloseCode, DataLike, Frame, Opcode, encode_message
 
 if TYPE_CHECKING:
@@ -49,6 +49,10 @@ __all__ = ["FrameAction", "WebSocketConnection"]
 
 #: Bytes asked of the socket per receive.
 RECEIVE_BYTES = 64 * 1024
+
+#: Most protocol events (frames, messages) handled in one task step: a 64 KiB read can hold
+#: about 10,900 minimal frames, and a Ping flooder must not hold the event loop for all of them.
+EVENTS_PER_STEP = 32
 
 #: Close codes an endpoint may send (RFC 6455 section 7.4), besides 3000-4999.
 _SENDABLE_CODES = frozenset(
@@ -140,6 +144,7 @@ class WebSocketConnection:
         self._queue = SendQueue(handler.max_queue, handler.max_queue_bytes)
         self._protocol = WebSocketProtocol(
             max_message_size=handler.max_message_size,
+            max_fragments=handler.max_fragments,
             raw_frames=type(self).got_raw_message is not WebSocketConnection.got_raw_message,
         )
         self._scope: trio.CancelScope | None = None
@@ -361,6 +366,12 @@ class WebSocketConnection:
         finally:
             self._state = _CLOSED
             self._queue.finish()
+            # ended without the writer draining the queue (cancelled from outside, a deadline):
+            # what is queued and a Close 1001, if the socket takes them at once
+            last_close = self._protocol.close(CloseCode.GOING_AWAY, "server is stopping")
+            wrote = write_last_words(self._queue, stream, last_close)
+            if wrote and last_close and self.close_code is None:
+                self.close_code, self.close_reason = CloseCode.GOING_AWAY, "server is stopping"
             if self.close_code is None:
                 self.close_code = CloseCode.ABNORMAL_CLOSURE
             # shielded, so that cancellation of the server still runs the end hooks, and
@@ -431,9 +442,14 @@ class WebSocketConnection:
         while True:
             if data:
                 protocol.receive_data(data)
+                handled = 0
                 for event in protocol.events():
                     if await self._dispatch(event):
                         return
+                    handled += 1
+                    if handled == EVENTS_PER_STEP:  # let other connections have their turn
+                        handled = 0
+                        await trio.lowlevel.checkpoint()
             if fd >= 0:
                 # one yield before every read: wait when the last read drained the socket,
                 # else just let other tasks run (a flooding client cannot starve them)
@@ -453,13 +469,17 @@ class WebSocketConnection:
                     data = cast(bytes, await stream.receive_some(RECEIVE_BYTES))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
-            if not data:
+            if not data:  # the peer closed (or half-closed) without a Close frame
                 if self.close_code is None:
                     self.close_code, self.close_reason = (
                         CloseCode.ABNORMAL_CLOSURE,
                         "connection lost",
                     )
                 self._state = max(self._state, _CLOSING)
+                # a half-closed peer may still read: tell it why (1006 is never sent)
+                close = protocol.close(CloseCode.GOING_AWAY, "")
+                if close:
+                    self._queue.put_control(close)
                 return
             self._last_received = trio.current_time()
 
@@ -476,7 +496,7 @@ class WebSocketConnection:
             if self._raw(Frame(Opcode.PING, event.payload)) is FrameAction.PROCESS:
                 pong = self._protocol.pong(event.payload)
                 if pong:
-                    self._queue.put_control(pong)  # dropped when the reserve is full
+                    self._queue.put_pong(pong)  # not when MAX_PONGS_OWED are still unwritten
             return False
         if isinstance(event, PongReceived):
             if (

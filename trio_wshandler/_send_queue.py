@@ -9,23 +9,28 @@ Bounds: ``max_frames`` frames and ``max_bytes`` bytes.  A single frame larger th
 be sent.  Control frames (Pong, Ping, Close) may use a small reserve of channel slots beyond
 ``max_frames``, so a Close can always be queued behind a full queue of data; when the reserve
 itself is full a Pong is dropped (RFC 6455 section 5.5.3 allows answering only the most recent
-Ping), which bounds the work a Ping flood can cause.
+Ping).  At most ``MAX_PONGS_OWED`` Pongs wait unwritten at a time; a Ping beyond that is not
+answered, which bounds what a client that floods Pings without reading can make us hold.
 """
 
 from __future__ import annotations
 
 import trio
 
-__all__ = ["CONTROL_RESERVE", "SendQueue"]
+__all__ = ["CONTROL_RESERVE", "MAX_PONGS_OWED", "SendQueue"]
 
 #: Channel slots kept for control frames beyond ``max_frames``.
 CONTROL_RESERVE = 8
+
+#: Most Pongs queued and not yet written; Pings beyond that go unanswered until some are written.
+MAX_PONGS_OWED = 16
 
 
 class SendQueue:
     """A bounded FIFO of encoded frames with byte accounting and flush support."""
 
     __slots__ = (
+        "_pongs",
         "_progress",
         "_receive",
         "_send",
@@ -34,6 +39,7 @@ class SendQueue:
         "in_channel",
         "max_bytes",
         "max_frames",
+        "partial",
         "queued_bytes",
         "written",
     )
@@ -51,7 +57,11 @@ class SendQueue:
         self.written = 0
         #: set once the writer can write no more (the connection ended)
         self.finished = False
+        #: a write is under way and part of it may be on the wire: nothing may be put before
+        #: its end (the last-words Close in ``_writer.write_last_words`` checks this)
+        self.partial = False
         self._progress: trio.Event | None = None  # made only when somebody waits
+        self._pongs: list[int] | None = None  # positions (``enqueued``) of unwritten Pongs
 
     @property
     def queued_frames(self) -> int:
@@ -90,6 +100,28 @@ class SendQueue:
         self.enqueued += 1
         self.in_channel += 1
         return True
+
+    def put_pong(self, frame: bytes) -> bool:
+        """Queue a Pong unless ``MAX_PONGS_OWED`` are already waiting; False if not queued."""
+        pongs = self._pongs
+        if pongs is None:
+            pongs = self._pongs = []
+        written = self.written
+        while pongs and pongs[0] <= written:
+            del pongs[0]
+        if len(pongs) >= MAX_PONGS_OWED or not self.put_control(frame):
+            return False
+        pongs.append(self.enqueued)
+        return True
+
+    def take_all(self) -> list[bytes]:
+        """Every frame still in the channel, without waiting (for the last words)."""
+        frames = []
+        while True:
+            try:
+                frames.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return frames
 
     async def wait_for_room(self, nbytes: int) -> None:
         """Wait until a data frame of ``nbytes`` fits (or the connection has ended)."""

@@ -16,7 +16,7 @@ import trio
 
 from ._send_queue import SendQueue
 
-__all__ = ["COALESCE_BYTES", "WriteTimeout", "write_loop"]
+__all__ = ["COALESCE_BYTES", "WriteTimeout", "write_last_words", "write_loop"]
 
 #: Most bytes joined into one ``send_all`` (a single larger frame is written alone).
 COALESCE_BYTES = 256 * 1024
@@ -80,6 +80,7 @@ async def write_loop(
         if sent < size:
             rest = memoryview(data)[sent:] if sent else data
             timeout = settings.send_timeout
+            queue.partial = True  # stays set if this is cancelled half-way
             if timeout is None:
                 await stream.send_all(rest)
             else:
@@ -89,6 +90,29 @@ async def write_loop(
                     raise WriteTimeout(
                         f"a write of {size} bytes did not complete within {timeout} s"
                     )
+            queue.partial = False
         queue.wrote(frames, size)
         if sent == size and queue.in_channel:
             await trio.lowlevel.checkpoint()  # more than one batch was waiting: be fair
+
+
+def write_last_words(queue: SendQueue, stream: trio.abc.SendStream, close: bytes) -> bool:
+    """Best effort, never waiting: write what is still queued, then ``close`` (our Close frame if
+    none was queued yet), with one non-blocking ``write(2)``.  True if it all went out.
+
+    For a connection that ends without its writer having drained the queue (the server's scope
+    was cancelled, a deadline expired), so that a client that got its 101 still learns why it is
+    dropped (1001) instead of seeing the connection vanish (1006).  Only on plain TCP: a TLS
+    record cannot be written without awaiting.  Nothing is written after a write that was cut
+    short, since the peer would read our Close as the rest of a half-written frame.
+    """
+    fd = plain_socket_fd(stream)
+    if fd < 0 or queue.partial:
+        return False
+    data = b"".join(queue.take_all()) + close
+    if not data:
+        return True
+    try:
+        return os.write(fd, data) == len(data)
+    except OSError:  # would block, or the peer is gone: nothing more can be done
+        return False
