@@ -16,21 +16,29 @@ the listener's scope as a backstop; the listener's nursery ends once they are al
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
+import math
 import ssl
 from collections.abc import Mapping
 from typing import Any
 
 import trio
 
-from ._http import HttpHandler, HttpLimits, Upgrade, serve_http
+from ._http import HttpHandler, HttpLimits, serve_http
 from ._ids import new_connection_id
 from ._types import CallContext, Request
 
 __all__ = ["Listener", "Server", "serve"]
 
 logger = logging.getLogger("trio_wshandler.server")
+
+#: Seconds between two attempts to accept while the process is out of descriptors or memory.
+ACCEPT_RETRY_DELAY = 0.1
+#: Seconds between two warnings about failing ``accept`` calls (each with a count).
+ACCEPT_ERROR_LOG_INTERVAL = 10.0
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 _listener_numbers = itertools.count(1)
 
@@ -39,6 +47,17 @@ def _address(sockaddr: object) -> tuple[str, int]:
     if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
         return str(sockaddr[0]), int(sockaddr[1])
     return str(sockaddr), 0
+
+
+def _sock_address(sock: trio.socket.SocketType | None, which: str) -> tuple[str, int]:
+    """The socket's local or peer address, or ("", 0) when it has none (a peer that reset at
+    once leaves the socket unconnected: ``getpeername`` fails with ENOTCONN)."""
+    if sock is None:
+        return "", 0
+    try:
+        return _address(getattr(sock, which)())
+    except OSError:
+        return "", 0
 
 
 def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
@@ -96,16 +115,74 @@ class Listener:
         self, listeners: list[trio.abc.Listener[trio.abc.Stream]], nursery: trio.Nursery
     ) -> None:
         with self._accept_scope:
-            await trio.serve_listeners(self._handle_stream, listeners, handler_nursery=nursery)
+            async with trio.open_nursery() as accept_nursery:
+                for listener in listeners:
+                    accept_nursery.start_soon(self._accept_loop, listener, nursery)
         for sock in self._sockets:  # stop accepting at once, before connections finish closing
             await trio.aclose_forcefully(sock)
 
+    async def _accept_loop(
+        self, listener: trio.abc.Listener[trio.abc.Stream], nursery: trio.Nursery
+    ) -> None:
+        """Accept streams and start a task for each, in the listener's nursery.
+
+        Trio's ``serve_listeners`` logs a traceback for every failed ``accept`` while the process
+        is out of file descriptors (ten a second); here that condition is logged as one warning
+        per ``ACCEPT_ERROR_LOG_INTERVAL`` with a count, and accepting is retried every
+        ``ACCEPT_RETRY_DELAY`` seconds until descriptors are free again.
+        """
+        failures = 0
+        next_report = -math.inf
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                failures += 1
+                now = trio.current_time()
+                if now >= next_report:
+                    logger.warning(
+                        "%r: accept failed %d time(s) since the last report: %s (out of file"
+                        " descriptors or memory?); retrying every %s s",
+                        self,
+                        failures,
+                        exc,
+                        ACCEPT_RETRY_DELAY,
+                    )
+                    failures = 0
+                    next_report = now + ACCEPT_ERROR_LOG_INTERVAL
+                await trio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            if failures:
+                logger.warning("%r: accepting again (%d more failure(s))", self, failures)
+                failures, next_report = 0, -math.inf
+            nursery.start_soon(self._handle_stream, stream)
+
     async def _handle_stream(self, stream: trio.abc.Stream) -> None:
-        server = self.server
+        """Serve one accepted stream; nothing it does (or fails to do) may end the listener.
+
+        Every exception is logged here and the stream closed: a peer can reset before its
+        address is read (``getpeername`` fails with ENOTCONN), during the handshake, or at any
+        time after.
+        """
         cid = new_connection_id()
         sock = _socket_of(stream)
-        local = _address(sock.getsockname()) if sock is not None else ("", 0)
-        peer = _address(sock.getpeername()) if sock is not None else ("", 0)
+        peer = _sock_address(sock, "getpeername")
+        try:
+            await self._serve_stream(stream, cid, _sock_address(sock, "getsockname"), peer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:
+            logger.error("connection %s from %s failed", cid, peer, exc_info=True)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _serve_stream(
+        self, stream: trio.abc.Stream, cid: str, local: tuple[str, int], peer: tuple[str, int]
+    ) -> None:
+        server = self.server
         scheme = "https" if self.ssl else "http"
 
         def make_cx(request: Request) -> CallContext:
@@ -119,35 +196,31 @@ class Listener:
                 ssl=self.ssl,
             )
 
-        upgrade: Upgrade | None = None
-        try:
-            with trio.CancelScope() as handshake:
-                self._handshakes.add(handshake)
-                try:
-                    upgrade = await serve_http(
-                        stream,
-                        route=server.route,
-                        make_cx=make_cx,
-                        limits=server.limits,
-                        on_error=lambda message: logger.error(
-                            "%s: %s", cid, message, exc_info=True
-                        ),
-                    )
-                finally:
-                    self._handshakes.discard(handshake)
-            if upgrade is None or self._stopped:
-                await trio.aclose_forcefully(stream)
-                return
-            handler: Any = upgrade.handler  # serve_http checked that it has start()
-            await handler.start(
-                self.id, upgrade.cx, upgrade.request, stream, initial_data=upgrade.trailing
-            )
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await trio.aclose_forcefully(stream)
-        except Exception:
-            # one broken connection must not take the listener (and every other client) down
-            logger.error("connection %s from %s failed", cid, peer, exc_info=True)
-            await trio.aclose_forcefully(stream)
+        with trio.CancelScope() as handshake:
+            self._handshakes.add(handshake)
+            try:
+                upgrade = await serve_http(
+                    stream,
+                    route=server.route,
+                    make_cx=make_cx,
+                    limits=server.limits,
+                    on_error=lambda message: logger.error("%s: %s", cid, message, exc_info=True),
+                )
+            finally:
+                self._handshakes.discard(handshake)
+        if upgrade is None:
+            return
+        # the client has its 101: from here on it is a WebSocket connection, which is closed
+        # with a Close frame (1001 if this listener stopped meanwhile), never just dropped
+        handler: Any = upgrade.handler  # serve_http checked that it has start()
+        await handler.start(
+            self.id,
+            upgrade.cx,
+            upgrade.request,
+            stream,
+            initial_data=upgrade.trailing,
+            stopping="listener is stopping" if self._stopped else None,
+        )
 
     def stop(self) -> None:
         """Stop accepting, close this listener's connections (1001), bounded in time."""
