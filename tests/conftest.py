@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import base64
 import os
+import re
+import signal
 import struct
-from collections.abc import AsyncIterator, Mapping
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -316,3 +320,42 @@ def upgrade_request(path: str = "/", **overrides: str | None) -> bytes:
         f"{k}: {v}" for k, v in headers.items() if v is not None
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+# ---------------------------------------------------------------- the CLI as a process
+
+
+@asynccontextmanager
+async def cli(
+    *args: str, stderr: Any = None, preexec_fn: Callable[[], None] | None = None
+) -> AsyncIterator[int]:
+    """Run ``python -m trio_wshandler ARGS --port 0`` as a process; yields its port.
+
+    ``stderr`` is where its log goes (a file; default: inherited).  It is stopped with SIGINT.
+    """
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_wshandler", *args, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        preexec_fn=preexec_fn,
+    )
+    try:
+        assert process.stdout is not None
+        output = b""
+        with trio.fail_after(20):
+            while b"\n" not in output:
+                chunk = await process.stdout.receive_some(1024)
+                assert chunk, "the process exited before printing its address"
+                output += chunk
+        match = re.search(rb"127\.0\.0\.1:(\d+)", output)
+        assert match, output
+        yield int(match.group(1))
+        assert process.returncode is None, f"the server exited with {process.returncode}"
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGINT)
+        with trio.move_on_after(5):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -3,45 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
-import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 from websockets.trio.client import connect
 
-from .conftest import raw_http
-
-
-@asynccontextmanager
-async def cli(*args: str) -> AsyncIterator[int]:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trio_wshandler", *args, "--port", "0"],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        output = b""
-        with trio.fail_after(20):
-            while b"\n" not in output:
-                chunk = await process.stdout.receive_some(1024)
-                assert chunk, "the process exited before printing its address"
-                output += chunk
-        match = re.search(rb"127\.0\.0\.1:(\d+)", output)
-        assert match, output
-        yield int(match.group(1))
-    finally:
-        process.send_signal(signal.SIGINT)
-        with trio.move_on_after(5):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+from .conftest import cli, raw_http
 
 
 async def test_echo_server_process() -> None:
