@@ -4,14 +4,16 @@ Task tree::
 
     serve()                      the server's nursery
     └── Listener._run            one per listener: its own cancel scope and nursery
-        ├── accept loop          (trio.serve_listeners, in the accept scope)
-        └── _handle_stream       one per accepted TCP/TLS stream
+        ├── accept loops         one per socket, in the accept scope
+        └── _handle_stream       one per accepted TCP/TLS stream (nothing it raises escapes)
             ├── HTTP phase       (_http.serve_http, in a per-stream handshake scope)
             └── handler.start    after a 101: the WebSocket connection and its tasks
 
 ``stop_listener`` cancels the accept scope first (no new connections), cancels streams still in
 the HTTP phase, sends Close 1001 to the listener's WebSocket connections and puts a deadline on
-the listener's scope as a backstop; the listener's nursery ends once they are all gone.
+the listener's scope as a backstop; the listener's nursery ends once they are all gone.  A
+stream whose 101 went out as the listener stopped is still handed to its handler, to be closed
+with 1001 at once.
 """
 
 from __future__ import annotations
