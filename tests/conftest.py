@@ -225,14 +225,17 @@ class RawClient:
         await self.stream.send_all(client_frame(payload, opcode, **kw))
 
     async def receive_frame(self, timeout: float = TIMEOUT) -> WireFrame:
+        parts: list[bytes] = []  # a large frame arrives in pieces (the later ones say
+        opcode = 0  # CONTINUATION: the first one has the frame's opcode)
         with trio.fail_after(timeout):
             while True:
                 frame = self.decoder.process_buffer()
                 if frame is not None:
-                    assert frame.frame_finished
-                    return WireFrame(
-                        int(frame.opcode), bytes(frame.payload), frame.message_finished
-                    )
+                    opcode = opcode if parts else int(frame.opcode)
+                    parts.append(bytes(frame.payload))
+                    if not frame.frame_finished:
+                        continue
+                    return WireFrame(opcode, b"".join(parts), frame.message_finished)
                 data = await self.stream.receive_some(65536)
                 if not data:
                     raise EOFError("server closed the connection")

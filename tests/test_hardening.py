@@ -95,31 +95,64 @@ async def test_one_slow_consumer_does_not_stall_the_others() -> None:
     assert all(c.close_code == 1000 for c in handler.connections[1:])
 
 
+async def _fill_until(conn: Any, done: Any, size: int = 65536, limit: int = 2000) -> int:
+    """Send ``size``-byte messages to a client that does not read until ``done()``; the kernel
+    takes the first ones, then the queue fills.  Returns how many were sent."""
+    message = "x" * size
+    for n in range(limit):
+        try:
+            conn.send(message)
+        except ConnectionClosedError:
+            return n
+        if done():
+            return n + 1
+        await trio.lowlevel.checkpoint()  # let the flusher write what the socket takes
+    raise AssertionError(f"{limit} messages of {size} bytes did not fill the queue")
+
+
 async def test_drop_policy_drops_for_that_client_only() -> None:
     handler = RecordingHandler(slow_consumer="drop", max_queue=5, heartbeat=None)
-    async with running(handler) as server, RawClient.connect(server.port):
+    async with running(handler) as server:
+        stuck = await stuck_client(server.port)
         [conn] = await handler.wait_connections(1)
-        # six messages queued without a checkpoint: the sixth does not fit
-        for i in range(6):
-            conn.send(f"m{i}")
+        await _fill_until(conn, lambda: conn.dropped_messages > 0)
         assert conn.dropped_messages == 1
         assert conn.is_open
-        await conn.flush()
-        assert handler.send_all("after") == 1
+        async with RawClient.connect(server.port) as raw:  # another client gets everything
+            await handler.wait_connections(2)
+            assert handler.send_all("after") == 1  # dropped again for the stuck one only
+            assert conn.dropped_messages == 2 and conn.is_open
+            assert (await raw.receive_frame()).payload == b"after"
+        await stuck.aclose()
+
+
+async def test_a_full_queue_is_written_before_the_policy_applies() -> None:
+    """A client that reads is never a slow consumer: six messages queued without a checkpoint
+    on a queue of five go out, since the socket takes them."""
+    handler = RecordingHandler(slow_consumer="drop", max_queue=5, heartbeat=None)
+    async with running(handler) as server, RawClient.connect(server.port) as raw:
+        [conn] = await handler.wait_connections(1)
+        for i in range(6):
+            conn.send(f"m{i}")
+        assert conn.dropped_messages == 0
+        for i in range(6):
+            assert (await raw.receive_frame()).payload == f"m{i}".encode()
 
 
 async def test_close_policy_send_raises_and_closes_1008() -> None:
     handler = RecordingHandler(max_queue=3, heartbeat=None)
-    async with running(handler) as server, RawClient.connect(server.port) as raw:
+    async with running(handler) as server:
+        stuck = await stuck_client(server.port)
         [conn] = await handler.wait_connections(1)
-        for i in range(3):
-            conn.send(f"m{i}")
+        sent = await _fill_until(conn, lambda: False)
+        assert not conn.is_open
         with pytest.raises(ConnectionClosedError):
             conn.send("one too many")
-        assert not conn.is_open
-        for i in range(3):
-            assert (await raw.receive_frame()).payload == f"m{i}".encode()
+        raw = RawClient(stuck)  # now read: every message queued, then the Close
+        for _ in range(sent):
+            assert len((await raw.receive_frame()).payload) == 65536
         await raw.expect_close(1008)
+        await stuck.aclose()
 
 
 async def test_send_wait_waits_for_room_instead() -> None:

@@ -1,19 +1,18 @@
-"""One WebSocket connection: the object user code subclasses, and the tasks that run it.
+"""One WebSocket connection: the object user code subclasses, and the task that runs it.
 
-After the upgrade, :meth:`WebSocketConnection._run` opens a nursery for the connection:
+After the upgrade, :meth:`WebSocketConnection._run` runs in the connection's one task, the
+**reader**: it receives bytes, feeds the sans-I/O protocol (``_protocol.py``) and dispatches its
+events to the hooks, one at a time, in order.  Everything else a connection needs is shared by
+its listener (``_listener_tasks.py``): the **flusher** writes its queued frames, and a **drain**
+task of its own exists only while its socket is backed up (``_flusher.py``); the **timer sweep**
+sends its heartbeat Pings and fires its Pong and idle timeouts (``_timers.py``).  A TLS
+connection keeps a **writer** task of its own instead of the flusher (``_writer.py``).
 
-* the **reader** (the task that called ``_run``, code here): receives bytes, feeds the sans-I/O
-  protocol (``_protocol.py``) and dispatches its events to the hooks, one at a time, in order;
-* the **writer** (``_writer.py``): drains the connection's send queue (``_send_queue.py``);
-* the **timers** (here), only while a heartbeat or an idle timeout is set: pings an idle peer and
-  fails the connection when no Pong comes; closes a connection that sends no message.
-
-The whole connection runs inside the nursery's cancel scope.  Closing it from our side
-(``stop()``, a protocol error, a failing hook, a slow consumer) queues a Close frame and sets a
-deadline of ``close_timeout`` seconds on that scope: the peer has that long to answer, after
-which the scope cancels whatever is still running.  Whatever way the connection ends, the socket
-is closed and ``deregister_connection`` then ``connection_closed`` run exactly once, shielded and
-bounded.
+The reader runs inside the connection's cancel scope.  Closing from our side (``stop()``, a
+protocol error, a failing hook, a slow consumer) queues a Close frame and sets a deadline of
+``close_timeout`` seconds on that scope: the peer has that long to answer, after which the scope
+cancels whatever is still running.  Whatever way the connection ends, the socket is closed and
+``deregister_connection`` then ``connection_closed`` run exactly once, shielded and bounded.
 """
 
 from __future__ import annotations
@@ -39,11 +38,14 @@ from ._protocol import (
 )
 from ._send_queue import SendQueue
 from ._types import CallContext, Request
-from ._writer import WriteTimeout, plain_socket_fd, write_last_words, write_loop
+from ._writer import plain_socket_fd, write_last_words, write_loop
 from .codec import CloseCode, DataLike, Frame, Opcode, encode_message
 
 if TYPE_CHECKING:
+    from ._flusher import Flusher, WriteTimeout
     from ._handler import WebSocketHandler
+    from ._listener_tasks import ListenerTasks
+    from ._timers import Timers
 
 __all__ = ["FrameAction", "WebSocketConnection"]
 
@@ -98,18 +100,18 @@ class WebSocketConnection:
         "_assembler",
         "_close_deadline",
         "_closed",
+        "_drain_scope",
         "_ended",
+        "_flusher",
         "_last_message",
         "_last_received",
-        "_nursery",
-        "_pong",
+        "_ping_sent",
         "_protocol",
         "_queue",
         "_scope",
+        "_sock",
         "_state",
-        "_timers_running",
-        "_timers_scope",
-        "_timers_sleep",
+        "_timers",
         "close_code",
         "close_reason",
         "cx",
@@ -149,13 +151,13 @@ class WebSocketConnection:
         )
         self._scope: trio.CancelScope | None = None
         self._close_deadline = math.inf
-        self._nursery: trio.Nursery | None = None
-        self._timers_scope: trio.CancelScope | None = None
-        self._timers_sleep: trio.CancelScope | None = None
-        self._timers_running = False
-        self._last_received = 0.0
-        self._last_message = 0.0
-        self._pong: trio.Event | None = None
+        self._flusher: Flusher | None = None  # set while the listener's flusher writes it
+        self._sock: trio.socket.SocketType | None = None  # what the flusher writes to
+        self._drain_scope: trio.CancelScope | None = None  # while a drain task writes it
+        self._timers: Timers | None = None
+        self._last_received = 0.0  # any data (heartbeat)
+        self._last_message = 0.0  # a whole message (idle timeout)
+        self._ping_sent = 0.0  # when the unanswered heartbeat Ping went out, else 0
         self._assembler: MessageAssembler | None = None
 
     # ---------------------------------------------------------------- hooks
@@ -263,10 +265,31 @@ class WebSocketConnection:
         """Queue a data frame (also the hot path of ``send_all``); False if not queued."""
         if self._state > 1:  # _OPEN
             return False
-        if self._queue.put_data(frame):
+        queue = self._queue
+        if queue.put_data(frame):
+            if not queue.listed and self._flusher is not None:
+                self._flusher.schedule(self)
             return True
+        # the queue is full: the slow-consumer policy is for a socket that cannot take the
+        # data, so first see whether it takes what is queued now
+        flusher = self._flusher
+        if flusher is not None and not queue.draining:
+            flusher.write(self)
+            if queue.put_data(frame):
+                if not queue.listed:
+                    flusher.schedule(self)
+                return True
         self._overflow(len(frame))
         return False
+
+    def _put_control(self, frame: bytes, *, pong: bool = False) -> bool:
+        """Queue a control frame (Close, Ping, or a Pong within MAX_PONGS_OWED)."""
+        queue = self._queue
+        if not (queue.put_pong(frame) if pong else queue.put_control(frame)):
+            return False
+        if not queue.listed and self._flusher is not None:
+            self._flusher.schedule(self)
+        return True
 
     def _overflow(self, nbytes: int) -> None:
         handler = self.handler
@@ -306,7 +329,7 @@ class WebSocketConnection:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         frame = self._protocol.close(code, reason)
-        if frame and not self._queue.put_control(frame):
+        if frame and not self._put_control(frame):
             self._set_deadline(0)  # not even room for a Close: abort now
             return
         self._set_deadline(self.handler.close_timeout)
@@ -326,7 +349,7 @@ class WebSocketConnection:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         if reply:
-            self._queue.put_control(reply)
+            self._put_control(reply)
 
     # ---------------------------------------------------------------- running
 
@@ -338,42 +361,50 @@ class WebSocketConnection:
         if not self.id:
             self.id = cid
 
-    async def _run(self, stream: trio.abc.Stream, initial_data: bytes = b"") -> None:
+    async def _run(
+        self, stream: trio.abc.Stream, initial_data: bytes, tasks: ListenerTasks
+    ) -> None:
         handler = self.handler
         registry = handler._registry
         registry.add(self)
         if self._state is _NEW:
             self._state = _OPEN
         self._last_received = self._last_message = trio.current_time()
+        timers = self._timers = tasks.timers
+        queue = self._queue
         try:
-            # the nursery's cancel scope is the connection's: stopping sets its deadline
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self._scope = nursery.cancel_scope
-                self._scope.deadline = self._close_deadline
-                nursery.start_soon(self._write, stream, name="trio_wshandler writer")
-                if await self._call_registered():
-                    self._start_timers()
-                await self._read(stream, initial_data)
-                # done reading: the writer drains the queue (our Close last) within
-                # close_timeout, then the nursery ends
-                if self._timers_scope is not None:
-                    self._timers_scope.cancel()
-                self._queue.close()
-                self._set_deadline(handler.close_timeout)
+            with trio.CancelScope(deadline=self._close_deadline) as self._scope:
+                if plain_socket_fd(stream) >= 0:
+                    assert isinstance(stream, trio.SocketStream)
+                    self._sock = stream.socket
+                    self._flusher = tasks.flusher
+                    if queue.in_channel:  # sent before the connection ran
+                        tasks.flusher.schedule(self)
+                    await self._serve(stream, initial_data, timers)
+                    # done reading: the flusher writes what is queued (our Close last)
+                    await queue.wait_written(queue.enqueued)
+                else:  # TLS: a writer task of its own, so that it never holds the flusher
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._write, stream, name="trio_wshandler writer")
+                        await self._serve(stream, initial_data, timers)
+                        queue.close()  # the writer drains what is queued, then ends
             if self._scope.cancelled_caught and self.close_code is None:
                 self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "timed out"
         finally:
+            timers.discard(self)
+            if self._drain_scope is not None:
+                self._drain_scope.cancel()
             self._state = _CLOSED
-            self._queue.finish()
-            # ended without the writer draining the queue (cancelled from outside, a deadline):
-            # what is queued and a Close 1001, if the socket takes them at once
+            queue.finish()
+            # ended without the queue written (cancelled from outside, a deadline): what is
+            # queued and a Close 1001, if the socket takes them at once
             last_close = self._protocol.close(CloseCode.GOING_AWAY, "server is stopping")
-            wrote = write_last_words(self._queue, stream, last_close)
+            wrote = write_last_words(queue, stream, last_close)
             if wrote and last_close and self.close_code is None:
                 self.close_code, self.close_reason = CloseCode.GOING_AWAY, "server is stopping"
             if self.close_code is None:
                 self.close_code = CloseCode.ABNORMAL_CLOSURE
+            self._sock = self._flusher = None
             # shielded, so that cancellation of the server still runs the end hooks, and
             # bounded, so that a hook cannot hold the server's shutdown forever
             with trio.CancelScope(shield=True) as scope:
@@ -397,6 +428,13 @@ class WebSocketConnection:
                 "connection %s closed (%s %s)", self.id, self.close_code, self.close_reason
             )
 
+    async def _serve(self, stream: trio.abc.Stream, initial_data: bytes, timers: Timers) -> None:
+        """Register with the timers, call ``registered()``, read until done reading."""
+        if await self._call_registered():
+            timers.add(self)
+        await self._read(stream, initial_data)
+        self._set_deadline(self.handler.close_timeout)
+
     async def _call_registered(self) -> bool:
         try:
             await self.registered()
@@ -409,24 +447,29 @@ class WebSocketConnection:
         return True
 
     async def _write(self, stream: trio.abc.SendStream) -> None:
-        handler = self.handler
+        from ._flusher import WriteTimeout
+
         try:
-            await write_loop(self._queue, stream, handler)
+            await write_loop(self._queue, stream, self.handler)
         except WriteTimeout as exc:
-            handler.log_warning("connection %s: %s; closing", self.id, exc)
-            self.close_code = self.close_code or CloseCode.POLICY_VIOLATION
-            self.close_reason = self.close_reason or "send timeout"
-            self._abort()
+            self._write_timed_out(exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._abort()
+
+    def _write_timed_out(self, exc: WriteTimeout) -> None:
+        """No byte could be written for ``send_timeout`` seconds: drop the peer."""
+        self.handler.log_warning("connection %s: %s; closing", self.id, exc)
+        self.close_code = self.close_code or CloseCode.POLICY_VIOLATION
+        self.close_reason = self.close_reason or "send timeout"
+        self._abort()
 
     def _abort(self) -> None:
         """The socket is unusable: end the connection at once."""
         if self.close_code is None:
             self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "connection lost"
         self._state = max(self._state, _CLOSING)
-        assert self._scope is not None
-        self._scope.cancel()
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def _read(self, stream: trio.abc.ReceiveStream, initial_data: bytes) -> None:
         """Receive and dispatch until the connection is done reading.
@@ -434,9 +477,15 @@ class WebSocketConnection:
         On a plain TCP stream the socket is read with a non-blocking ``read(2)`` after exactly
         one yield: a wait for readability when the last read drained the socket, else a plain
         checkpoint, so a flooding client cannot starve other tasks.  Trio's ``receive_some``
-        costs a second scheduling round and a second system call per read.
+        costs a second scheduling round and a second system call per read.  At most
+        ``EVENTS_PER_STEP`` events are handled per task step.
+
+        Backpressure: while this connection's own send queue is more than half full (its peer
+        does not read what it is sent, e.g. the echoes of what it floods us with), nothing more
+        is read from it, so a peer cannot make us queue without bound by sending.
         """
         protocol = self._protocol
+        queue = self._queue
         data: bytes = initial_data
         fd = plain_socket_fd(stream)
         while True:
@@ -450,6 +499,8 @@ class WebSocketConnection:
                     if handled == EVENTS_PER_STEP:  # let other connections have their turn
                         handled = 0
                         await trio.lowlevel.checkpoint()
+            if queue.over_half():
+                await queue.wait_below_half()
             if fd >= 0:
                 # one yield before every read: wait when the last read drained the socket,
                 # else just let other tasks run (a flooding client cannot starve them)
@@ -479,7 +530,7 @@ class WebSocketConnection:
                 # a half-closed peer may still read: tell it why (1006 is never sent)
                 close = protocol.close(CloseCode.GOING_AWAY, "")
                 if close:
-                    self._queue.put_control(close)
+                    self._put_control(close)
                 return
             self._last_received = trio.current_time()
 
@@ -496,14 +547,11 @@ class WebSocketConnection:
             if self._raw(Frame(Opcode.PING, event.payload)) is FrameAction.PROCESS:
                 pong = self._protocol.pong(event.payload)
                 if pong:
-                    self._queue.put_pong(pong)  # not when MAX_PONGS_OWED are still unwritten
+                    self._put_control(pong, pong=True)  # not beyond MAX_PONGS_OWED unwritten
             return False
         if isinstance(event, PongReceived):
-            if (
-                self._raw(Frame(Opcode.PONG, event.payload)) is FrameAction.PROCESS
-                and self._pong is not None
-            ):
-                self._pong.set()
+            if self._raw(Frame(Opcode.PONG, event.payload)) is FrameAction.PROCESS:
+                self._ping_sent = 0.0  # the heartbeat is answered
             return False
         if isinstance(event, CloseReceived):
             self._raw(Frame(Opcode.CLOSE, b"", close_code=event.code, close_reason=event.reason))
@@ -562,85 +610,7 @@ class WebSocketConnection:
             self._start_close(CloseCode.NORMAL_CLOSURE, "")
         return action if isinstance(action, FrameAction) else FrameAction.PROCESS
 
-    # ---------------------------------------------------------------- timers
-
-    def _start_timers(self) -> None:
-        """Run the timers task if a heartbeat or an idle timeout is set (and it is not running):
-        a connection without either costs no task and no wake-ups."""
-        handler = self.handler
-        if (
-            not self._timers_running
-            and self._nursery is not None
-            and self._state is _OPEN
-            and (handler.heartbeat is not None or handler.idle_timeout is not None)
-        ):
-            self._timers_running = True
-            self._nursery.start_soon(self._timers, name="trio_wshandler timers")
-
-    async def _timers(self) -> None:
-        """The heartbeat and the idle timeout, in one task, cancelled when reading ends.
-
-        Heartbeat: a Ping after ``heartbeat`` seconds without input; no Pong within
-        ``pong_timeout`` closes with 1011.  Only *received* data counts as activity, so a peer
-        that stopped reading or vanished is detected whatever the server sends.  Idle timeout:
-        no message for ``idle_timeout`` seconds closes with 1001 "idle timeout".
-        """
-        handler = self.handler
-        if self._state is not _OPEN:  # reading ended before this task first ran
-            self._timers_running = False
-            return
-        try:
-            with trio.CancelScope() as self._timers_scope:
-                while True:
-                    heartbeat, idle = handler.heartbeat, handler.idle_timeout
-                    due = [
-                        t
-                        for t in (
-                            None if heartbeat is None else self._last_received + heartbeat,
-                            None if idle is None else self._last_message + idle,
-                        )
-                        if t is not None
-                    ]
-                    if not due:
-                        return
-                    with trio.CancelScope() as self._timers_sleep:
-                        await trio.sleep_until(min(due))
-                    if self._timers_sleep.cancelled_caught:
-                        continue  # the settings changed; recompute
-                    now = trio.current_time()
-                    if idle is not None and now >= self._last_message + idle:
-                        handler.log_info(
-                            "connection %s: no message for %s s; closing", self.id, idle
-                        )
-                        self._start_close(CloseCode.GOING_AWAY, "idle timeout")
-                        return
-                    if (
-                        heartbeat is not None
-                        and now >= self._last_received + heartbeat
-                        and not await self._ping_and_wait()
-                    ):
-                        return
-        finally:
-            self._timers_running = False
-            self._timers_sleep = None
-
-    async def _ping_and_wait(self) -> bool:
-        """Send a heartbeat Ping; False (and close 1011) when no Pong comes in time."""
-        handler = self.handler
-        self._pong = pong = trio.Event()
-        self._queue.put_control(encode_message(handler.heartbeat_message, Opcode.PING))
-        with trio.move_on_after(handler.pong_timeout):
-            await pong.wait()
-        if pong.is_set():
-            return True
-        handler.log_warning(
-            "connection %s: no Pong within %s s; closing", self.id, handler.pong_timeout
-        )
-        self._start_close(CloseCode.INTERNAL_SERVER_ERROR, "pong timeout")
-        return False
-
     def _settings_changed(self) -> None:
-        """Timer settings changed: wake the timers task so it uses them at once (or start it)."""
-        if self._timers_sleep is not None:
-            self._timers_sleep.cancel()
-        self._start_timers()
+        """Timer settings changed: the listener's sweep applies them at once."""
+        if self._timers is not None:
+            self._timers.wake()

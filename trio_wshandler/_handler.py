@@ -18,6 +18,7 @@ import trio
 
 from ._auth import AbstractAuthenticator
 from ._connection import WebSocketConnection, validate_close_code
+from ._listener_tasks import ListenerTasks, open_listener_tasks
 from ._registry import ConnectionRegistry
 from ._types import CallContext, Request, Response
 from .codec import (
@@ -280,6 +281,7 @@ class WebSocketHandler:
         *,
         initial_data: bytes = b"",
         stopping: str | None = None,
+        tasks: ListenerTasks | None = None,
     ) -> None:
         """Run one upgraded connection until it ends (the seed's ``startImpl``).
 
@@ -287,7 +289,9 @@ class WebSocketHandler:
         after its request head.  Creates the connection with :meth:`get_connection`,
         registers it, calls ``registered()`` and handles it until it closes.  ``stopping`` (a
         reason) says that its listener stopped while the 101 was on its way: the connection
-        still runs its hooks, and is closed with 1001 and that reason at once.
+        still runs its hooks, and is closed with 1001 and that reason at once.  ``tasks`` are
+        the listener's flusher and timer sweep; without them (a call from outside a listener)
+        the connection gets a pair of its own.
         """
         try:
             connection = self.get_connection(cx, hdr, cx.id)
@@ -312,7 +316,11 @@ class WebSocketHandler:
         self.log_debug("connection %s from %s upgraded", connection.id, cx.peer)
         self._empty = trio.Event() if self._empty.is_set() else self._empty
         try:
-            await connection._run(stream, initial_data)
+            if tasks is None:
+                async with open_listener_tasks() as tasks:
+                    await connection._run(stream, initial_data, tasks)
+            else:
+                await connection._run(stream, initial_data, tasks)
         finally:
             if not self._registry:
                 self._empty.set()

@@ -30,13 +30,16 @@ class SendQueue:
     """A bounded FIFO of encoded frames with byte accounting and flush support."""
 
     __slots__ = (
+        "_leftover",
         "_pongs",
         "_progress",
         "_receive",
         "_send",
+        "draining",
         "enqueued",
         "finished",
         "in_channel",
+        "listed",
         "max_bytes",
         "max_frames",
         "partial",
@@ -50,17 +53,22 @@ class SendQueue:
         self._send, self._receive = trio.open_memory_channel[bytes](max_frames + CONTROL_RESERVE)
         #: bytes currently queued (data and control frames alike)
         self.queued_bytes = 0
-        #: frames in the channel, not yet taken by the writer (so that it never has to try)
+        #: frames not yet taken by a writer (so that it never has to try)
         self.in_channel = 0
         #: frames ever queued / ever written; ``flush`` waits for written >= enqueued
         self.enqueued = 0
         self.written = 0
         #: set once the writer can write no more (the connection ended)
         self.finished = False
+        #: the connection is on its flusher's list for the next round
+        self.listed = False
+        #: the socket is backed up: a drain task writes this queue (the flusher skips it)
+        self.draining = False
         #: a write is under way and part of it may be on the wire: nothing may be put before
         #: its end (the last-words Close in ``_writer.write_last_words`` checks this)
         self.partial = False
         self._progress: trio.Event | None = None  # made only when somebody waits
+        self._leftover: bytes | None = None  # see take()
         self._pongs: list[int] | None = None  # positions (``enqueued``) of unwritten Pongs
 
     @property
@@ -115,8 +123,9 @@ class SendQueue:
         return True
 
     def take_all(self) -> list[bytes]:
-        """Every frame still in the channel, without waiting (for the last words)."""
-        frames = []
+        """Every frame still queued, without waiting (for the last words)."""
+        frames = [] if self._leftover is None else [self._leftover]
+        self._leftover = None
         while True:
             try:
                 frames.append(self._receive.receive_nowait())
@@ -126,6 +135,17 @@ class SendQueue:
     async def wait_for_room(self, nbytes: int) -> None:
         """Wait until a data frame of ``nbytes`` fits (or the connection has ended)."""
         while not self.finished and not self.has_room(nbytes):
+            await self._progress_event().wait()
+
+    def over_half(self) -> bool:
+        """More than half of either bound is in use (the reader stops reading its peer)."""
+        return (
+            self.enqueued - self.written
+        ) * 2 > self.max_frames or self.queued_bytes * 2 > self.max_bytes
+
+    async def wait_below_half(self) -> None:
+        """Wait until no more than half of either bound is in use (or the connection ended)."""
+        while not self.finished and self.over_half():
             await self._progress_event().wait()
 
     def close(self) -> None:
@@ -139,15 +159,25 @@ class SendQueue:
 
     def take(self, limit: int, first: bytes | None = None) -> tuple[list[bytes], int]:
         """Take queued frames without waiting: ``first`` (already received) or the next one,
-        then as many more as fit in ``limit`` bytes; returns them and their total size."""
-        receive = self._receive
-        left = self.in_channel - 1
+        then as many more as fit in ``limit`` bytes; returns them and their total size.
+
+        A memory channel cannot give a frame back, so the first frame that does not fit is kept
+        aside (and still counted in ``in_channel``) to be the first of the next batch.
+        """
+        left = self.in_channel
         if first is None:
-            first = receive.receive_nowait()
+            first, self._leftover = self._leftover, None
+            if first is None:
+                first = self._receive.receive_nowait()
+        left -= 1
         batch = [first]
         size = len(first)
-        while left > 0 and size < limit:
+        receive = self._receive
+        while left > 0:
             frame = receive.receive_nowait()
+            if size + len(frame) > limit:
+                self._leftover = frame
+                break
             batch.append(frame)
             size += len(frame)
             left -= 1

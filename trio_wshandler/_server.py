@@ -30,6 +30,7 @@ import trio
 
 from ._http import HttpHandler, HttpLimits, serve_http
 from ._ids import new_connection_id
+from ._listener_tasks import ListenerTasks, open_listener_tasks
 from ._types import CallContext, Request
 
 __all__ = ["Listener", "Server", "serve"]
@@ -90,6 +91,7 @@ class Listener:
         self._accept_scope = trio.CancelScope()
         self._handshakes: set[trio.CancelScope] = set()
         self._stopped = False
+        self._tasks: ListenerTasks | None = None
         self.closed = trio.Event()
 
     def __repr__(self) -> str:
@@ -98,7 +100,8 @@ class Listener:
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             with self._scope:
-                async with trio.open_nursery() as nursery:
+                # the flusher and timers outlive the connections, which need them to the end
+                async with open_listener_tasks() as self._tasks, trio.open_nursery() as nursery:
                     listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(self._sockets)
                     if self._ssl_context is not None:
                         listeners = [
@@ -222,6 +225,7 @@ class Listener:
             stream,
             initial_data=upgrade.trailing,
             stopping="listener is stopping" if self._stopped else None,
+            tasks=self._tasks,
         )
 
     def stop(self) -> None:

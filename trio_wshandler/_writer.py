@@ -1,35 +1,35 @@
-"""Where queued frames are written: the writer task of one connection.
+"""Where frames are written to streams the flusher cannot write: the writer task of one TLS (or
+other non-socket) connection, and the last words of a connection that ends abruptly.
 
-It waits for the first queued frame, takes every other frame already queued (up to
-``COALESCE_BYTES``) and writes them with a single ``send_all``: under fan-out load a connection
-gets many small frames between two of its writer's turns, and one system call for all of them is
-what makes broadcast cheap.  Each write must complete within ``send_timeout`` seconds, or the
-peer is taken to be stuck and :class:`WriteTimeout` is raised.
+Plain TCP connections are written by their listener's flusher (``_flusher.py``) with
+non-blocking ``write(2)`` calls.  A TLS stream cannot be written without awaiting (``SSLStream``
+encrypts and may need to wait for the socket), so such a connection keeps a writer task of its
+own, which keeps every guarantee of the flusher: order, coalescing up to ``COALESCE_BYTES``, and
+``send_timeout`` as a bound on *no progress*.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Protocol
 
 import trio
 
+from ._flusher import COALESCE_BYTES, WriteTimeout, join
 from ._send_queue import SendQueue
 
-__all__ = ["COALESCE_BYTES", "WriteTimeout", "write_last_words", "write_loop"]
+__all__ = ["TIMED_CHUNK", "plain_socket_fd", "write_last_words", "write_loop"]
 
-#: Most bytes joined into one ``send_all`` (a single larger frame is written alone).
-COALESCE_BYTES = 256 * 1024
-
-
-class WriteTimeout(Exception):
-    """A write did not complete within ``send_timeout`` seconds (the peer stopped reading)."""
+#: With a ``send_timeout``, a stream write is cut into pieces of this size, each of which must
+#: complete within the timeout: a peer that reads slowly but steadily keeps making progress.
+TIMED_CHUNK = 16 * 1024
 
 
 def plain_socket_fd(stream: trio.abc.SendStream | trio.abc.ReceiveStream) -> int:
     """The file descriptor of a plain TCP stream on a POSIX system, else -1.
 
-    The writer (and the connection's reader) use it for non-blocking ``write(2)``/``read(2)``;
+    The flusher and the connection's reader use it for non-blocking ``write(2)``/``read(2)``;
     any other stream (TLS, in-memory, Windows) goes through Trio's stream methods.
     """
     if type(stream) is trio.SocketStream and os.name == "posix":
@@ -49,15 +49,10 @@ async def write_loop(
 ) -> None:
     """Write batches until the queue is closed and drained.
 
-    On a plain TCP stream a batch is written with a non-blocking ``write(2)`` on the socket:
-    Trio's ``SocketStream.send_all`` yields to the scheduler after every successful send, and
-    when the kernel's send buffer has room, which is nearly always, one system call with no
-    scheduling round is all a write needs.  Only a partial write falls back to ``send_all``,
-    which waits for the socket to become writable, within ``send_timeout`` (read for every such
-    write, so a changed setting applies at once).  The writer stays the only writer of the socket.
-    Stream errors (``BrokenResourceError`` when the peer vanished) propagate to the caller.
+    Stream errors (``BrokenResourceError`` when the peer vanished) propagate to the caller;
+    :class:`WriteTimeout` when a piece of ``TIMED_CHUNK`` bytes makes no progress within
+    ``send_timeout`` (read for every piece, so a changed setting applies at once).
     """
-    fd = plain_socket_fd(stream)
     receive = queue.receive_channel
     while True:
         if queue.in_channel:  # frames are waiting: take them without yielding
@@ -68,46 +63,34 @@ async def write_loop(
             except trio.EndOfChannel:
                 return
             frames, size = queue.take(COALESCE_BYTES, first)
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
-        sent = 0
-        if fd >= 0:
-            try:
-                sent = os.write(fd, data)
-            except BlockingIOError:
-                pass
-            except OSError as exc:  # EPIPE, ECONNRESET: the peer is gone
-                raise trio.BrokenResourceError(f"write failed: {exc}") from exc
-        if sent < size:
-            rest = memoryview(data)[sent:] if sent else data
+        data = memoryview(join(frames))
+        queue.partial = True  # stays set if this is cancelled half-way
+        while data:
             timeout = settings.send_timeout
-            queue.partial = True  # stays set if this is cancelled half-way
-            if timeout is None:
-                await stream.send_all(rest)
-            else:
-                with trio.move_on_after(timeout) as scope:
-                    await stream.send_all(rest)
-                if scope.cancelled_caught:
-                    raise WriteTimeout(
-                        f"a write of {size} bytes did not complete within {timeout} s"
-                    )
-            queue.partial = False
+            piece, data = (
+                (data, data[:0]) if timeout is None else (data[:TIMED_CHUNK], data[TIMED_CHUNK:])
+            )
+            with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                await stream.send_all(piece)
+            if scope.cancelled_caught:
+                raise WriteTimeout(f"the stream took less than {len(piece)} bytes in {timeout} s")
+        queue.partial = False
         queue.wrote(frames, size)
-        if sent == size and queue.in_channel:
-            await trio.lowlevel.checkpoint()  # more than one batch was waiting: be fair
 
 
 def write_last_words(queue: SendQueue, stream: trio.abc.SendStream, close: bytes) -> bool:
     """Best effort, never waiting: write what is still queued, then ``close`` (our Close frame if
     none was queued yet), with one non-blocking ``write(2)``.  True if it all went out.
 
-    For a connection that ends without its writer having drained the queue (the server's scope
-    was cancelled, a deadline expired), so that a client that got its 101 still learns why it is
+    For a connection that ends without its queue having been written (the server's scope was
+    cancelled, a deadline expired), so that a client that got its 101 still learns why it is
     dropped (1001) instead of seeing the connection vanish (1006).  Only on plain TCP: a TLS
-    record cannot be written without awaiting.  Nothing is written after a write that was cut
-    short, since the peer would read our Close as the rest of a half-written frame.
+    record cannot be written without awaiting.  Nothing is written while the socket is backed
+    up (a drain task had it) or after a write that was cut short, since the peer would read our
+    Close as the rest of a half-written frame.
     """
     fd = plain_socket_fd(stream)
-    if fd < 0 or queue.partial:
+    if fd < 0 or queue.partial or queue.draining:
         return False
     data = b"".join(queue.take_all()) + close
     if not data:

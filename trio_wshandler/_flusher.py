@@ -1,0 +1,173 @@
+"""Where queued frames are flushed: a flusher task per listener, a drain task per backed-up socket.
+
+A producer (``send``, ``send_all``, a Pong, a heartbeat Ping, a Close) puts frames on the
+connection's queue (``_send_queue.py``); when that queue goes from empty to non-empty the
+connection is put on its listener's :class:`Flusher` list and the flusher is woken, once per
+scheduling round however many connections and messages were queued.  The flusher then writes
+each listed connection's queued frames with one non-blocking ``write(2)`` (coalesced up to
+``COALESCE_BYTES``), without a task step per connection: a paced broadcast (a producer that
+yields between messages) costs one task step per message, not one per client, and a burst still
+becomes one write per client.
+
+A socket whose kernel buffer is full (the write is partial or would block) is *backed up*: the
+rest is written by a drain task of its own, which waits for writability within ``send_timeout``
+of *no progress*, then keeps writing what is queued until the queue is empty and hands the
+connection back to the flusher.  Drain tasks run in the listener's nursery and are cancelled when
+their connection ends.  Only plain TCP sockets on POSIX are written this way; other streams (TLS)
+keep a writer task of their own (``_writer.py``) so that one slow TLS client never holds the
+flusher.
+
+Never write to a closed socket's number: the kernel reuses descriptor numbers at once, so the
+flusher holds the socket object, checks the connection's state and reads ``fileno()`` at write
+time, with no checkpoint between that and the write.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._send_queue import SendQueue
+
+if TYPE_CHECKING:
+    from ._connection import WebSocketConnection
+
+__all__ = ["COALESCE_BYTES", "Flusher", "WriteTimeout"]
+
+#: Most bytes joined into one write (a single larger frame is written alone).
+COALESCE_BYTES = 256 * 1024
+
+
+class WriteTimeout(Exception):
+    """The socket accepted no byte for ``send_timeout`` seconds (the peer stopped reading)."""
+
+
+def join(frames: list[bytes]) -> bytes:
+    return frames[0] if len(frames) == 1 else b"".join(frames)
+
+
+class Flusher:
+    """Writes the queued frames of a listener's plain-TCP connections.  Run :meth:`run` in the
+    listener's nursery; drain tasks are started in ``nursery``."""
+
+    __slots__ = ("_nursery", "_pending", "_sleeping", "_task")
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self._pending: list[WebSocketConnection] = []
+        self._task: trio.lowlevel.Task | None = None
+        self._sleeping = False
+
+    def schedule(self, connection: WebSocketConnection) -> None:
+        """List ``connection`` for the next round (its queue just became non-empty)."""
+        connection._queue.listed = True
+        self._pending.append(connection)
+        if self._sleeping:
+            self._sleeping = False
+            assert self._task is not None
+            trio.lowlevel.reschedule(self._task)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._task = trio.lowlevel.current_task()
+        task_status.started()
+        while True:
+            if self._pending:
+                await trio.lowlevel.checkpoint()  # busy: still let the others run in between
+            else:
+                self._sleeping = True
+                await trio.lowlevel.wait_task_rescheduled(self._abort)
+            pending, self._pending = self._pending, []
+            for connection in pending:
+                self.write(connection)
+
+    def _abort(self, raise_cancel: Any) -> trio.lowlevel.Abort:
+        self._sleeping = False
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def write(self, connection: WebSocketConnection) -> None:
+        """One non-blocking write of what ``connection`` has queued (also called on overflow,
+        to see whether the socket takes the data before the slow-consumer policy applies)."""
+        queue = connection._queue
+        queue.listed = False
+        sock = connection._sock
+        if queue.draining or not queue.in_channel or sock is None or connection._state == 3:
+            return  # a drain task has it, nothing to write, or the connection is closed
+        fd = sock.fileno()
+        if fd < 0:
+            return
+        frames, size = queue.take(COALESCE_BYTES)
+        data = join(frames)
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # EPIPE, ECONNRESET: the peer is gone
+            connection._abort()
+            return
+        if sent == size:
+            queue.wrote(frames, size)
+            if queue.in_channel:  # more than COALESCE_BYTES were queued: next round
+                self.schedule(connection)
+            return
+        queue.draining = True
+        queue.partial = sent > 0
+        self._nursery.start_soon(
+            self._drain, connection, frames, size, memoryview(data)[sent:], name="ws drain"
+        )
+
+    async def _drain(
+        self, connection: WebSocketConnection, frames: list[bytes], size: int, rest: memoryview
+    ) -> None:
+        queue = connection._queue
+        try:
+            with trio.CancelScope() as connection._drain_scope:
+                if connection._state == 3:  # ended before this task first ran
+                    return
+                await drain(queue, connection._sock, frames, size, rest, connection.handler)
+        except WriteTimeout as exc:
+            connection._write_timed_out(exc)
+        except OSError:
+            connection._abort()
+        finally:
+            connection._drain_scope = None
+            queue.draining = False
+
+
+async def drain(
+    queue: SendQueue,
+    sock: Any,
+    frames: list[bytes],
+    size: int,
+    rest: memoryview,
+    settings: Any,
+) -> None:
+    """Write ``rest`` (what is left of a batch of ``frames``), then whatever else is queued,
+    waiting for writability whenever the socket is full, until the queue is empty.
+
+    ``settings.send_timeout`` is read at each wait: a socket that accepts no byte for that long
+    raises :class:`WriteTimeout`; one that takes a little at a time never does.
+    """
+    while True:
+        while rest:
+            timeout = settings.send_timeout
+            with trio.move_on_after(math.inf if timeout is None else timeout) as waited:
+                await trio.lowlevel.wait_writable(sock)
+            if waited.cancelled_caught:
+                raise WriteTimeout(f"the socket took no data for {timeout} s")
+            fd = sock.fileno()
+            if fd < 0:
+                return
+            try:
+                sent = os.write(fd, rest)
+            except BlockingIOError:
+                continue
+            rest = rest[sent:]
+            queue.partial = len(rest) > 0
+        queue.wrote(frames, size)
+        if not queue.in_channel:
+            return
+        frames, size = queue.take(COALESCE_BYTES)
+        rest = memoryview(join(frames))
