@@ -572,7 +572,14 @@ class WebSocketConnection:
         self._last_message = trio.current_time()
         try:
             await self.got_message(message)
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, ConnectionClosedError) and not self.is_open:
+                # this connection began closing while the hook ran (e.g. a slow consumer), so
+                # its send() raised: expected, not a bug in the hook
+                self.handler.log_debug(
+                    "connection %s: closing; got_message() could not send", self.id
+                )
+                return
             self.handler.log_error(
                 "connection %s: got_message() failed; closing", self.id, exc_info=True
             )

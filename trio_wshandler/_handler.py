@@ -183,11 +183,13 @@ class WebSocketHandler:
 
     @property
     def pong_timeout(self) -> float:
+        """Seconds a heartbeat Ping may wait for its Pong; setting it applies at once."""
         return self._pong_timeout
 
     @pong_timeout.setter
     def pong_timeout(self, value: float) -> None:
         self._pong_timeout = _positive("pong_timeout", value)
+        self._settings_changed()  # applies to a Ping already waiting for its Pong too
 
     def _settings_changed(self) -> None:
         for connection in self._registry:
