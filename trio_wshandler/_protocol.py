@@ -1,9 +1,9 @@
 """Where incoming bytes become messages: the sans-I/O protocol core of one connection.
 
 This module does no I/O.  :class:`WebSocketProtocol` feeds received bytes to wsproto's
-post-handshake ``Connection`` (which parses frames, unmasks, validates RSV bits, opcodes,
-fragment sequences, control-frame rules, Close payloads and UTF-8) and turns wsproto's events
-into the few events the connection's reader task acts on.  It adds what wsproto leaves to the
+``FrameProtocol`` (which parses frames, unmasks, validates RSV bits, opcodes, fragment
+sequences, control-frame rules, Close payloads and UTF-8) and turns its frames into the few
+events the connection's reader task acts on.  It adds what wsproto leaves to the
 application: the message size limit (checked on each frame *header*, so a frame that declares a
 huge length is refused before any of its payload is buffered), reassembly of fragments into
 whole messages, and the rules of the closing handshake (who closed, what to answer).
@@ -12,13 +12,18 @@ whole messages, and the rules of the closing handshake (who closed, what to answ
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import attrs
-from wsproto import ConnectionType
-from wsproto.connection import Connection, ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.extensions import Extension
-from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, RsvBits
+from wsproto.frame_protocol import (
+    CloseReason,
+    Frame,
+    FrameDecoder,
+    FrameProtocol,
+    ParseFailed,
+    RsvBits,
+)
 from wsproto.frame_protocol import Opcode as WsOpcode
 
 from .codec import CloseCode, Opcode, encode_message
@@ -236,6 +241,12 @@ class MessageAssembler:
 
 # ---------------------------------------------------------------- the protocol
 
+# The states of the closing handshake (plain ints: checked for every frame).
+_OPEN = 0
+_LOCAL_CLOSING = 1  # we sent a Close, waiting for the peer's
+_REMOTE_CLOSING = 2  # the peer sent a Close, ours is the answer
+_CLOSED = 3
+
 
 class WebSocketProtocol:
     """The protocol state of one server-side connection after a successful upgrade.
@@ -243,81 +254,103 @@ class WebSocketProtocol:
     ``receive_data(bytes)`` then iterate ``events()``.  With ``raw_frames=True`` data arrives
     as one :class:`DataFrame` per frame (for ``got_raw_message``) instead of whole messages.
     Data that arrives after we have sent a Close is discarded, as RFC 6455 section 1.4 allows.
+
+    Frames are parsed and validated by wsproto's ``FrameProtocol``; the four states of the
+    closing handshake are kept here.  (wsproto's ``Connection`` adds only those states and an
+    event queue on top of it, which every idle connection would carry: a deque alone is 624
+    bytes, and each message would cost an event object more.)
     """
 
-    __slots__ = ("_assembler", "_frame", "_in_message", "_limits", "_ws", "raw_frames")
+    __slots__ = ("_assembler", "_in_message", "_limits", "_proto", "_state", "raw_frames")
 
     def __init__(
         self, *, max_message_size: int, max_fragments: int, raw_frames: bool = False
     ) -> None:
         self._limits = _InboundLimits(max_message_size, max_fragments)
-        self._ws = Connection(ConnectionType.SERVER, extensions=[self._limits])
+        self._proto = FrameProtocol(False, [self._limits])
+        self._state = _OPEN
         self.raw_frames = raw_frames
         self._assembler = MessageAssembler()  # pieces of a message (or, raw, of one frame)
         self._in_message = False
 
+    @property
+    def closing(self) -> bool:
+        """A Close was sent or received: no more data frames may be sent."""
+        return self._state != _OPEN
+
     def receive_data(self, data: bytes) -> None:
-        self._ws.receive_data(data)
+        if self._state in (_OPEN, _LOCAL_CLOSING):  # after the peer's Close: ignored
+            self._proto.receive_bytes(data)
 
     def close(self, code: int, reason: str = "") -> bytes:
         """Start the closing handshake: the Close frame to send, or b"" if one was sent already."""
-        if self._ws.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+        state = self._state
+        if state not in (_OPEN, _REMOTE_CLOSING):
             return b""
-        return bytes(self._ws.send(CloseConnection(code=code, reason=reason)))
+        self._state = _LOCAL_CLOSING if state == _OPEN else _CLOSED
+        if code == CloseCode.NO_STATUS_RCVD:  # answering an empty Close: an empty Close
+            return bytes(self._proto.close())
+        return bytes(self._proto.close(code, reason))
 
     def pong(self, payload: bytes) -> bytes:
         """The Pong answering a Ping, or b"" once closing (no frames may follow our Close)."""
-        if self._ws.state is not ConnectionState.OPEN:
+        if self._state != _OPEN:
             return b""
         return encode_message(payload, Opcode.PONG)
 
     def events(self) -> Iterator[Event]:
-        ws = self._ws
-        for event in ws.events():
-            if isinstance(event, TextMessage | BytesMessage):
-                if ws.state is not ConnectionState.OPEN:
-                    continue
-                if self.raw_frames:
-                    frame = self._raw_frame(event)
-                    if frame is not None:
-                        yield frame
-                    continue
-                message = self._assembler.add(event.data, event.message_finished)
-                if message is not None:
-                    yield MessageReceived(message)
-            elif isinstance(event, Ping):
-                yield PingReceived(bytes(event.payload))
-            elif isinstance(event, Pong):
-                yield PongReceived(bytes(event.payload))
-            elif isinstance(event, CloseConnection):
-                yield self._close_event(event)
+        try:
+            for frame in self._proto.received_frames():
+                opcode = frame.opcode
+                if opcode is WsOpcode.TEXT or opcode is WsOpcode.BINARY:
+                    if self._state != _OPEN:
+                        continue
+                    if self.raw_frames:
+                        data_frame = self._raw_frame(frame)
+                        if data_frame is not None:
+                            yield data_frame
+                        continue
+                    data = cast("str | bytes", frame.payload)
+                    message = self._assembler.add(data, frame.message_finished)
+                    if message is not None:
+                        yield MessageReceived(message)
+                elif opcode is WsOpcode.PING:
+                    yield PingReceived(bytes(cast(bytes, frame.payload)))
+                elif opcode is WsOpcode.PONG:
+                    yield PongReceived(bytes(cast(bytes, frame.payload)))
+                elif opcode is WsOpcode.CLOSE:
+                    code, reason = cast("tuple[int, str]", frame.payload)
+                    yield self._close_event(int(code), reason or "")
+                    return
+        except ParseFailed as exc:
+            yield self._failed(int(exc.code), str(exc))
 
-    def _raw_frame(self, event: TextMessage | BytesMessage) -> DataFrame | None:
-        data = self._assembler.add(event.data, event.frame_finished)
+    def _raw_frame(self, frame: Frame) -> DataFrame | None:
+        data = self._assembler.add(cast("str | bytes", frame.payload), frame.frame_finished)
         if data is None:
             return None
-        first = Opcode.TEXT if isinstance(event, TextMessage) else Opcode.BINARY
+        first = Opcode.TEXT if frame.opcode is WsOpcode.TEXT else Opcode.BINARY
         opcode = Opcode.CONTINUATION if self._in_message else first
-        self._in_message = not event.message_finished
-        return DataFrame(opcode, data, event.message_finished)
+        self._in_message = not frame.message_finished
+        return DataFrame(opcode, data, frame.message_finished)
 
-    def _close_event(self, event: CloseConnection) -> Event:
-        ws = self._ws
-        state = ws.state
-        code, reason = int(event.code), event.reason or ""
+    def _close_event(self, code: int, reason: str) -> Event:
         limits = self._limits
         peer_code, limits.peer_close_code = limits.peer_close_code, None
         if peer_code is not None and code == _STAND_IN:  # wsproto was shown a stand-in
             code = peer_code
-            event = CloseConnection(code=code, reason=event.reason)
-        if state is ConnectionState.REMOTE_CLOSING:
-            return CloseReceived(code, reason, bytes(ws.send(event.response())))
-        if state is ConnectionState.CLOSED:
+        if self._state == _LOCAL_CLOSING:
+            self._state = _CLOSED
             return CloseCompleted(code, reason)
-        # wsproto reports a protocol violation as a CloseConnection without a state change
+        self._state = _REMOTE_CLOSING
+        return CloseReceived(code, reason, self.close(code, reason))
+
+    def _failed(self, code: int, reason: str) -> ProtocolFailed:
+        """The peer broke the protocol (or a limit): fail the connection with ``code``."""
+        limits = self._limits
         if code == CloseCode.MESSAGE_TOO_BIG and limits.tripped == "fragments":
             reason = f"message of more than max_fragments ({limits.max_fragments}) frames"
         elif code == CloseCode.MESSAGE_TOO_BIG:
             reason = f"message over max_message_size ({limits.max_size} bytes)"
-        reply = self.close(code, reason) if state is ConnectionState.OPEN else b""
+        reply = self.close(code, reason) if self._state == _OPEN else b""
         return ProtocolFailed(code, reason, reply)
