@@ -100,7 +100,6 @@ class WebSocketConnection:
         "_assembler",
         "_close_deadline",
         "_closed",
-        "_drain_scope",
         "_ended",
         "_flusher",
         "_last_message",
@@ -112,6 +111,7 @@ class WebSocketConnection:
         "_sock",
         "_state",
         "_timers",
+        "_writer_scope",
         "close_code",
         "close_reason",
         "cx",
@@ -153,7 +153,7 @@ class WebSocketConnection:
         self._close_deadline = math.inf
         self._flusher: Flusher | None = None  # set while the listener's flusher writes it
         self._sock: trio.socket.SocketType | None = None  # what the flusher writes to
-        self._drain_scope: trio.CancelScope | None = None  # while a drain task writes it
+        self._writer_scope: trio.CancelScope | None = None  # of its drain or TLS writer task
         self._timers: Timers | None = None
         self._last_received = 0.0  # any data (heartbeat)
         self._last_message = 0.0  # a whole message (idle timeout)
@@ -380,20 +380,22 @@ class WebSocketConnection:
                     self._flusher = tasks.flusher
                     if queue.in_channel:  # sent before the connection ran
                         tasks.flusher.schedule(self)
-                    await self._serve(stream, initial_data, timers)
-                    # done reading: the flusher writes what is queued (our Close last)
-                    await queue.wait_written(queue.enqueued)
                 else:  # TLS: a writer task of its own, so that it never holds the flusher
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._write, stream, name="trio_wshandler writer")
-                        await self._serve(stream, initial_data, timers)
-                        queue.close()  # the writer drains what is queued, then ends
+                    tasks.nursery.start_soon(self._write, stream, name="trio_wshandler writer")
+                if await self._call_registered():
+                    timers.add(self)
+                await self._read(stream, initial_data)
+                # done reading: what is queued (our Close last) is written within close_timeout
+                self._set_deadline(handler.close_timeout)
+                if self._flusher is None:
+                    queue.close()  # the writer ends once it has written everything
+                await queue.wait_written(queue.enqueued)
             if self._scope.cancelled_caught and self.close_code is None:
                 self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "timed out"
         finally:
             timers.discard(self)
-            if self._drain_scope is not None:
-                self._drain_scope.cancel()
+            if self._writer_scope is not None:
+                self._writer_scope.cancel()
             self._state = _CLOSED
             queue.finish()
             # ended without the queue written (cancelled from outside, a deadline): what is
@@ -428,13 +430,6 @@ class WebSocketConnection:
                 "connection %s closed (%s %s)", self.id, self.close_code, self.close_reason
             )
 
-    async def _serve(self, stream: trio.abc.Stream, initial_data: bytes, timers: Timers) -> None:
-        """Register with the timers, call ``registered()``, read until done reading."""
-        if await self._call_registered():
-            timers.add(self)
-        await self._read(stream, initial_data)
-        self._set_deadline(self.handler.close_timeout)
-
     async def _call_registered(self) -> bool:
         try:
             await self.registered()
@@ -450,11 +445,15 @@ class WebSocketConnection:
         from ._flusher import WriteTimeout
 
         try:
-            await write_loop(self._queue, stream, self.handler)
+            with trio.CancelScope() as self._writer_scope:
+                if self._state != _CLOSED:  # not ended before this task first ran
+                    await write_loop(self._queue, stream, self.handler)
         except WriteTimeout as exc:
             self._write_timed_out(exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._abort()
+        finally:
+            self._writer_scope = None
 
     def _write_timed_out(self, exc: WriteTimeout) -> None:
         """No byte could be written for ``send_timeout`` seconds: drop the peer."""

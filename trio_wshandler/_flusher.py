@@ -123,7 +123,7 @@ class Flusher:
     ) -> None:
         queue = connection._queue
         try:
-            with trio.CancelScope() as connection._drain_scope:
+            with trio.CancelScope() as connection._writer_scope:
                 if connection._state == 3:  # ended before this task first ran
                     return
                 await drain(queue, connection._sock, frames, size, rest, connection.handler)
@@ -132,7 +132,7 @@ class Flusher:
         except OSError:
             connection._abort()
         finally:
-            connection._drain_scope = None
+            connection._writer_scope = None
             queue.draining = False
 
 

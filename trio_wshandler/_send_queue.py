@@ -50,7 +50,9 @@ class SendQueue:
     def __init__(self, max_frames: int, max_bytes: int) -> None:
         self.max_frames = max_frames
         self.max_bytes = max_bytes
-        self._send, self._receive = trio.open_memory_channel[bytes](max_frames + CONTROL_RESERVE)
+        # the channel is made on first use: an idle connection never queues anything
+        self._send: trio.MemorySendChannel[bytes] | None = None
+        self._receive: trio.MemoryReceiveChannel[bytes] | None = None
         #: bytes currently queued (data and control frames alike)
         self.queued_bytes = 0
         #: frames not yet taken by a writer (so that it never has to try)
@@ -71,6 +73,14 @@ class SendQueue:
         self._leftover: bytes | None = None  # see take()
         self._pongs: list[int] | None = None  # positions (``enqueued``) of unwritten Pongs
 
+    def _open(self) -> trio.MemorySendChannel[bytes]:
+        if self.finished:  # the connection has ended: nothing more is queued
+            raise trio.ClosedResourceError
+        self._send, self._receive = trio.open_memory_channel[bytes](
+            self.max_frames + CONTROL_RESERVE
+        )
+        return self._send
+
     @property
     def queued_frames(self) -> int:
         """Frames queued and not yet written (data and control frames alike)."""
@@ -90,7 +100,7 @@ class SendQueue:
         if frames >= self.max_frames or (queued and queued + n > self.max_bytes):
             return False
         try:
-            self._send.send_nowait(frame)
+            (self._send or self._open()).send_nowait(frame)
         except (trio.WouldBlock, trio.ClosedResourceError):
             return False
         self.queued_bytes += n
@@ -101,7 +111,7 @@ class SendQueue:
     def put_control(self, frame: bytes) -> bool:
         """Queue a control frame using the reserve; False when even the reserve is full."""
         try:
-            self._send.send_nowait(frame)
+            (self._send or self._open()).send_nowait(frame)
         except (trio.WouldBlock, trio.ClosedResourceError):
             return False
         self.queued_bytes += len(frame)
@@ -126,6 +136,8 @@ class SendQueue:
         """Every frame still queued, without waiting (for the last words)."""
         frames = [] if self._leftover is None else [self._leftover]
         self._leftover = None
+        if self._receive is None:
+            return frames
         while True:
             try:
                 frames.append(self._receive.receive_nowait())
@@ -150,11 +162,14 @@ class SendQueue:
 
     def close(self) -> None:
         """No more frames: the writer drains what is queued, then stops."""
-        self._send.close()
+        (self._send or self._open()).close()
 
     @property
     def receive_channel(self) -> trio.MemoryReceiveChannel[bytes]:
         """The writer's end: it awaits ``receive()`` only when ``in_channel`` is 0."""
+        if self._receive is None:
+            self._open()
+        assert self._receive is not None
         return self._receive
 
     def take(self, limit: int, first: bytes | None = None) -> tuple[list[bytes], int]:
@@ -165,14 +180,15 @@ class SendQueue:
         aside (and still counted in ``in_channel``) to be the first of the next batch.
         """
         left = self.in_channel
+        receive = self._receive
+        assert receive is not None  # in_channel > 0: something was queued
         if first is None:
             first, self._leftover = self._leftover, None
             if first is None:
-                first = self._receive.receive_nowait()
+                first = receive.receive_nowait()
         left -= 1
         batch = [first]
         size = len(first)
-        receive = self._receive
         while left > 0:
             frame = receive.receive_nowait()
             if size + len(frame) > limit:
@@ -193,7 +209,8 @@ class SendQueue:
     def finish(self) -> None:
         """The connection ended: nothing more will be written; wake every waiter."""
         self.finished = True
-        self._send.close()
+        if self._send is not None:
+            self._send.close()
         self._wake()
 
     def _progress_event(self) -> trio.Event:

@@ -30,7 +30,7 @@ from typing import Any
 
 import trio
 
-from ._http import HttpHandler, HttpLimits, serve_http
+from ._http import HttpHandler, HttpLimits, Upgrade, serve_http
 from ._ids import new_connection_id
 from ._listener_tasks import ListenerTasks, open_listener_tasks
 from ._types import CallContext, Request
@@ -177,7 +177,20 @@ class Listener:
         sock = _socket_of(stream)
         peer = _sock_address(sock, "getpeername")
         try:
-            await self._serve_stream(stream, cid, _sock_address(sock, "getsockname"), peer)
+            upgrade = await self._http_phase(stream, cid, _sock_address(sock, "getsockname"), peer)
+            if upgrade is not None:
+                # the client has its 101: from here on it is a WebSocket connection, closed
+                # with a Close frame (1001 if this listener stopped meanwhile), never dropped
+                handler: Any = upgrade.handler  # serve_http checked that it has start()
+                await handler.start(
+                    self.id,
+                    upgrade.cx,
+                    upgrade.request,
+                    stream,
+                    initial_data=upgrade.trailing,
+                    stopping="listener is stopping" if self._stopped else None,
+                    tasks=self._tasks,
+                )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
@@ -186,9 +199,13 @@ class Listener:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    async def _serve_stream(
+    async def _http_phase(
         self, stream: trio.abc.Stream, cid: str, local: tuple[str, int], peer: tuple[str, int]
-    ) -> None:
+    ) -> Upgrade | None:
+        """Answer requests until one is upgraded (returned; its 101 was sent) or the stream ends.
+
+        A function of its own so that its frame, and what it holds, is gone once the connection
+        runs."""
         server = self.server
         scheme = "https" if self.ssl else "http"
 
@@ -206,7 +223,7 @@ class Listener:
         with trio.CancelScope() as handshake:
             self._handshakes.add(handshake)
             try:
-                upgrade = await serve_http(
+                return await serve_http(
                     stream,
                     route=server.route,
                     make_cx=make_cx,
@@ -215,20 +232,7 @@ class Listener:
                 )
             finally:
                 self._handshakes.discard(handshake)
-        if upgrade is None:
-            return
-        # the client has its 101: from here on it is a WebSocket connection, which is closed
-        # with a Close frame (1001 if this listener stopped meanwhile), never just dropped
-        handler: Any = upgrade.handler  # serve_http checked that it has start()
-        await handler.start(
-            self.id,
-            upgrade.cx,
-            upgrade.request,
-            stream,
-            initial_data=upgrade.trailing,
-            stopping="listener is stopping" if self._stopped else None,
-            tasks=self._tasks,
-        )
+        return None  # the handshake scope was cancelled (the listener is stopping)
 
     def stop(self) -> None:
         """Stop accepting, close this listener's connections (1001), bounded in time."""
