@@ -13,6 +13,14 @@ Scenarios (all over loopback, clients in separate processes, see fleet.py):
 5. slow consumer: 10 normal clients and 1 that never reads, 2000 broadcasts of 10 KB: what the
    normal clients received, and how long it took.
 
+Besides trio_wshandler and its peers, reference rows (see ``LABELS`` and servers.py): ``floor``,
+the plain Trio floor (the producer writes each frame straight to every socket); ``floor_batched``,
+the same with one write per socket per round of the loop (what coalescing can reach in a burst);
+``raw``, a Trio queue and writer task per connection (the library's design without WebSocket);
+``picows``, what a user who only wants speed would pick (asyncio, Cython).  A server that cannot
+run (picows not installed) or a scenario a server cannot take part in (raw does not echo) is
+skipped, and the reason printed and written into the report.
+
 The fleet's own CPU use is reported with every broadcast (a fleet near 100% of a core would be
 the bottleneck).  Writes ``results.json`` (raw), ``results.md`` (tables with ratios to the best
 peer in the same run) and ``fanout.png`` into ``--out``.  ``--quick`` is a smoke run under two
@@ -22,6 +30,7 @@ minutes (CI runs it and checks only that it completes and the results parse).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -36,8 +45,43 @@ from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SERVERS = ["trio_wshandler", "websockets_trio", "trio_websocket", "websockets_asyncio", "raw"]
+SERVERS = [
+    "trio_wshandler",
+    "websockets_trio",
+    "trio_websocket",
+    "websockets_asyncio",
+    "floor",
+    "floor_batched",
+    "raw",
+    "picows",
+]
 PEERS = ["websockets_trio", "trio_websocket", "websockets_asyncio"]
+REFERENCES = ["floor", "floor_batched", "raw", "picows"]
+#: what each row is, for the report and the plot
+LABELS = {
+    "trio_wshandler": "trio_wshandler, send_all()",
+    "websockets_trio": "websockets (Trio), broadcast()",
+    "trio_websocket": "trio-websocket, a loop of send_message()",
+    "websockets_asyncio": "websockets (asyncio), broadcast()",
+    "floor": "plain Trio floor: the producer os.write()s each frame to every socket",
+    "floor_batched": "plain Trio floor, batched: a socket's first frame of a round of the loop"
+    " os.write()n at once, the rest of the round joined into one os.write()",
+    "raw": "Trio queue+writer task per connection, no WebSocket layer",
+    "picows": "picows (asyncio, Cython): the pick for speed alone",
+}
+#: the plot's legend: short names
+SHORT_LABELS = {
+    "floor": "floor (plain Trio)",
+    "floor_batched": "floor, batched (plain Trio)",
+    "raw": "raw (Trio queue+writer task)",
+    "picows": "picows (asyncio, Cython)",
+}
+#: the modules a server needs beyond the bench extra: it is skipped, saying so, without them
+NEEDS = {"picows": "picows"}
+#: scenarios a server does not take part in, and why
+SCENARIO_SKIPS = {
+    ("echo", "raw"): "raw never reads after the handshake (a fan-out reference only)",
+}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -262,6 +306,14 @@ def scenario_slow(kind: str, count: int, timeout: float) -> dict[str, Any]:
 # ---------------------------------------------------------------- reports
 
 
+def missing(server: str) -> str | None:
+    """Why ``server`` cannot run here, or None."""
+    module = NEEDS.get(server)
+    if module and importlib.util.find_spec(module) is None:
+        return f"{module} is not installed (pip install {module})"
+    return None
+
+
 def ratio(value: float, best: float, higher_is_better: bool = True) -> str:
     if not best or not value:
         return ""
@@ -271,6 +323,22 @@ def ratio(value: float, best: float, higher_is_better: bool = True) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     out = [f"Machine: {results['machine']}. Command: `{results['command']}`.\n"]
+    labels = results.get("labels", {})
+    if labels:
+        out.append(
+            "What each row is. Ratios are to the best peer; the references (a floor, and the"
+            " fastest libraries) do not count as peers.\n"
+        )
+        out.append("| row | what it is |")
+        out.append("|---|---|")
+        for server, label in labels.items():
+            kind = "peer" if server in PEERS else "reference" if server in REFERENCES else ""
+            out.append(f"| {server} | {label}{f' ({kind})' if kind else ''} |")
+        out.append("")
+    for skip in results.get("skipped", []):
+        out.append(f"- skipped: {skip['server']}, {skip['scenario']}: {skip['reason']}")
+    if results.get("skipped"):
+        out.append("")
     out.append("### 1 and 4. Broadcast fan-out\n")
     out.append(
         "Deliveries/s (ratio to the best peer at the same N and size), p50/p99 delivery "
@@ -297,21 +365,17 @@ def markdown(results: dict[str, Any]) -> str:
             )
     out.append("\n### The targets of the performance issue, from the rows above\n")
     out.append("trio_wshandler's deliveries/s divided by each peer's (>= 8 wanted against the trio")
-    out.append("peers, > 1 against websockets' asyncio broadcast, >= 0.7 against the raw floor).\n")
-    out.append(
-        "| N | size | producer | / websockets_trio | / trio_websocket | / websockets_asyncio"
-        " | / raw |"
-    )
-    out.append("|---|---|---|---|---|---|---|")
+    out.append("peers, > 1 against websockets' asyncio broadcast, >= 0.7 against the plain Trio")
+    out.append("floor; the other references for comparison).\n")
+    versus = PEERS + REFERENCES
+    out.append("| N | size | producer | " + " | ".join(f"/ {p}" for p in versus) + " |")
+    out.append("|---|---|---|" + "---|" * len(versus))
     for (n, size, mode), rows in sorted(by_key.items()):
         rates = {server: rnd["deliveries_per_s"] for server, rnd in rows}
         ours = rates.get("trio_wshandler")
         if not ours or n < 1000:
             continue
-        cells = [
-            f"{ours / rates[p]:.2f}" if rates.get(p) else ""
-            for p in ("websockets_trio", "trio_websocket", "websockets_asyncio", "raw")
-        ]
+        cells = [f"{ours / rates[p]:.2f}" if rates.get(p) else "" for p in versus]
         out.append(f"| {n} | {size} | {mode} | " + " | ".join(cells) + " |")
     out.append("\n### 2. Echo\n")
     out.append("| connections | server | messages/s | RTT p50 ms | RTT p99 ms | server CPU |")
@@ -370,7 +434,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 )
                 if points:
                     xs, ys = zip(*points, strict=True)
-                    ax.plot(xs, ys, marker="o", label=server)
+                    style = "--" if server in REFERENCES else "-"
+                    ax.plot(xs, ys, style, marker="o", label=SHORT_LABELS.get(server, server))
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("clients (N)")
@@ -425,8 +490,22 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    skipped = []
+    for server in list(servers):
+        reason = missing(server)
+        if reason:
+            servers.remove(server)
+            skipped.append({"server": server, "scenario": "all", "reason": reason})
+    for (scenario, server), reason in SCENARIO_SKIPS.items():
+        if server in servers:
+            skipped.append({"server": server, "scenario": scenario, "reason": reason})
+    for skip in skipped:
+        print(f"skipping {skip['server']} ({skip['scenario']}): {skip['reason']}", file=sys.stderr)
+
     steps = [("broadcast", s, n) for n in clients for s in servers]
-    steps += [("echo", s, c) for c in echo_conns for s in servers if s != "raw"]
+    steps += [
+        ("echo", s, c) for c in echo_conns for s in servers if ("echo", s) not in SCENARIO_SKIPS
+    ]
     steps += [("slow", s, 0) for s in servers]
     results: dict[str, Any] = {
         "quick": args.quick,
@@ -434,6 +513,9 @@ def main() -> int:
         "machine": f"{platform.node()}: {os.cpu_count()} cores, {platform.machine()}, "
         f"Python {platform.python_version()}, {platform.platform()}",
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "servers": servers,
+        "labels": {s: LABELS[s] for s in servers},
+        "skipped": skipped,
         "broadcast": [],
         "echo": [],
         "slow_consumer": [],
@@ -457,6 +539,8 @@ def main() -> int:
     (out / "results.md").write_text(markdown(results))
     plot(results, out / "fanout.png")
     print(markdown(results))
+    for skip in skipped:
+        print(f"SKIPPED: {skip['server']} ({skip['scenario']}): {skip['reason']}")
     for error in results.get("errors", []):
         print("ERROR:", error)
     return 1 if results.get("errors") else 0

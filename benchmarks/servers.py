@@ -3,8 +3,9 @@
     python benchmarks/servers.py KIND
 
 KIND is one of ``trio_wshandler``, ``websockets_trio``, ``trio_websocket``,
-``websockets_asyncio`` or ``raw``.  Each binds 127.0.0.1 on a free port, prints ``port N``, echoes
-every message it receives, and reads commands on stdin:
+``websockets_asyncio``, ``floor``, ``floor_batched``, ``raw`` or ``picows``.  Each binds
+127.0.0.1 on a free port, prints ``port N``, echoes every message it receives (but ``raw``, which
+never reads), and reads commands on stdin:
 
 ``broadcast COUNT SIZE MODE``
     send COUNT binary messages of SIZE bytes to every connected client, then print ``sent``.
@@ -19,17 +20,39 @@ every message it receives, and reads commands on stdin:
 
 Each server uses its library the way its documentation recommends for fan-out: trio_wshandler's
 ``send_all``; websockets' ``broadcast()`` (trio and asyncio); a loop of ``send_message`` for
-trio-websocket, which has no broadcast.  ``raw`` is the floor: a plain Trio TCP server that
-answers any request head with a 101 and writes the very same frame bytes to each client through a
-per-client queue and writer task (joining what is queued into one ``send_all``), with no
-WebSocket layer at all.  No server offers compression.
+trio-websocket, which has no broadcast; a loop of ``WSTransport.send`` for picows (its core API,
+on asyncio: what a user who only wants speed would pick).  No server offers compression.
+
+Three reference rows use no WebSocket library at all, only Trio and the frame bytes, encoded once
+per message and shared by every client:
+
+``floor``, the plain Trio floor
+    the least Python and Trio can do: the producer writes the frame to every client socket with a
+    non-blocking ``os.write`` straight from its loop, with no task step per client.  Only a client
+    whose socket is full (a partial write or ``BlockingIOError``) gets the rest appended to its
+    pending buffer, and a task that awaits writability and drains it, for as long as it is backed
+    up (it ends when the buffer is empty).  One reader task per client parses the clients' frames
+    just enough to echo data frames, answer Pings and Close.
+``floor_batched``, the plain Trio floor with writes batched per round of the loop
+    the same for a client's first frame in a round of the loop; the frames that follow it in the
+    same round (a burst) are appended to the client's buffer, and one flusher task, woken once
+    when the producer yields, writes each buffer with one ``os.write`` (a burst costs two system
+    calls per client, not one per message and client; a buffer that reaches 64 KiB first is
+    written by the producer at once).  When paced it does what ``floor`` does.
+``raw``, a Trio queue and writer task per connection
+    the design of the library without its WebSocket layer: each frame goes into every client's
+    memory channel, and the client's writer task joins what is queued into one ``send_all``.  It
+    does not read after the handshake, so it has no echo.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import math
+import os
 import resource
 import struct
 import sys
@@ -68,6 +91,50 @@ async def trio_commands(broadcast: Any) -> None:
     while command := parse_command(await trio.to_thread.run_sync(sys.stdin.readline)):
         await broadcast(*command)
         print("sent", flush=True)
+
+
+async def asyncio_commands(broadcast: Any) -> None:
+    """Read stdin commands in a thread; run broadcasts on the asyncio loop."""
+    loop = asyncio.get_running_loop()
+    while command := parse_command(await loop.run_in_executor(None, sys.stdin.readline)):
+        await broadcast(*command)
+        print("sent", flush=True)
+
+
+def encode_frame(payload: bytes, first: int = 0x82) -> bytes:
+    """An unmasked server frame (by default a final Binary frame): the same bytes for every
+    client.  The reference rows encode with this, not with the library under test."""
+    n = len(payload)
+    if n < 126:
+        return bytes((first, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", first, 126, n) + payload
+    return struct.pack("!BBQ", first, 127, n) + payload
+
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+async def plain_handshake(stream: trio.SocketStream) -> bytes | None:
+    """Read a request head and answer it with a 101 (no checks); return what followed the head,
+    or None if the client went away first."""
+    head = bytearray()
+    while (end := head.find(b"\r\n\r\n")) < 0:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            return None
+        head += chunk
+    key = b""
+    for line in bytes(head[:end]).split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"sec-websocket-key":
+            key = value.strip()
+    accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+    await stream.send_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+    return bytes(head[end + 4 :])
 
 
 # ---------------------------------------------------------------- trio_wshandler
@@ -178,38 +245,258 @@ async def run_websockets_asyncio() -> None:
     import websockets
     from websockets.asyncio.server import serve
 
-    loop = asyncio.get_running_loop()
     async with serve(
         websockets_echo, "127.0.0.1", 0, compression=None, ping_interval=None, max_size=None
     ) as server:
         announce(next(iter(server.sockets)).getsockname()[1])
-        while command := parse_command(await loop.run_in_executor(None, sys.stdin.readline)):
-            count, size, padding, paced = command
+
+        async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
             for seq in range(count):
                 websockets.broadcast(server.connections, payload(seq, size, padding))
                 if paced:
                     await asyncio.sleep(0)
-            print("sent", flush=True)
+
+        await asyncio_commands(broadcast)
 
 
-# ---------------------------------------------------------------- raw floor
+# ---------------------------------------------------------------- plain Trio floor
+
+
+class FloorClient:
+    """One client of the floor servers: its stream, its socket's fd, what is owed to it, and
+    whether it was written to in this round of the loop (``floor_batched``: what follows waits
+    for the end of the round) or waits for room in its socket (a drain task is on it)."""
+
+    __slots__ = ("fd", "pending", "state", "stream")
+
+    IDLE, ROUND, DRAINING = 0, 1, 2
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.fd = stream.socket.fileno()
+        self.pending = bytearray()
+        self.state = FloorClient.IDLE
+
+
+#: A client owed more than this is disconnected (far above what any scenario queues).
+FLOOR_MAX_PENDING = 256 << 20
+#: floor_batched writes a client's batch before the end of the round once it is this big: one
+#: huge write per client (a burst of 4 KiB messages) costs more than a few moderate ones.
+FLOOR_BATCH = 64 << 10
+
+
+def floor_drop(client: FloorClient) -> None:
+    """Close a client's socket (its reader sees it and unregisters the client); later writes get
+    EBADF, never another connection that reused the fd."""
+    client.pending.clear()
+    client.fd = -1
+    client.stream.socket.close()
+
+
+async def run_floor(batched: bool = False) -> None:
+    """The plain Trio floor, and with ``batched`` its variant that writes once per round."""
+    clients: dict[FloorClient, None] = {}  # only the reader tasks add and remove
+    write = os.write
+    IDLE, ROUND, DRAINING = FloorClient.IDLE, FloorClient.ROUND, FloorClient.DRAINING
+
+    async def drain(client: FloorClient) -> None:
+        """Runs only while ``client`` is backed up: wait for room, write what is pending."""
+        pending, fd = client.pending, client.fd
+        try:
+            while pending:
+                await trio.lowlevel.wait_writable(fd)
+                with contextlib.suppress(BlockingIOError):
+                    del pending[: write(fd, pending)]
+        except (OSError, trio.ClosedResourceError):
+            floor_drop(client)
+        client.state = IDLE
+
+    def write_now(client: FloorClient, data: bytes | bytearray) -> None:
+        """Write to an idle client's socket; what does not fit goes to a drain task."""
+        try:
+            n = write(client.fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            return  # the peer is gone: its reader is about to see it
+        if n != len(data):
+            client.pending += memoryview(data)[n:]
+            client.state = DRAINING
+            nursery.start_soon(drain, client)
+
+    def send(client: FloorClient, frame: bytes) -> None:
+        """The readers' replies (echo, Pong, Close): written at once unless something is owed
+        to the client, in which case they queue behind it."""
+        if client.state:
+            client.pending += frame
+            if len(client.pending) > FLOOR_MAX_PENDING:
+                floor_drop(client)
+        else:
+            write_now(client, frame)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                rest = await plain_handshake(stream)
+            except trio.BrokenResourceError:
+                return
+            if rest is None:
+                return
+            buf = bytearray(rest)
+            client = FloorClient(stream)
+            clients[client] = None
+            try:
+                while True:
+                    # what is buffered: masked client frames, each echoed as it came
+                    pos, n = 0, len(buf)
+                    while n - pos >= 6:
+                        b0, length = buf[pos], buf[pos + 1] & 0x7F
+                        start = pos + 2
+                        if length == 126:
+                            length, start = int.from_bytes(buf[start : start + 2], "big"), start + 2
+                        elif length == 127:
+                            length, start = int.from_bytes(buf[start : start + 8], "big"), start + 8
+                        end = start + 4 + length
+                        if end > n:
+                            break
+                        key = buf[start : start + 4]
+                        data = (
+                            int.from_bytes(buf[start + 4 : end], "little")
+                            ^ int.from_bytes((key * (length // 4 + 1))[:length], "little")
+                        ).to_bytes(length, "little")
+                        pos = end
+                        opcode = b0 & 0x0F
+                        if opcode == 0x9:  # Ping: Pong
+                            send(client, encode_frame(data, 0x8A))
+                        elif opcode == 0x8:  # Close: echo it, and end
+                            send(client, encode_frame(data[:2], 0x88))
+                            return
+                        elif opcode != 0xA:  # data (or continuation): echo it as it came
+                            send(client, encode_frame(data, b0 & 0x8F))
+                    del buf[:pos]
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                del clients[client]
+                client.pending.clear()
+                client.fd = -1  # a queued write must not reach a connection that reuses the fd
+
+    async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
+        """Each frame straight to every socket, from this loop: no task step per client."""
+        for seq in range(count):
+            frame = encode_frame(payload(seq, size, padding))
+            length = len(frame)
+            for client in clients:  # no checkpoint in here, so nobody changes ``clients``
+                if client.state:  # backed up: queue behind what its drain task is writing
+                    pending = client.pending
+                    pending += frame
+                    if len(pending) > FLOOR_MAX_PENDING:
+                        floor_drop(client)
+                    continue
+                try:
+                    n = write(client.fd, frame)
+                except BlockingIOError:
+                    n = 0
+                except OSError:
+                    continue  # the peer is gone: its reader is about to see it
+                if n != length:
+                    client.pending += memoryview(frame)[n:]
+                    client.state = DRAINING
+                    nursery.start_soon(drain, client)
+            if paced:
+                await trio.lowlevel.checkpoint()
+
+    # floor_batched: a client's first frame of a round of the loop is written at once, as in
+    # floor; what follows in the same round (a burst) is appended, and written with one write by
+    # a flusher task woken once when the producer yields (or by the producer once the batch
+    # reaches FLOOR_BATCH).
+    written: list[FloorClient] = []  # the clients written to in this round
+    lot = trio.lowlevel.ParkingLot()
+
+    def flush(client: FloorClient) -> None:
+        """Write a client's batch; what does not fit goes to a drain task."""
+        pending = client.pending
+        try:
+            del pending[: write(client.fd, pending)]
+        except BlockingIOError:
+            pass
+        except OSError:
+            pending.clear()  # the peer is gone: its reader is about to see it
+        if pending:
+            client.state = DRAINING
+            nursery.start_soon(drain, client)
+
+    async def flusher() -> None:
+        while True:
+            await lot.park()
+            batch = written.copy()
+            written.clear()
+            for client in batch:
+                if client.state == ROUND:
+                    client.state = IDLE
+                    if client.pending:
+                        flush(client)
+
+    async def broadcast_batched(count: int, size: int, padding: bytes, paced: bool) -> None:
+        for seq in range(count):
+            frame = encode_frame(payload(seq, size, padding))
+            length = len(frame)
+            for client in clients:
+                state = client.state
+                if state:  # written this round, or backed up: append
+                    pending = client.pending
+                    pending += frame
+                    if state == ROUND:
+                        if len(pending) >= FLOOR_BATCH:
+                            flush(client)
+                    elif len(pending) > FLOOR_MAX_PENDING:
+                        floor_drop(client)
+                    continue
+                try:
+                    n = write(client.fd, frame)
+                except BlockingIOError:
+                    n = 0
+                except OSError:
+                    continue  # the peer is gone: its reader is about to see it
+                if n != length:
+                    client.pending += memoryview(frame)[n:]
+                    client.state = DRAINING
+                    nursery.start_soon(drain, client)
+                else:
+                    client.state = ROUND
+                    written.append(client)
+            if lot and written:
+                lot.unpark()
+            if paced:
+                await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        nursery.start_soon(trio.serve_listeners, handle, [listener])
+        if batched:
+            nursery.start_soon(flusher)
+        announce(listener.socket.getsockname()[1])
+        await trio_commands(broadcast_batched if batched else broadcast)
+        nursery.cancel_scope.cancel()
+
+
+async def run_floor_batched() -> None:
+    await run_floor(batched=True)
+
+
+# ---------------------------------------------------------------- Trio queue + writer task
 
 
 async def run_raw() -> None:
-    from trio_wshandler.codec import encode_message
-
     queues: list[trio.MemorySendChannel[bytes]] = []
 
     async def handle(stream: trio.SocketStream) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = await stream.receive_some(4096)
-            if not chunk:
-                return
-            head += chunk
-        await stream.send_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-        )
+        if await plain_handshake(stream) is None:
+            return
         send, receive = trio.open_memory_channel[bytes](math.inf)
         queues.append(send)
         try:
@@ -228,7 +515,7 @@ async def run_raw() -> None:
 
     async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
         for seq in range(count):
-            frame = encode_message(payload(seq, size, padding))
+            frame = encode_frame(payload(seq, size, padding))
             for queue in queues:
                 queue.send_nowait(frame)
             if paced:
@@ -242,20 +529,66 @@ async def run_raw() -> None:
         nursery.cancel_scope.cancel()
 
 
+# ---------------------------------------------------------------- picows (asyncio, Cython)
+
+
+async def run_picows() -> None:
+    from picows import WSListener, WSMsgType, ws_create_server
+
+    transports: set[Any] = set()
+    data_types = (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION)
+
+    class Echo(WSListener):  # type: ignore[misc]
+        def on_ws_connected(self, transport: Any) -> None:
+            transports.add(transport)
+
+        def on_ws_disconnected(self, transport: Any) -> None:
+            transports.discard(transport)
+
+        def on_ws_frame(self, transport: Any, frame: Any) -> None:
+            if frame.msg_type in data_types:
+                transport.send(frame.msg_type, frame.get_payload_as_memoryview(), frame.fin)
+            elif frame.msg_type == WSMsgType.CLOSE:
+                transport.send_close(frame.get_close_code(), frame.get_close_message())
+                transport.disconnect()
+            # Pings are answered by picows itself (enable_auto_pong)
+
+    server = await ws_create_server(
+        lambda request: Echo(), "127.0.0.1", 0, max_frame_size=1 << 24, enable_auto_ping=False
+    )
+    async with server:
+        announce(server.sockets[0].getsockname()[1])
+        binary = WSMsgType.BINARY
+
+        async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
+            for seq in range(count):
+                message = payload(seq, size, padding)
+                for transport in list(transports):
+                    transport.send(binary, message)
+                if paced:
+                    await asyncio.sleep(0)
+
+        await asyncio_commands(broadcast)
+
+
 SERVERS = {
     "trio_wshandler": run_trio_wshandler,
     "websockets_trio": run_websockets_trio,
     "trio_websocket": run_trio_websocket,
     "websockets_asyncio": run_websockets_asyncio,
+    "floor": run_floor,
+    "floor_batched": run_floor_batched,
     "raw": run_raw,
+    "picows": run_picows,
 }
+ASYNCIO_SERVERS = {"websockets_asyncio", "picows"}
 
 
 def main() -> None:
     kind = sys.argv[1]
     raise_fd_limit()
-    if kind == "websockets_asyncio":
-        asyncio.run(run_websockets_asyncio())
+    if kind in ASYNCIO_SERVERS:
+        asyncio.run(SERVERS[kind]())
     else:
         trio.run(SERVERS[kind])
 
