@@ -174,6 +174,10 @@ def start_fleets(
     return fleets
 
 
+def fmt_ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
 def percentiles(samples: list[float]) -> dict[str, float]:
     if not samples:
         return {}
@@ -219,7 +223,12 @@ def broadcast_round(
         "fleet_cpu_share": max(r.get("cpu_s", 0) / seconds for r in reports),
         "timed_out": any(r.get("timed_out") for r in reports),
         "frame_errors": sum(r.get("frame_errors", 0) for r in reports),
-        "server_finished_sending": sent == "sent",
+        "server_finished_sending": (sent or "").split()[:1] == ["sent"],
+        # the server's event loop: worst stall and longest garbage collection, in ms
+        **{
+            f"loop_{key}": float(value)
+            for key, _, value in (word.partition("=") for word in (sent or "").split()[1:])
+        },
         "fleet_reports": [{k: v for k, v in r.items() if k != "latencies_us"} for r in reports],
     }
 
@@ -342,12 +351,14 @@ def markdown(results: dict[str, Any]) -> str:
     out.append("### 1 and 4. Broadcast fan-out\n")
     out.append(
         "Deliveries/s (ratio to the best peer at the same N and size), p50/p99 delivery "
-        "latency, server CPU seconds per million deliveries, fleet CPU share.\n"
+        "latency, server CPU seconds per million deliveries, fleet CPU share, and the server's "
+        "worst event-loop stall and longest garbage collection during the round.\n"
     )
     out.append(
-        "| N | size | producer | server | deliveries/s | p50 ms | p99 ms | CPU s/M | fleet CPU |"
+        "| N | size | producer | server | deliveries/s | p50 ms | p99 ms | CPU s/M | fleet CPU "
+        "| loop stall ms | GC ms |"
     )
-    out.append("|---|---|---|---|---|---|---|---|---|")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
     by_key: dict[tuple[int, int, str], list[tuple[str, dict[str, Any]]]] = {}
     for entry in results["broadcast"]:
         for rnd in entry["rounds"]:
@@ -361,7 +372,8 @@ def markdown(results: dict[str, Any]) -> str:
             out.append(
                 f"| {n} | {size} | {mode} | {server} | {rnd['deliveries_per_s']:,.0f}{rel}{note} | "
                 f"{rnd['latency_p50_ms']:.1f} | {rnd['latency_p99_ms']:.1f} | "
-                f"{rnd['server_cpu_s_per_million']:.1f} | {rnd['fleet_cpu_share']:.0%} |"
+                f"{rnd['server_cpu_s_per_million']:.1f} | {rnd['fleet_cpu_share']:.0%} | "
+                f"{fmt_ms(rnd.get('loop_lag_ms'))} | {fmt_ms(rnd.get('loop_gc_ms'))} |"
             )
     out.append("\n### The targets of the performance issue, from the rows above\n")
     out.append("trio_wshandler's deliveries/s divided by each peer's (>= 8 wanted against the trio")

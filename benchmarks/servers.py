@@ -18,6 +18,9 @@ never reads), and reads commands on stdin:
 ``quit``
     exit.
 
+After each broadcast the server prints ``sent lag_ms=L gc_ms=G``: the event loop's worst stall
+during it and its longest garbage collection (see ``Pauses``).
+
 Each server uses its library the way its documentation recommends for fan-out: trio_wshandler's
 ``send_all``; websockets' ``broadcast()`` (trio and asyncio); a loop of ``send_message`` for
 trio-websocket, which has no broadcast; a loop of ``WSTransport.send`` for picows (its core API,
@@ -50,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import hashlib
 import math
 import os
@@ -86,19 +90,73 @@ def parse_command(line: str) -> tuple[int, int, bytes, bool] | None:
     return int(words[1]), size, b"p" * size, words[3] == "paced"
 
 
+class Pauses:
+    """The worst stall of the event loop during a broadcast, and the longest garbage collection.
+
+    A ticker asks to be woken every millisecond and records how late it was (a stall: a long
+    task step, a collection, anything that holds the loop); ``gc.callbacks`` time collections.
+    Reported after ``sent`` as ``lag_ms=... gc_ms=...``.
+    """
+
+    TICK = 0.001
+
+    def __init__(self) -> None:
+        self.lag = 0.0
+        self.gc = 0.0
+        self._gc_start = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc = max(self.gc, time.perf_counter() - self._gc_start)
+
+    def tick(self, late: float) -> None:
+        self.lag = max(self.lag, late - self.TICK)
+
+    def report(self) -> str:
+        text = f"sent lag_ms={self.lag * 1000:.1f} gc_ms={self.gc * 1000:.1f}"
+        self.lag = self.gc = 0.0
+        return text
+
+
 async def trio_commands(broadcast: Any) -> None:
     """Read stdin commands in a thread; run broadcasts on the Trio loop."""
+    pauses = Pauses()
     while command := parse_command(await trio.to_thread.run_sync(sys.stdin.readline)):
-        await broadcast(*command)
-        print("sent", flush=True)
+        async with trio.open_nursery() as nursery:
+
+            async def ticker() -> None:
+                while True:
+                    start = trio.current_time()
+                    await trio.sleep(pauses.TICK)
+                    pauses.tick(trio.current_time() - start)
+
+            nursery.start_soon(ticker)
+            await trio.sleep(0.01)  # the ticker is asleep: a stall from here on is measured
+            await broadcast(*command)
+            nursery.cancel_scope.cancel()
+        print(pauses.report(), flush=True)
 
 
 async def asyncio_commands(broadcast: Any) -> None:
     """Read stdin commands in a thread; run broadcasts on the asyncio loop."""
     loop = asyncio.get_running_loop()
+    pauses = Pauses()
+
+    async def ticker() -> None:
+        while True:
+            start = loop.time()
+            await asyncio.sleep(pauses.TICK)
+            pauses.tick(loop.time() - start)
+
     while command := parse_command(await loop.run_in_executor(None, sys.stdin.readline)):
+        task = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0.01)  # the ticker is asleep: a stall from here on is measured
         await broadcast(*command)
-        print("sent", flush=True)
+        task.cancel()
+        print(pauses.report(), flush=True)
 
 
 def encode_frame(payload: bytes, first: int = 0x82) -> bytes:
