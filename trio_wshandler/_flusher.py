@@ -81,7 +81,13 @@ class Flusher:
                 await trio.lowlevel.wait_task_rescheduled(self._abort)
             pending, self._pending = self._pending, []
             for connection in pending:
-                self.write(connection)
+                try:
+                    self.write(connection)
+                except Exception:  # a bug must cost one connection, not the listener
+                    connection.handler.log_error(
+                        "connection %s: write failed", connection.id, exc_info=True
+                    )
+                    connection._abort()
 
     def _abort(self, raise_cancel: Any) -> trio.lowlevel.Abort:
         self._sleeping = False
@@ -129,7 +135,12 @@ class Flusher:
                 await drain(queue, connection._sock, frames, size, rest, connection.handler)
         except WriteTimeout as exc:
             connection._write_timed_out(exc)
-        except OSError:
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            connection._abort()
+        except Exception:  # a bug must cost one connection, not the listener
+            connection.handler.log_error(
+                "connection %s: drain failed", connection.id, exc_info=True
+            )
             connection._abort()
         finally:
             connection._writer_scope = None

@@ -72,29 +72,38 @@ class Timers:
         for connection in self._connections:  # nothing here adds or removes connections
             if connection._state != 1:  # only open connections
                 continue
-            handler = connection.handler
-            heartbeat, idle = handler.heartbeat, handler.idle_timeout
-            if heartbeat is None and idle is None:
-                continue
-            if idle is not None:
-                shortest = min(shortest, idle)
-                if now >= connection._last_message + idle:
-                    handler.log_info(
-                        "connection %s: no message for %s s; closing", connection.id, idle
-                    )
-                    connection._start_close(CloseCode.GOING_AWAY, "idle timeout")
-                    continue
-            pong_timeout = handler.pong_timeout
-            if connection._ping_sent:
-                shortest = min(shortest, pong_timeout)
-                if now >= connection._ping_sent + pong_timeout:
-                    handler.log_warning(
-                        "connection %s: no Pong within %s s; closing", connection.id, pong_timeout
-                    )
-                    connection._start_close(CloseCode.INTERNAL_SERVER_ERROR, "pong timeout")
-            elif heartbeat is not None:
-                shortest = min(shortest, heartbeat, pong_timeout)
-                if now >= connection._last_received + heartbeat:
-                    connection._ping_sent = now
-                    connection._put_control(encode_message(handler.heartbeat_message, Opcode.PING))
+            try:
+                shortest = min(shortest, self._fire(connection, now))
+            except Exception:  # a bug must cost one connection, not the listener
+                connection.handler.log_error(
+                    "connection %s: timer failed", connection.id, exc_info=True
+                )
+                connection._abort()
         return min(MAX_TICK, max(MIN_TICK, shortest / 8)) if shortest < math.inf else math.inf
+
+    @staticmethod
+    def _fire(connection: WebSocketConnection, now: float) -> float:
+        """Fire ``connection``'s due timers; returns its shortest interval (``inf``: none)."""
+        handler = connection.handler
+        heartbeat, idle = handler.heartbeat, handler.idle_timeout
+        if heartbeat is None and idle is None:
+            return math.inf
+        if idle is not None and now >= connection._last_message + idle:
+            handler.log_info("connection %s: no message for %s s; closing", connection.id, idle)
+            connection._start_close(CloseCode.GOING_AWAY, "idle timeout")
+            return idle
+        shortest = math.inf if idle is None else idle
+        pong_timeout = handler.pong_timeout
+        if connection._ping_sent:
+            if now >= connection._ping_sent + pong_timeout:
+                handler.log_warning(
+                    "connection %s: no Pong within %s s; closing", connection.id, pong_timeout
+                )
+                connection._start_close(CloseCode.INTERNAL_SERVER_ERROR, "pong timeout")
+            return min(shortest, pong_timeout)
+        if heartbeat is not None:
+            if now >= connection._last_received + heartbeat:
+                connection._ping_sent = now
+                connection._put_control(encode_message(handler.heartbeat_message, Opcode.PING))
+            return min(shortest, heartbeat, pong_timeout)
+        return shortest
