@@ -7,12 +7,17 @@ answered, and the connection is kept alive for the next request, until either a 
 connection ends.  Every wait for the client is bounded by ``handshake_timeout``.
 
 Error responses to input h11 cannot parse (a request that is not HTTP at all) are written as
-fixed bytes: h11 can only answer a request it has parsed.
+fixed bytes: h11 can only answer a request it has parsed.  Error bodies are short fixed texts:
+they never repeat what the client sent.  Every response carries the standard reason phrase; a
+``HEAD`` request gets the headers a ``GET`` would get, without the body.  Plain HTTP sent to a
+TLS listener is answered with a plain-text 400 (the TLS layer reports it as such); a TLS
+handshake sent to a plain listener is closed.  Both are logged at debug level.
 """
 
 from __future__ import annotations
 
 import http
+import ssl
 from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -63,14 +68,31 @@ class _HttpError(Exception):
         self.status = status
 
 
+class _PlainHttpOnTls(Exception):
+    """The TLS layer saw an HTTP request where a ClientHello was due."""
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
 def _plain_response(status: int, message: str) -> bytes:
     """A complete ``Connection: close`` response as bytes (for input h11 could not parse)."""
     body = (message + "\n").encode("utf-8", "replace")
-    phrase = http.HTTPStatus(status).phrase
     return (
-        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        f"HTTP/1.1 {status} {_reason(status)}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode("ascii") + body
+
+
+#: The body of an error answer to a request h11 refused, by status (never the request's bytes).
+_PARSE_ERRORS = {
+    400: "bad request: malformed HTTP/1.1 request",
+    431: "request header fields too large",
+}
 
 
 def parse_request(event: h11.Request) -> Request:
@@ -103,7 +125,12 @@ async def _next_event(
             return event  # type: ignore[return-value]
         try:
             data = await stream.receive_some(16384)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLError) and cause.reason == "HTTP_REQUEST":
+                raise _PlainHttpOnTls from exc
+            data = b""
+        except trio.ClosedResourceError:
             data = b""
         conn.receive_data(bytes(data))
 
@@ -143,23 +170,40 @@ async def serve_http(
     make_cx: Callable[[Request], CallContext],
     limits: HttpLimits,
     on_error: Callable[[str], None],
+    on_debug: Callable[[str], None] = lambda message: None,
 ) -> Upgrade | None:
     """Answer requests on ``stream`` until one is upgraded (returned) or the connection ends
-    (None; the caller closes the stream)."""
+    (None; the caller closes the stream).  ``on_error`` logs a failure of ours (with the
+    traceback), ``on_debug`` a refused client."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
     while True:
         try:
             with trio.fail_after(limits.handshake_timeout):
                 received = await _read_request(stream, conn, limits)
         except trio.TooSlowError:
+            on_debug("request timed out (408)")
             await _send_quietly(stream, _plain_response(408, "request timed out"))
             return None
         except h11.RemoteProtocolError as exc:
+            if conn.trailing_data[0].startswith(b"\x16\x03"):
+                on_debug("a TLS handshake on a plain (ws://) listener; closed")
+                return None
             status = exc.error_status_hint if exc.error_status_hint >= 400 else 400
-            await _send_quietly(stream, _plain_response(status, f"bad request: {exc}"))
+            on_debug(f"refused with {status}: {exc!r}")
+            message = _PARSE_ERRORS.get(status, _reason(status))
+            await _send_quietly(stream, _plain_response(status, message))
             return None
         except _HttpError as exc:
+            on_debug(f"refused with {exc.status}: {exc}")
             await _send_quietly(stream, _plain_response(exc.status, str(exc)))
+            return None
+        except _PlainHttpOnTls:
+            on_debug("plain HTTP on a TLS (wss://) listener; answered 400")
+            if isinstance(stream, trio.SSLStream):
+                await _send_quietly(
+                    stream.transport_stream,
+                    _plain_response(400, "this port speaks TLS: use https:// or wss://"),
+                )
             return None
         if received is None:
             return None
@@ -188,8 +232,8 @@ async def serve_http(
                             reason=b"Switching Protocols",
                         )
                     )
-                except h11.LocalProtocolError as exc:
-                    on_error(f"cannot switch protocols: {exc}")
+                except h11.LocalProtocolError:
+                    on_error("cannot switch protocols")
                     response = Response(500, "internal server error", close=True)
                 else:
                     assert data is not None
@@ -200,7 +244,7 @@ async def serve_http(
             response = Response(
                 403, response.body or "upgrade refused", response.headers, close=True
             )
-        if not await _send_response(stream, conn, response):
+        if not await _send_response(stream, conn, response, request.method == "HEAD", on_error):
             return None
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return None
@@ -208,9 +252,14 @@ async def serve_http(
 
 
 async def _send_response(
-    stream: trio.abc.SendStream, conn: h11.Connection, response: Response
+    stream: trio.abc.SendStream,
+    conn: h11.Connection,
+    response: Response,
+    head: bool,
+    on_error: Callable[[str], None],
 ) -> bool:
-    """Send ``response`` with h11; False when the connection must be closed afterwards."""
+    """Send ``response`` with h11 (to a HEAD request: its headers only, the Content-Length
+    that of the body a GET would get); False when the connection must be closed afterwards."""
     body = response.body_bytes
     headers = [(k, v) for k, v in response.headers.items() if k.lower() != "content-length"]
     if not any(k.lower() == "content-type" for k, _ in headers) and body:
@@ -218,13 +267,15 @@ async def _send_response(
     headers.append(("Content-Length", str(len(body))))
     if response.close:
         headers.append(("Connection", "close"))
+    reason = _reason(response.code).encode("ascii")
     try:
         parts = [
-            conn.send(h11.Response(status_code=response.code, headers=headers)),
-            conn.send(h11.Data(data=body)) if body else b"",
+            conn.send(h11.Response(status_code=response.code, headers=headers, reason=reason)),
+            conn.send(h11.Data(data=body)) if body and not head else b"",
             conn.send(h11.EndOfMessage()),
         ]
     except h11.LocalProtocolError:
+        on_error(f"cannot send a {response.code} response")
         await _send_quietly(stream, _plain_response(500, "internal server error"))
         return False
     await _send_quietly(stream, b"".join(p for p in parts if p))

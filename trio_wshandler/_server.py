@@ -229,6 +229,7 @@ class Listener:
                     make_cx=make_cx,
                     limits=server.limits,
                     on_error=lambda message: logger.error("%s: %s", cid, message, exc_info=True),
+                    on_debug=lambda message: logger.debug("%s from %s: %s", cid, peer, message),
                 )
             finally:
                 self._handshakes.discard(handshake)
