@@ -1,58 +1,152 @@
-"""``python -m trio_wshandler demo|echo``: a chat room to try in a browser, and an echo server."""
+"""``python -m trio_wshandler demo|echo``: a chat room to try in a browser, and an echo server.
+
+Both stop gracefully on Ctrl-C (SIGINT) or SIGTERM: the listener stops accepting, every client
+gets Close 1001 and its hooks run, and the process exits 0 within ``close_timeout`` plus a
+second; a second signal exits at once (status 130).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import ssl
 import sys
+from collections.abc import AsyncIterator, Mapping
 
 import trio
 
 from ._demo import ChatHandler, EchoHandler, chat_page
+from ._handler import WebSocketHandler
+from ._http import HttpHandler
 from ._server import Server, serve
 
+logger = logging.getLogger("trio_wshandler.cli")
 
-async def _run_demo(host: str, port: int) -> None:
-    handler = ChatHandler()
-    async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(serve, {"/": chat_page(), "/ws": handler}, host, port)
-        print(
-            f"chat demo: open http://{host}:{server.port}/ in a browser (Ctrl-C to stop)",
-            flush=True,
-        )
+#: Seconds granted beyond the handler's ``close_timeout`` for a graceful stop.
+STOP_MARGIN = 1.0
 
 
-async def _run_echo(host: str, port: int) -> None:
-    handler = EchoHandler(
-        max_message_size=16 << 20, max_fragments=1 << 17, max_queue_bytes=32 << 20
+class _Interrupted(Exception):
+    """A second signal during a graceful stop: exit at once."""
+
+
+async def _run(
+    routes: HttpHandler | Mapping[str, HttpHandler],
+    handler: WebSocketHandler,
+    args: argparse.Namespace,
+    describe: str,
+) -> None:
+    context = _ssl_context(args)
+    scheme = "https" if context else "http"
+    ws_scheme = "wss" if context else "ws"
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(
+                lambda task_status: serve(
+                    routes, args.host, args.port, ssl_context=context, task_status=task_status
+                )
+            )
+            print(
+                describe.format(
+                    http=f"{scheme}://{args.host}:{server.port}/",
+                    ws=f"{ws_scheme}://{args.host}:{server.port}/",
+                ),
+                flush=True,
+            )
+            async for signum in signals:  # the first signal: stop gracefully
+                logger.info(
+                    "%s: stopping (Close 1001 to %d client(s))",
+                    signal.Signals(signum).name,
+                    len(handler),
+                )
+                handler.stop()
+                server.stop()
+                break
+            nursery.start_soon(_second_signal, signals)
+            grace = handler.close_timeout + STOP_MARGIN
+            with trio.move_on_after(grace) as waited:
+                await handler.wait_stopped()
+            if waited.cancelled_caught:
+                logger.warning("%d client(s) still connected after %s s", len(handler), grace)
+            nursery.cancel_scope.cancel()
+    logger.info("stopped")
+
+
+async def _second_signal(signals: AsyncIterator[int]) -> None:
+    async for signum in signals:
+        logger.warning("%s again: exiting at once", signal.Signals(signum).name)
+        raise _Interrupted
+
+
+def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not args.certfile:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.certfile, args.keyfile)
+    return context
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trio_wshandler",
+        description="Try trio_wshandler: a chat room in the browser, or an echo server.",
     )
-    async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(serve, handler, host, port)
-        print(f"echo server on ws://{host}:{server.port}/", flush=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,echo}")
+    for name, default_port, text in (
+        ("demo", 8080, "a chat room: the page at http://HOST:PORT/, the WebSocket at /ws"),
+        ("echo", 9001, "a WebSocket echo server on every path (e.g. for the Autobahn suite)"),
+    ):
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+        p.add_argument("--port", type=int, default=default_port, help="port (0: any free one)")
+        p.add_argument(
+            "--certfile", help="PEM certificate (chain): serve https:// and wss:// (TLS)"
+        )
+        p.add_argument("--keyfile", help="PEM private key, if not in --certfile")
+        level = p.add_mutually_exclusive_group()
+        level.add_argument(
+            "-v", "--verbose", action="store_true", help="log debug messages (every refusal)"
+        )
+        level.add_argument(
+            "-q", "--quiet", action="store_true", help="log warnings and errors only"
+        )
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trio_wshandler")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, default_port, text in (
-        ("demo", 8080, "a chat room served at http://HOST:PORT/"),
-        ("echo", 9001, "a WebSocket echo server (e.g. for the Autobahn suite)"),
-    ):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--host", default="127.0.0.1")
-        p.add_argument("--port", type=int, default=default_port)
-        p.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
+    if args.keyfile and not args.certfile:
+        _parser().error("--keyfile needs --certfile")
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    runner = _run_demo if args.command == "demo" else _run_echo
+    if args.command == "demo":
+        handler: WebSocketHandler = ChatHandler()
+        routes: HttpHandler | Mapping[str, HttpHandler] = {"/": chat_page(), "/ws": handler}
+        describe = "chat demo: open {http} in a browser (Ctrl-C to stop)"
+    else:
+        handler = EchoHandler(
+            max_message_size=16 << 20, max_fragments=1 << 17, max_queue_bytes=32 << 20
+        )
+        routes = handler
+        describe = "echo server on {ws} (Ctrl-C to stop)"
+    status = 0
     try:
-        trio.run(runner, args.host, args.port)
-    except KeyboardInterrupt:
-        return 0
-    return 0
+        trio.run(_run, routes, handler, args, describe)
+    except* _Interrupted:
+        status = 130
+    except* OSError as group:  # e.g. the port is in use
+        for exc in group.exceptions:
+            logger.error("%s", exc)
+        status = 1
+    return status
 
 
 if __name__ == "__main__":
