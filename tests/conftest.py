@@ -329,12 +329,13 @@ def upgrade_request(path: str = "/", **overrides: str | None) -> bytes:
 
 
 @asynccontextmanager
-async def cli(
+async def cli_process(
     *args: str, stderr: Any = None, preexec_fn: Callable[[], None] | None = None
-) -> AsyncIterator[int]:
-    """Run ``python -m trio_wshandler ARGS --port 0`` as a process; yields its port.
+) -> AsyncIterator[tuple[trio.Process, int]]:
+    """Run ``python -m trio_wshandler ARGS --port 0`` as a process; yields it and its port.
 
-    ``stderr`` is where its log goes (a file; default: inherited).  It is stopped with SIGINT.
+    ``stderr`` is where its log goes (a file; default: inherited).  Unless it has exited, it is
+    stopped with SIGINT at the end (then killed if it does not exit within 5 s).
     """
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "trio_wshandler", *args, "--port", "0"],
@@ -352,8 +353,7 @@ async def cli(
                 output += chunk
         match = re.search(rb"127\.0\.0\.1:(\d+)", output)
         assert match, output
-        yield int(match.group(1))
-        assert process.returncode is None, f"the server exited with {process.returncode}"
+        yield process, int(match.group(1))
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGINT)
@@ -362,3 +362,14 @@ async def cli(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@asynccontextmanager
+async def cli(
+    *args: str, stderr: Any = None, preexec_fn: Callable[[], None] | None = None
+) -> AsyncIterator[int]:
+    """:func:`cli_process` for tests that need only the port; the server must still be running
+    at the end of the block."""
+    async with cli_process(*args, stderr=stderr, preexec_fn=preexec_fn) as (process, port):
+        yield port
+        assert process.returncode is None, f"the server exited with {process.returncode}"

@@ -55,7 +55,7 @@ async def test_post_is_405_and_http10_is_400() -> None:
             server.port, upgrade_request(method="POST", Content_Length="0")
         )
         old, _, body = await raw_http(server.port, upgrade_request(version="HTTP/1.0"))
-    assert post == 405 and headers["allow"] == "GET"
+    assert post == 405 and headers["allow"] == "GET, HEAD"
     assert old == 400 and b"HTTP/1.1" in body
 
 

@@ -19,6 +19,7 @@ from ._errors import (
 )
 from ._handler import WebSocketHandler
 from ._http import HttpHandler, HttpLimits
+from ._registry import ConnectionRegistry
 from ._server import Listener, Server, serve
 from ._types import CallContext, Request, Response
 from .codec import CloseCode, Frame, Opcode
@@ -32,6 +33,7 @@ __all__ = [
     "CallContext",
     "CloseCode",
     "ConnectionClosedError",
+    "ConnectionRegistry",
     "Frame",
     "FrameAction",
     "HttpHandler",

@@ -52,6 +52,10 @@ __all__ = ["FrameAction", "WebSocketConnection"]
 #: Bytes asked of the socket per receive.
 RECEIVE_BYTES = 64 * 1024
 
+#: ``flush()`` gives up this long before the connection's deadline, so that a hook awaiting it
+#: gets ConnectionClosedError rather than the cancellation that ends the connection.
+_FLUSH_MARGIN = 0.05
+
 #: Most protocol events (frames, messages) handled in one task step: a 64 KiB read can hold
 #: about 10,900 minimal frames, and a Ping flooder must not hold the event loop for all of them.
 EVENTS_PER_STEP = 32
@@ -79,6 +83,11 @@ _NEW = 0  # created, not yet running: messages may be queued
 _OPEN = 1
 _CLOSING = 2  # a Close was sent or received, or the connection is being failed
 _CLOSED = 3
+
+
+def _peer(cx: CallContext) -> str:
+    host, port = cx.peer
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def validate_close_code(code: int) -> None:
@@ -240,12 +249,21 @@ class WebSocketConnection:
     async def flush(self) -> None:
         """Wait until every frame queued so far has been written to the socket.
 
-        :raises ConnectionClosedError: the connection ended before they were all written.
+        :raises ConnectionClosedError: the connection ended (or reached the end of its closing
+            handshake's ``close_timeout``) before they were all written.  A hook that awaits
+            ``flush()`` gets this error, not the cancellation that then ends the connection.
         """
-        if not await self._queue.wait_written(self._queue.enqueued):
-            raise ConnectionClosedError(
-                f"connection {self.id} ended with {self._queue.queued_frames} frame(s) unwritten"
-            )
+        queue = self._queue
+        target = queue.enqueued
+        while queue.written < target:
+            # a moment before the connection's own deadline (read again after every wake-up:
+            # stop() sets it), so that this ends first
+            deadline = self._close_deadline - _FLUSH_MARGIN
+            if queue.finished or trio.current_time() >= deadline:
+                raise ConnectionClosedError(
+                    f"connection {self.id} ended with {queue.queued_frames} frame(s) unwritten"
+                )
+            await queue.wait_progress(deadline)
 
     def stop(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
         """Close this connection: queue a Close frame after what is already queued, and give
@@ -340,6 +358,7 @@ class WebSocketConnection:
         except RuntimeError:  # not in Trio (stop() before the connection runs, from sync code)
             deadline = -math.inf if delay == 0 else math.inf
         self._close_deadline = min(self._close_deadline, deadline)
+        self._queue.wake()  # a flush() waiting looks at the new deadline
         if self._scope is not None:
             self._scope.deadline = min(self._scope.deadline, self._close_deadline)
 
@@ -369,7 +388,7 @@ class WebSocketConnection:
         registry.add(self)
         if self._state is _NEW:
             self._state = _OPEN
-        self._last_received = self._last_message = trio.current_time()
+        self._last_received = self._last_message = opened = trio.current_time()
         timers = self._timers = tasks.timers
         queue = self._queue
         try:
@@ -426,8 +445,13 @@ class WebSocketConnection:
             self._ended = True
             if self._closed is not None:
                 self._closed.set()
-            handler.log_debug(
-                "connection %s closed (%s %s)", self.id, self.close_code, self.close_reason
+            handler.log_info(
+                "connection %s from %s closed: %s%s after %.1f s",
+                self.id,
+                _peer(self.cx),
+                self.close_code,
+                f" {self.close_reason}" if self.close_reason else "",
+                trio.current_time() - opened,
             )
 
     async def _call_registered(self) -> bool:
@@ -467,6 +491,7 @@ class WebSocketConnection:
         if self.close_code is None:
             self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "connection lost"
         self._state = max(self._state, _CLOSING)
+        self._queue.finish()  # before the cancellation: a flush() waiting raises its error
         if self._scope is not None:
             self._scope.cancel()
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import trio
 
 from ._auth import AbstractAuthenticator
-from ._connection import WebSocketConnection, validate_close_code
+from ._connection import WebSocketConnection, _peer, validate_close_code
 from ._listener_tasks import ListenerTasks, open_listener_tasks
 from ._registry import ConnectionRegistry
 from ._types import CallContext, Request, Response
@@ -201,9 +201,10 @@ class WebSocketHandler:
         """Validate an upgrade request and answer it: 101 accepts it.
 
         Runs the authenticator first (a crash in it is a 500).  Then: 503 once stopped or
-        full; 405 unless GET; 400 unless HTTP/1.1 with ``Upgrade: websocket`` and
-        ``Connection: upgrade``; 426 (with ``Sec-WebSocket-Version: 13``) for another
-        version; 400 for a missing or malformed ``Sec-WebSocket-Key``.  Subclasses call
+        full; 405 unless GET (or HEAD); 400 unless HTTP/1.1; 426 (with ``Upgrade: websocket``)
+        without ``Upgrade: websocket``, and to HEAD, which cannot upgrade; 400 without
+        ``Connection: upgrade``; 426 (with ``Sec-WebSocket-Version: 13``) for another version;
+        400 for a missing or malformed ``Sec-WebSocket-Key``.  Subclasses call
         ``await super().handle_request(...)`` and add checks or headers (``with_headers``).
         """
         if self.auth is not None:
@@ -223,11 +224,11 @@ class WebSocketHandler:
                 {"Retry-After": "5"},
                 close=True,
             )
-        if hdr.method != "GET":
-            return Response(405, "a WebSocket upgrade must use GET", {"Allow": "GET"})
+        if hdr.method not in ("GET", "HEAD"):
+            return Response(405, "a WebSocket upgrade must use GET", {"Allow": "GET, HEAD"})
         if hdr.http_version != "1.1":
             return Response(400, "a WebSocket upgrade needs HTTP/1.1", close=True)
-        if "websocket" not in hdr.header_tokens("upgrade"):
+        if hdr.method == "HEAD" or "websocket" not in hdr.header_tokens("upgrade"):
             return Response(
                 426,
                 "this is a WebSocket endpoint: send Upgrade: websocket",
@@ -315,7 +316,7 @@ class WebSocketHandler:
         connection._bind(cx, hdr, cx.id)
         if self._stopped or stopping is not None:
             connection.stop(CloseCode.GOING_AWAY, stopping or "server is stopping")
-        self.log_debug("connection %s from %s upgraded", connection.id, cx.peer)
+        self.log_info("connection %s from %s opened: %s", connection.id, _peer(cx), hdr.raw_target)
         self._empty = trio.Event() if self._empty.is_set() else self._empty
         try:
             if tasks is None:
@@ -354,6 +355,11 @@ class WebSocketHandler:
     def connection(self, cid: str) -> WebSocketConnection:
         """The live connection with id ``cid`` (raises :class:`UnknownConnectionError`)."""
         return self._registry.get(cid)
+
+    @property
+    def registry(self) -> ConnectionRegistry:
+        """The live connections by id, in registration order (iterate, ``len``, ``in``)."""
+        return self._registry
 
     def connection_ids(self) -> list[str]:
         """Ids of the live connections, oldest first."""

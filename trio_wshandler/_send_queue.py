@@ -15,6 +15,8 @@ answered, which bounds what a client that floods Pings without reading can make 
 
 from __future__ import annotations
 
+import math
+
 import trio
 
 __all__ = ["CONTROL_RESERVE", "MAX_PONGS_OWED", "SendQueue"]
@@ -229,5 +231,14 @@ class SendQueue:
         while self.written < target:
             if self.finished:
                 return False
-            await self._progress_event().wait()
+            await self.wait_progress()
         return True
+
+    async def wait_progress(self, deadline: float = math.inf) -> None:
+        """Wait for the next write, the end, a ``wake()`` or ``deadline``, whichever is first."""
+        with trio.move_on_at(deadline):
+            await self._progress_event().wait()
+
+    def wake(self) -> None:
+        """Wake whoever waits for progress, to look again."""
+        self._wake()
