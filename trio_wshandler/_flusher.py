@@ -35,10 +35,14 @@ from ._send_queue import SendQueue
 if TYPE_CHECKING:
     from ._connection import WebSocketConnection
 
-__all__ = ["COALESCE_BYTES", "Flusher", "WriteTimeout"]
+__all__ = ["COALESCE_BYTES", "WRITES_PER_STEP", "Flusher", "WriteTimeout"]
 
 #: Most bytes joined into one write (a single larger frame is written alone).
 COALESCE_BYTES = 256 * 1024
+
+#: Most connections the flusher writes in one task step (about a millisecond of writes): a
+#: broadcast to 10,000 clients must not hold the event loop for all of them at once.
+WRITES_PER_STEP = 256
 
 
 class WriteTimeout(Exception):
@@ -80,7 +84,9 @@ class Flusher:
                 self._sleeping = True
                 await trio.lowlevel.wait_task_rescheduled(self._abort)
             pending, self._pending = self._pending, []
-            for connection in pending:
+            for done, connection in enumerate(pending, 1):
+                if done % WRITES_PER_STEP == 0:  # thousands listed: let the others run too
+                    await trio.lowlevel.checkpoint()
                 try:
                     self.write(connection)
                 except Exception:  # a bug must cost one connection, not the listener
