@@ -1,8 +1,9 @@
 """Where outgoing frames are queued: one bounded trio memory channel per connection.
 
 Producers (``send``, ``send_all``, the reader's Pongs, the heartbeat) put already-encoded frames
-with ``put_*`` methods that never block and never await the network.  The connection's writer
-task (``_writer.py``) takes them out in batches.
+with ``put_*`` methods that never block and never await the network.  The listener's flusher (or
+a drain task, ``_flusher.py``) takes them out in batches, or, for TLS, the connection's writer
+task (``_writer.py``).  The channel is made when the first frame is queued.
 
 Bounds: ``max_frames`` frames and ``max_bytes`` bytes.  A single frame larger than
 ``max_bytes`` is still accepted when the queue is empty, or no message over the limit could ever
