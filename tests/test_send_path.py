@@ -13,7 +13,7 @@ from websockets.trio.client import connect
 from trio_wshandler import WebSocketConnection
 from trio_wshandler._demo import EchoHandler
 from trio_wshandler._flusher import COALESCE_BYTES
-from trio_wshandler._send_queue import SendQueue
+from trio_wshandler._send_queue import MAX_PONGS_OWED, SendQueue
 from trio_wshandler.codec import Opcode, encode_message
 
 from .conftest import RawClient, RecordingHandler, cli, client_frame, running, wait_for
@@ -195,3 +195,52 @@ async def test_paced_broadcast_reaches_everyone_in_order() -> None:
                 assert handler.send_all(b"%d" % n) == 20
                 await trio.lowlevel.checkpoint()
         assert all(g == [b"%d" % n for n in range(200)] for g in got)
+
+
+def test_a_close_always_fits_behind_data_and_pongs() -> None:
+    queue = SendQueue(4, 1 << 20)
+    for _ in range(4):
+        assert queue.put_data(b"d")
+    assert not queue.put_data(b"d")
+    pongs = 0
+    while queue.put_pong(b"p"):
+        pongs += 1
+    assert pongs == MAX_PONGS_OWED
+    assert queue.put_control(b"heartbeat ping") and queue.put_control(b"close")
+
+
+async def test_a_slow_reader_that_talks_is_not_closed_as_idle() -> None:
+    """While its queue is over half full the server stops reading it, so its messages (and
+    Pongs) wait unread: the timers must not take that for silence."""
+    handler = RecordingHandler(heartbeat=None, idle_timeout=0.4, slow_consumer="drop", max_queue=16)
+    async with running(handler) as server, RawClient.connect(server.port) as raw:
+        [conn] = await handler.wait_connections(1)
+
+        async def slow_reader() -> None:  # reads steadily, much slower than the broadcast
+            while True:
+                await raw.receive_frame()
+                await trio.sleep(0.03)
+
+        sent = 0
+
+        async def talker() -> None:  # a message every 0.05 s: never idle
+            nonlocal sent
+            while True:
+                await raw.send_frame(f"m{sent}")
+                sent += 1
+                await trio.sleep(0.05)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow_reader)
+            async with trio.open_nursery() as talking:
+                talking.start_soon(talker)
+                for _ in range(2500):  # 8 KiB every millisecond for about 3 s
+                    handler.send_all(b"b" * 8192)
+                    await trio.sleep(0.001)
+                assert conn.is_open, (conn.close_code, conn.close_reason)
+                talking.cancel_scope.cancel()
+            assert conn.dropped_messages > 0  # it really was slow
+            # still reading: its queue empties, and the server reads it again
+            await wait_for(lambda: len(conn.messages) == sent and conn.queued_bytes == 0)
+            assert conn.messages == [f"m{i}" for i in range(sent)]
+            nursery.cancel_scope.cancel()

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, cast
 import trio
 
 from ._errors import ConnectionClosedError
+from ._flusher import WriteTimeout, plain_socket_fd, write_last_words
 from ._protocol import (
     CloseCompleted,
     CloseReceived,
@@ -38,11 +39,11 @@ from ._protocol import (
 )
 from ._send_queue import SendQueue
 from ._types import CallContext, Request
-from ._writer import plain_socket_fd, write_last_words, write_loop
+from ._writer import write_loop
 from .codec import CloseCode, DataLike, Frame, Opcode, encode_message
 
 if TYPE_CHECKING:
-    from ._flusher import Flusher, WriteTimeout
+    from ._flusher import Flusher
     from ._handler import WebSocketHandler
     from ._listener_tasks import ListenerTasks
     from ._timers import Timers
@@ -100,7 +101,8 @@ class WebSocketConnection:
 
     Subclass it, override the hooks, and return instances from
     :meth:`WebSocketHandler.get_connection`.  The sending methods never block and never await
-    the network: frames go to the connection's bounded send queue, written by its own task.
+    the network: frames go to the connection's bounded send queue, written by its listener's
+    flusher (TLS: by its own writer task).
     Messages sent before the connection is registered (in ``__init__`` or in
     ``get_connection``) are delivered in order right after the upgrade.
     """
@@ -113,6 +115,7 @@ class WebSocketConnection:
         "_flusher",
         "_last_message",
         "_last_received",
+        "_paused",
         "_ping_sent",
         "_protocol",
         "_queue",
@@ -167,6 +170,7 @@ class WebSocketConnection:
         self._last_received = 0.0  # any data (heartbeat)
         self._last_message = 0.0  # a whole message (idle timeout)
         self._ping_sent = 0.0  # when the unanswered heartbeat Ping went out, else 0
+        self._paused = False  # the reader waits for its peer to read (backpressure)
         self._assembler: MessageAssembler | None = None
 
     # ---------------------------------------------------------------- hooks
@@ -285,28 +289,29 @@ class WebSocketConnection:
             return False
         queue = self._queue
         if queue.put_data(frame):
-            if not queue.listed and self._flusher is not None:
-                self._flusher.schedule(self)
+            self._schedule()
             return True
         # the queue is full: the slow-consumer policy is for a socket that cannot take the
         # data, so first see whether it takes what is queued now
-        flusher = self._flusher
-        if flusher is not None and not queue.draining:
-            flusher.write(self)
+        if self._flusher is not None and not queue.draining:
+            self._flusher.write(self)
             if queue.put_data(frame):
-                if not queue.listed:
-                    flusher.schedule(self)
+                self._schedule()
                 return True
         self._overflow(len(frame))
         return False
+
+    def _schedule(self) -> None:
+        """Something was queued: have the flusher write it (TLS: the writer task waits for it)."""
+        if not self._queue.listed and self._flusher is not None:
+            self._flusher.schedule(self)
 
     def _put_control(self, frame: bytes, *, pong: bool = False) -> bool:
         """Queue a control frame (Close, Ping, or a Pong within MAX_PONGS_OWED)."""
         queue = self._queue
         if not (queue.put_pong(frame) if pong else queue.put_control(frame)):
             return False
-        if not queue.listed and self._flusher is not None:
-            self._flusher.schedule(self)
+        self._schedule()
         return True
 
     def _overflow(self, nbytes: int) -> None:
@@ -476,6 +481,9 @@ class WebSocketConnection:
             self._write_timed_out(exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._abort()
+        except Exception:  # a bug must cost this connection, not the listener
+            self.handler.log_error("connection %s: writer failed", self.id, exc_info=True)
+            self._abort()
         finally:
             self._writer_scope = None
 
@@ -524,7 +532,17 @@ class WebSocketConnection:
                         handled = 0
                         await trio.lowlevel.checkpoint()
             if queue.over_half():
-                await queue.wait_below_half()
+                # the peer is not reading what it is sent: stop reading it until it has.  Its
+                # Pongs and messages wait unread meanwhile, so the timers leave it alone
+                # (send_timeout drops a peer that reads nothing at all)
+                self._paused = True
+                try:
+                    await queue.wait_below_half()
+                finally:
+                    self._paused = False
+                # the time we did not read it does not count against it (heartbeat, idle)
+                self._last_received = self._last_message = trio.current_time()
+                self._ping_sent = 0.0
             if fd >= 0:
                 # one yield before every read: wait when the last read drained the socket,
                 # else just let other tasks run (a flooding client cannot starve them)

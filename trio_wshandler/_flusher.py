@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -35,7 +35,15 @@ from ._send_queue import SendQueue
 if TYPE_CHECKING:
     from ._connection import WebSocketConnection
 
-__all__ = ["COALESCE_BYTES", "WRITES_PER_STEP", "Flusher", "WriteTimeout"]
+__all__ = [
+    "COALESCE_BYTES",
+    "WRITES_PER_STEP",
+    "Flusher",
+    "WriteTimeout",
+    "WriterSettings",
+    "plain_socket_fd",
+    "write_last_words",
+]
 
 #: Most bytes joined into one write (a single larger frame is written alone).
 COALESCE_BYTES = 256 * 1024
@@ -105,8 +113,14 @@ class Flusher:
         queue = connection._queue
         queue.listed = False
         sock = connection._sock
-        if queue.draining or not queue.in_channel or sock is None or connection._state == 3:
-            return  # a drain task has it, nothing to write, or the connection is closed
+        if (
+            queue.draining
+            or queue.finished
+            or not queue.in_channel
+            or sock is None
+            or connection._state == 3
+        ):
+            return  # a drain task has it, nothing to write, or the connection has ended
         fd = sock.fileno()
         if fd < 0:
             return
@@ -125,7 +139,6 @@ class Flusher:
                 self.schedule(connection)
             return
         queue.draining = True
-        queue.partial = sent > 0
         self._nursery.start_soon(
             self._drain, connection, frames, size, memoryview(data)[sent:], name="ws drain"
         )
@@ -136,9 +149,10 @@ class Flusher:
         queue = connection._queue
         try:
             with trio.CancelScope() as connection._writer_scope:
-                if connection._state == 3:  # ended before this task first ran
+                sock = connection._sock
+                if sock is None:  # ended before this task first ran
                     return
-                await drain(queue, connection._sock, frames, size, rest, connection.handler)
+                await drain(queue, sock, frames, size, rest, connection.handler)
         except WriteTimeout as exc:
             connection._write_timed_out(exc)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -150,16 +164,25 @@ class Flusher:
             connection._abort()
         finally:
             connection._writer_scope = None
-            queue.draining = False
+        # only a drain that wrote everything hands back to the flusher: after a failure a
+        # taken batch is lost, and nothing queued behind it may be written (``draining`` stays
+        # set, and the connection is ending)
+
+
+class WriterSettings(Protocol):
+    """Where a writer reads ``send_timeout`` at each wait (the handler)."""
+
+    @property
+    def send_timeout(self) -> float | None: ...
 
 
 async def drain(
     queue: SendQueue,
-    sock: Any,
+    sock: trio.socket.SocketType,
     frames: list[bytes],
     size: int,
     rest: memoryview,
-    settings: Any,
+    settings: WriterSettings,
 ) -> None:
     """Write ``rest`` (what is left of a batch of ``frames``), then whatever else is queued,
     waiting for writability whenever the socket is full, until the queue is empty.
@@ -182,9 +205,43 @@ async def drain(
             except BlockingIOError:
                 continue
             rest = rest[sent:]
-            queue.partial = len(rest) > 0
         queue.wrote(frames, size)
         if not queue.in_channel:
+            queue.draining = False  # all written: the flusher has it again
             return
         frames, size = queue.take(COALESCE_BYTES)
         rest = memoryview(join(frames))
+
+
+def plain_socket_fd(stream: trio.abc.SendStream | trio.abc.ReceiveStream) -> int:
+    """The file descriptor of a plain TCP stream on a POSIX system, else -1.
+
+    The flusher and the connection's reader use it for non-blocking ``write(2)``/``read(2)``;
+    any other stream (TLS, in-memory, Windows) goes through Trio's stream methods.
+    """
+    if type(stream) is trio.SocketStream and os.name == "posix":
+        return stream.socket.fileno()
+    return -1
+
+
+def write_last_words(queue: SendQueue, stream: trio.abc.SendStream, close: bytes) -> bool:
+    """Best effort, never waiting: write what is still queued, then ``close`` (our Close frame if
+    none was queued yet), with one non-blocking ``write(2)``.  True if it all went out.
+
+    For a connection that ends without its queue having been written (the server's scope was
+    cancelled, a deadline expired), so that a client that got its 101 still learns why it is
+    dropped (1001) instead of seeing the connection vanish (1006).  Only on plain TCP: a TLS
+    record cannot be written without awaiting.  Nothing is written while a batch is in flight or
+    was lost (``draining``: the socket was backed up, or its drain failed), since the peer would
+    read our frames as the rest of a half-written one, or miss a batch without knowing.
+    """
+    fd = plain_socket_fd(stream)
+    if fd < 0 or queue.draining:
+        return False
+    data = b"".join(queue.take_all()) + close
+    if not data:
+        return True
+    try:
+        return os.write(fd, data) == len(data)
+    except OSError:  # would block, or the peer is gone: nothing more can be done
+        return False

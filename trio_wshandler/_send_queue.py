@@ -22,7 +22,7 @@ import trio
 
 __all__ = ["CONTROL_RESERVE", "MAX_PONGS_OWED", "SendQueue"]
 
-#: Channel slots kept for control frames beyond ``max_frames``.
+#: Channel slots kept for Close and Ping frames beyond ``max_frames`` and the Pongs owed.
 CONTROL_RESERVE = 8
 
 #: Most Pongs queued and not yet written; Pings beyond that go unanswered until some are written.
@@ -45,7 +45,6 @@ class SendQueue:
         "listed",
         "max_bytes",
         "max_frames",
-        "partial",
         "queued_bytes",
         "written",
     )
@@ -69,9 +68,6 @@ class SendQueue:
         self.listed = False
         #: the socket is backed up: a drain task writes this queue (the flusher skips it)
         self.draining = False
-        #: a write is under way and part of it may be on the wire: nothing may be put before
-        #: its end (the last-words Close in ``_writer.write_last_words`` checks this)
-        self.partial = False
         self._progress: trio.Event | None = None  # made only when somebody waits
         self._leftover: bytes | None = None  # see take()
         self._pongs: list[int] | None = None  # positions (``enqueued``) of unwritten Pongs
@@ -79,8 +75,10 @@ class SendQueue:
     def _open(self) -> trio.MemorySendChannel[bytes]:
         if self.finished:  # the connection has ended: nothing more is queued
             raise trio.ClosedResourceError
+        # data frames use at most max_frames slots and Pongs MAX_PONGS_OWED, so that the
+        # reserve always has room for a Close (and the one heartbeat Ping)
         self._send, self._receive = trio.open_memory_channel[bytes](
-            self.max_frames + CONTROL_RESERVE
+            self.max_frames + MAX_PONGS_OWED + CONTROL_RESERVE
         )
         return self._send
 

@@ -15,6 +15,9 @@ For each open connection, at each sweep:
 * **Heartbeat**: ``heartbeat`` seconds without *received* data sends a Ping (only received data
   counts, so a peer that stopped reading or vanished is caught whatever the server sends).
 * **Idle timeout**: no message for ``idle_timeout`` seconds closes with 1001 "idle timeout".
+
+None of them fires while the connection's reader is paused because its peer does not read (its
+Pongs and messages then wait unread); ``send_timeout`` covers a peer that reads nothing.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from .codec import CloseCode, Opcode, encode_message
 if TYPE_CHECKING:
     from ._connection import WebSocketConnection
 
-__all__ = ["MAX_TICK", "MIN_TICK", "Timers"]
+__all__ = ["MAX_TICK", "MIN_TICK", "SWEEP_PER_STEP", "Timers"]
 
 #: Longest time between two sweeps while any timer is set.
 MAX_TICK = 1.0
 #: Shortest time between two sweeps.
 MIN_TICK = 0.005
+#: Connections checked per task step of a sweep.
+SWEEP_PER_STEP = 1024
 
 
 class Timers:
@@ -61,15 +66,17 @@ class Timers:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            tick = self.sweep(trio.current_time())
+            tick = await self.sweep(trio.current_time())
             with trio.CancelScope() as self._sleep:
                 await trio.sleep(tick)
             self._sleep = None
 
-    def sweep(self, now: float) -> float:
+    async def sweep(self, now: float) -> float:
         """Fire what is due; returns the time until the next sweep (``inf``: none needed)."""
         shortest = math.inf
-        for connection in self._connections:  # nothing here adds or removes connections
+        for done, connection in enumerate(list(self._connections), 1):
+            if done % SWEEP_PER_STEP == 0:  # thousands of connections: let the others run
+                await trio.lowlevel.checkpoint()
             if connection._state != 1:  # only open connections
                 continue
             try:
@@ -88,6 +95,8 @@ class Timers:
         heartbeat, idle = handler.heartbeat, handler.idle_timeout
         if heartbeat is None and idle is None:
             return math.inf
+        if connection._paused:  # its Pongs and messages wait unread: see _connection._read
+            return min(t for t in (heartbeat, idle) if t is not None)
         if idle is not None and now >= connection._last_message + idle:
             handler.log_info("connection %s: no message for %s s; closing", connection.id, idle)
             connection._start_close(CloseCode.GOING_AWAY, "idle timeout")
