@@ -4,12 +4,12 @@ Task tree::
 
     serve()                      the server's nursery
     └── Listener._run            one per listener: its own cancel scope and nursery
-        ├── flusher, timers      shared by its connections (``_listener_tasks.py``), and drain
-        │                        tasks for backed-up sockets
+        ├── flusher, timers      shared by its connections (``_listener_tasks.py``), drain
+        │                        tasks for backed-up sockets, TLS connections' writer tasks
         ├── accept loops         one per socket, in the accept scope
         └── _handle_stream       one per accepted TCP/TLS stream (nothing it raises escapes)
             ├── HTTP phase       (_http.serve_http, in a per-stream handshake scope)
-            └── handler.start    after a 101: the connection's reader (and a TLS writer)
+            └── handler.start    after a 101: the connection's reader
 
 ``stop_listener`` cancels the accept scope first (no new connections), cancels streams still in
 the HTTP phase, sends Close 1001 to the listener's WebSocket connections and puts a deadline on
