@@ -1,12 +1,13 @@
 """One WebSocket connection: the object user code subclasses, and the task that runs it.
 
 After the upgrade, :meth:`WebSocketConnection._run` runs in the connection's one task, the
-**reader**: it receives bytes, feeds the sans-I/O protocol (``_protocol.py``) and dispatches its
-events to the hooks, one at a time, in order.  Everything else a connection needs is shared by
-its listener (``_listener_tasks.py``): the **flusher** writes its queued frames, and a **drain**
-task of its own exists only while its socket is backed up (``_flusher.py``); the **timer sweep**
-sends its heartbeat Pings and fires its Pong and idle timeouts (``_timers.py``).  A TLS
-connection keeps a **writer** task of its own instead of the flusher (``_writer.py``).
+**reader** (its loop is ``_reader.py``): it receives bytes, feeds the sans-I/O protocol
+(``_protocol.py``) and dispatches its events to the hooks, one at a time, in order.
+Everything else a connection needs is shared by its listener (``_listener_tasks.py``): the
+**flusher** writes its queued frames, and a **drain** task of its own exists only while its
+socket is backed up (``_flusher.py``); the **timer sweep** sends its heartbeat Pings and fires
+its Pong and idle timeouts (``_timers.py``).  A TLS connection keeps a **writer** task of its
+own instead of the flusher (``_writer.py``).
 
 The reader runs inside the connection's cancel scope.  Closing from our side (``stop()``, a
 protocol error, a failing hook, a slow consumer) queues a Close frame and sets a deadline of
@@ -17,26 +18,18 @@ cancels whatever is still running.  Whatever way the connection ends, the socket
 
 from __future__ import annotations
 
-import enum
 import math
-import os
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import trio
 
 from ._errors import ConnectionClosedError
 from ._flusher import WriteTimeout, plain_socket_fd, write_last_words
 from ._protocol import (
-    CloseCompleted,
-    CloseReceived,
-    DataFrame,
     MessageAssembler,
-    MessageReceived,
-    PingReceived,
-    PongReceived,
-    ProtocolFailed,
     WebSocketProtocol,
 )
+from ._reader import FrameAction, read
 from ._send_queue import SendQueue
 from ._types import CallContext, Request
 from ._writer import write_loop
@@ -50,32 +43,14 @@ if TYPE_CHECKING:
 
 __all__ = ["FrameAction", "WebSocketConnection"]
 
-#: Bytes asked of the socket per receive.
-RECEIVE_BYTES = 64 * 1024
-
 #: ``flush()`` gives up this long before the connection's deadline, so that a hook awaiting it
 #: gets ConnectionClosedError rather than the cancellation that ends the connection.
 _FLUSH_MARGIN = 0.05
-
-#: Most protocol events (frames, messages) handled in one task step: a 64 KiB read can hold
-#: about 10,900 minimal frames, and a Ping flooder must not hold the event loop for all of them.
-EVENTS_PER_STEP = 32
 
 #: Close codes an endpoint may send (RFC 6455 section 7.4), besides 3000-4999.
 _SENDABLE_CODES = frozenset(
     {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
 )
-
-
-class FrameAction(enum.Enum):
-    """What :meth:`WebSocketConnection.got_raw_message` wants done with a frame."""
-
-    #: handle the frame normally
-    PROCESS = "process"
-    #: skip the frame (its data is not added to the message; a skipped Ping is not answered)
-    CONTINUE = "continue"
-    #: end the connection (Close 1000)
-    BREAK = "break"
 
 
 # Connection states, plain ints: the state is checked for every message of a broadcast, and
@@ -408,7 +383,7 @@ class WebSocketConnection:
                     tasks.nursery.start_soon(self._write, stream, name="trio_wshandler writer")
                 if await self._call_registered():
                     timers.add(self)
-                await self._read(stream, initial_data)
+                await read(self, stream, initial_data)
                 # done reading: what is queued (our Close last) is written within close_timeout
                 self._set_deadline(handler.close_timeout)
                 if self._flusher is None:
@@ -502,162 +477,6 @@ class WebSocketConnection:
         self._queue.finish()  # before the cancellation: a flush() waiting raises its error
         if self._scope is not None:
             self._scope.cancel()
-
-    async def _read(self, stream: trio.abc.ReceiveStream, initial_data: bytes) -> None:
-        """Receive and dispatch until the connection is done reading.
-
-        On a plain TCP stream the socket is read with a non-blocking ``read(2)`` after exactly
-        one yield: a wait for readability when the last read drained the socket, else a plain
-        checkpoint, so a flooding client cannot starve other tasks.  Trio's ``receive_some``
-        costs a second scheduling round and a second system call per read.  At most
-        ``EVENTS_PER_STEP`` events are handled per task step.
-
-        Backpressure: while this connection's own send queue is more than half full (its peer
-        does not read what it is sent, e.g. the echoes of what it floods us with), nothing more
-        is read from it, so a peer cannot make us queue without bound by sending.
-        """
-        protocol = self._protocol
-        queue = self._queue
-        data: bytes = initial_data
-        fd = plain_socket_fd(stream)
-        while True:
-            if data:
-                protocol.receive_data(data)
-                handled = 0
-                for event in protocol.events():
-                    if await self._dispatch(event):
-                        return
-                    handled += 1
-                    if handled == EVENTS_PER_STEP:  # let other connections have their turn
-                        handled = 0
-                        await trio.lowlevel.checkpoint()
-            if queue.over_half():
-                # the peer is not reading what it is sent: stop reading it until it has.  Its
-                # Pongs and messages wait unread meanwhile, so the timers leave it alone
-                # (send_timeout drops a peer that reads nothing at all)
-                self._paused = True
-                try:
-                    await queue.wait_below_half()
-                finally:
-                    self._paused = False
-                # the time we did not read it does not count against it (heartbeat, idle)
-                self._last_received = self._last_message = trio.current_time()
-                self._ping_sent = 0.0
-            if fd >= 0:
-                # one yield before every read: wait when the last read drained the socket,
-                # else just let other tasks run (a flooding client cannot starve them)
-                if len(data) < RECEIVE_BYTES:
-                    await trio.lowlevel.wait_readable(fd)
-                else:
-                    await trio.lowlevel.checkpoint()
-                try:
-                    data = os.read(fd, RECEIVE_BYTES)
-                except BlockingIOError:  # a spurious wake-up: wait again
-                    data = b""
-                    continue
-                except OSError:  # ECONNRESET and the like: the peer is gone
-                    data = b""
-            else:
-                try:
-                    data = cast(bytes, await stream.receive_some(RECEIVE_BYTES))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-            if not data:  # the peer closed (or half-closed) without a Close frame
-                if self.close_code is None:
-                    self.close_code, self.close_reason = (
-                        CloseCode.ABNORMAL_CLOSURE,
-                        "connection lost",
-                    )
-                self._state = max(self._state, _CLOSING)
-                # a half-closed peer may still read: tell it why (1006 is never sent)
-                close = protocol.close(CloseCode.GOING_AWAY, "")
-                if close:
-                    self._put_control(close)
-                return
-            self._last_received = trio.current_time()
-
-    async def _dispatch(self, event: object) -> bool:
-        """Act on one protocol event; True when the connection is done reading."""
-        if isinstance(event, MessageReceived):
-            if self._state is _OPEN:
-                await self._deliver(event.data)
-            return False
-        if isinstance(event, DataFrame):
-            await self._raw_data_frame(event)
-            return False
-        if isinstance(event, PingReceived):
-            if self._raw(Frame(Opcode.PING, event.payload)) is FrameAction.PROCESS:
-                pong = self._protocol.pong(event.payload)
-                if pong:
-                    self._put_control(pong, pong=True)  # not beyond MAX_PONGS_OWED unwritten
-            return False
-        if isinstance(event, PongReceived):
-            if self._raw(Frame(Opcode.PONG, event.payload)) is FrameAction.PROCESS:
-                self._ping_sent = 0.0  # the heartbeat is answered
-            return False
-        if isinstance(event, CloseReceived):
-            self._raw(Frame(Opcode.CLOSE, b"", close_code=event.code, close_reason=event.reason))
-            self._finish_protocol(event.code, event.reason, event.reply)
-            return True
-        if isinstance(event, CloseCompleted):
-            self._finish_protocol(event.code, event.reason, b"")
-            return True
-        assert isinstance(event, ProtocolFailed)
-        self.handler.log_info(
-            "connection %s: protocol error %d: %s", self.id, event.code, event.reason
-        )
-        self.close_code, self.close_reason = event.code, event.reason
-        self._finish_protocol(event.code, event.reason, event.reply)
-        return True
-
-    async def _deliver(self, message: str | bytes) -> None:
-        self._last_message = trio.current_time()
-        try:
-            await self.got_message(message)
-        except Exception as exc:
-            if isinstance(exc, ConnectionClosedError) and not self.is_open:
-                # this connection began closing while the hook ran (e.g. a slow consumer), so
-                # its send() raised: expected, not a bug in the hook
-                self.handler.log_debug(
-                    "connection %s: closing; got_message() could not send", self.id
-                )
-                return
-            self.handler.log_error(
-                "connection %s: got_message() failed; closing", self.id, exc_info=True
-            )
-            self._start_close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
-
-    async def _raw_data_frame(self, event: DataFrame) -> None:
-        if self._state is not _OPEN:
-            return
-        if self._assembler is None:
-            self._assembler = MessageAssembler()
-        action = self._raw(Frame(event.opcode, event.data, event.fin))
-        if action is FrameAction.BREAK:
-            return
-        message = (
-            self._assembler.add(event.data, event.fin)
-            if action is FrameAction.PROCESS
-            else self._assembler.skip(event.fin)
-        )
-        if message is not None:
-            await self._deliver(message)
-
-    def _raw(self, frame: Frame) -> FrameAction:
-        """Run ``got_raw_message`` (when overridden); BREAK starts a normal close."""
-        if not self._protocol.raw_frames:
-            return FrameAction.PROCESS
-        try:
-            action = self.got_raw_message(frame)
-        except Exception:
-            self.handler.log_error(
-                "connection %s: got_raw_message() failed; closing", self.id, exc_info=True
-            )
-            self._start_close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
-            return FrameAction.CONTINUE
-        if action is FrameAction.BREAK:
-            self._start_close(CloseCode.NORMAL_CLOSURE, "")
-        return action if isinstance(action, FrameAction) else FrameAction.PROCESS
 
     def _settings_changed(self) -> None:
         """Timer settings changed: the listener's sweep applies them at once."""
