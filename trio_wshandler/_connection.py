@@ -378,7 +378,7 @@ class WebSocketConnection:
                     self._sock = stream.socket
                     self._flusher = tasks.flusher
                     if queue.in_channel:  # sent before the connection ran
-                        tasks.flusher.schedule(self)
+                        self._schedule()
                 else:  # TLS: a writer task of its own, so that it never holds the flusher
                     tasks.nursery.start_soon(self._write, stream, name="trio_wshandler writer")
                 if await self._call_registered():
@@ -446,8 +446,7 @@ class WebSocketConnection:
         return True
 
     async def _write(self, stream: trio.abc.SendStream) -> None:
-        from ._flusher import WriteTimeout
-
+        """The writer task of a TLS connection (in the listener's nursery)."""
         try:
             with trio.CancelScope() as self._writer_scope:
                 if self._state != _CLOSED:  # not ended before this task first ran

@@ -7,11 +7,11 @@ task (``_writer.py``).  The channel is made when the first frame is queued.
 
 Bounds: ``max_frames`` frames and ``max_bytes`` bytes.  A single frame larger than
 ``max_bytes`` is still accepted when the queue is empty, or no message over the limit could ever
-be sent.  Control frames (Pong, Ping, Close) may use a small reserve of channel slots beyond
-``max_frames``, so a Close can always be queued behind a full queue of data; when the reserve
-itself is full a Pong is dropped (RFC 6455 section 5.5.3 allows answering only the most recent
-Ping).  At most ``MAX_PONGS_OWED`` Pongs wait unwritten at a time; a Ping beyond that is not
-answered, which bounds what a client that floods Pings without reading can make us hold.
+be sent.  Control frames have channel slots beyond ``max_frames``: ``MAX_PONGS_OWED`` for Pongs
+and a reserve of ``CONTROL_RESERVE`` for Close and Ping, so a Close can always be queued behind
+a full queue of data and Pongs.  At most ``MAX_PONGS_OWED`` Pongs wait unwritten at a time; a
+Ping beyond that is not answered (RFC 6455 section 5.5.3 allows answering only the most recent
+one), which bounds what a client that floods Pings without reading can make us hold.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ class SendQueue:
     async def wait_for_room(self, nbytes: int) -> None:
         """Wait until a data frame of ``nbytes`` fits (or the connection has ended)."""
         while not self.finished and not self.has_room(nbytes):
-            await self._progress_event().wait()
+            await self.wait_progress()
 
     def over_half(self) -> bool:
         """More than half of either bound is in use (the reader stops reading its peer)."""
@@ -159,7 +159,7 @@ class SendQueue:
     async def wait_below_half(self) -> None:
         """Wait until no more than half of either bound is in use (or the connection ended)."""
         while not self.finished and self.over_half():
-            await self._progress_event().wait()
+            await self.wait_progress()
 
     def close(self) -> None:
         """No more frames: the writer drains what is queued, then stops."""
@@ -205,21 +205,23 @@ class SendQueue:
         """Account for a written batch and wake ``flush`` and ``wait_for_room`` callers."""
         self.queued_bytes -= size
         self.written += len(frames)
-        self._wake()
+        self.wake()
 
     def finish(self) -> None:
         """The connection ended: nothing more will be written; wake every waiter."""
         self.finished = True
         if self._send is not None:
             self._send.close()
-        self._wake()
+        self.wake()
 
     def _progress_event(self) -> trio.Event:
         if self._progress is None:
             self._progress = trio.Event()
         return self._progress
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Wake whoever waits for progress, to look again (after a write, at the end, or when
+        what they wait for changed, e.g. a connection's deadline)."""
         if self._progress is not None:
             self._progress.set()
             self._progress = None
@@ -237,7 +239,3 @@ class SendQueue:
         """Wait for the next write, the end, a ``wake()`` or ``deadline``, whichever is first."""
         with trio.move_on_at(deadline):
             await self._progress_event().wait()
-
-    def wake(self) -> None:
-        """Wake whoever waits for progress, to look again."""
-        self._wake()
