@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     if args.command == "demo":
-        handler: WebSocketHandler = ChatHandler()
+        # chat lines are small: let a queue hold as many as fit in max_queue_bytes (1 MiB), so
+        # that an observer whose socket lags behind a burst of 10,000 lines is not dropped
+        handler: WebSocketHandler = ChatHandler(max_queue=1 << 16)
         routes: HttpHandler | Mapping[str, HttpHandler] = {"/": chat_page(), "/ws": handler}
         describe = "chat demo: open {http} in a browser (Ctrl-C to stop)"
     else:
