@@ -17,6 +17,7 @@ from ._errors import (
     UnknownConnectionError,
     WebSocketHandlerError,
 )
+from ._extensions import DeflateAgreement, DeflateOptions
 from ._handler import WebSocketHandler
 from ._http import HttpHandler, HttpLimits
 from ._registry import ConnectionRegistry
@@ -34,6 +35,8 @@ __all__ = [
     "CloseCode",
     "ConnectionClosedError",
     "ConnectionRegistry",
+    "DeflateAgreement",
+    "DeflateOptions",
     "Frame",
     "FrameAction",
     "HttpHandler",

@@ -29,13 +29,14 @@ from ._protocol import (
     MessageAssembler,
     WebSocketProtocol,
 )
-from ._reader import FrameAction, read
+from ._reader import FrameAction, linger, read
 from ._send_queue import SendQueue
 from ._types import CallContext, Request
 from ._writer import write_loop
 from .codec import CloseCode, DataLike, Frame, Opcode, encode_message
 
 if TYPE_CHECKING:
+    from ._extensions import DeflateAgreement
     from ._flusher import Flusher
     from ._handler import WebSocketHandler
     from ._listener_tasks import ListenerTasks
@@ -86,6 +87,8 @@ class WebSocketConnection:
         "_assembler",
         "_close_deadline",
         "_closed",
+        "_deflate",
+        "_deflate_bits",
         "_ended",
         "_flusher",
         "_last_message",
@@ -147,6 +150,8 @@ class WebSocketConnection:
         self._ping_sent = 0.0  # when the unanswered heartbeat Ping went out, else 0
         self._paused = False  # the reader waits for its peer to read (backpressure)
         self._assembler: MessageAssembler | None = None
+        self._deflate: DeflateAgreement | None = None
+        self._deflate_bits = 0  # the server window of compressed messages to it; 0: none
 
     # ---------------------------------------------------------------- hooks
 
@@ -190,6 +195,11 @@ class WebSocketConnection:
         return self.cx.listener_id
 
     @property
+    def compression(self) -> DeflateAgreement | None:
+        """The permessage-deflate parameters negotiated with this client, or None."""
+        return self._deflate
+
+    @property
     def queued_bytes(self) -> int:
         """Bytes queued and not yet written."""
         return self._queue.queued_bytes
@@ -199,16 +209,18 @@ class WebSocketConnection:
 
         When the send queue is full, the handler's ``slow_consumer`` policy applies: under
         ``"drop"`` the message is dropped and counted in :attr:`dropped_messages`; under
-        ``"close"`` the client is closed (1008) and this raises.
+        ``"close"`` the client is closed (1008) and this raises.  With permessage-deflate
+        negotiated, a message of at least ``DeflateOptions.threshold`` bytes goes compressed.
 
         :raises ConnectionClosedError: the connection is closing or closed (the message was not
             queued).
         """
-        self.send_encoded(encode_message(data))
+        self.send_encoded(self.handler._encode(data, self._deflate_bits))
 
     def send_frame(self, data: DataLike, opcode: int, fin: bool = True) -> None:
         """Queue one frame of any kind but Close: a fragment (Text or Binary with
-        ``fin=False``, then ``Opcode.CONTINUATION`` frames) or a server Ping."""
+        ``fin=False``, then ``Opcode.CONTINUATION`` frames) or a server Ping.  Frames sent
+        this way are never compressed (RFC 7692 lets a sender send any message uncompressed)."""
         if opcode == Opcode.CLOSE:
             raise ValueError("use stop(code, reason) to close a connection")
         self.send_encoded(encode_message(data, opcode, fin=fin))
@@ -221,7 +233,7 @@ class WebSocketConnection:
     async def send_wait(self, data: DataLike) -> None:
         """Like :meth:`send`, but wait for room in the send queue instead of applying the
         slow-consumer policy."""
-        frame = encode_message(data)
+        frame = self.handler._encode(data, self._deflate_bits)
         await self._queue.wait_for_room(len(frame))
         self.send_encoded(frame)
 
@@ -360,6 +372,14 @@ class WebSocketConnection:
         if not self.id:
             self.id = cid
 
+    def _use_deflate(self, agreement: DeflateAgreement, outbound: bool) -> None:
+        """permessage-deflate was agreed: inflate what comes in, and (if ``outbound``, when
+        the handler has compression on) compress what goes out."""
+        self._deflate = agreement
+        self._protocol.use_deflate(agreement)
+        if outbound:
+            self._deflate_bits = agreement.server_max_window_bits
+
     async def _run(
         self, stream: trio.abc.Stream, initial_data: bytes, tasks: ListenerTasks
     ) -> None:
@@ -383,12 +403,14 @@ class WebSocketConnection:
                     tasks.nursery.start_soon(self._write, stream, name="trio_wshandler writer")
                 if await self._call_registered():
                     timers.add(self)
-                await read(self, stream, initial_data)
+                failed = await read(self, stream, initial_data)
                 # done reading: what is queued (our Close last) is written within close_timeout
                 self._set_deadline(handler.close_timeout)
                 if self._flusher is None:
                     queue.close()  # the writer ends once it has written everything
                 await queue.wait_written(queue.enqueued)
+                if failed and not queue.finished:
+                    await linger(stream)
             if self._scope.cancelled_caught and self.close_code is None:
                 self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "timed out"
         finally:

@@ -18,7 +18,10 @@ import trio
 
 from ._auth import AbstractAuthenticator
 from ._connection import WebSocketConnection, _peer, validate_close_code
+from ._deflate import Deflater
+from ._extensions import DeflateOptions, agreement_from_response, negotiate_deflate
 from ._listener_tasks import ListenerTasks, open_listener_tasks
+from ._origin import OriginCheck, OriginsLike
 from ._registry import ConnectionRegistry
 from ._types import CallContext, Request, Response
 from .codec import (
@@ -27,6 +30,7 @@ from .codec import (
     DataLike,
     Opcode,
     encode_message,
+    message_payload,
     response_key,
 )
 
@@ -98,6 +102,17 @@ class WebSocketHandler:
         upgrades beyond this many live connections get a 503.
     ``subprotocols`` (none)
         subprotocols this handler speaks, in order of preference.
+    ``compression`` (``DeflateOptions()``: on)
+        permessage-deflate (RFC 7692) for clients that offer it, as every browser does; the
+        settings and their costs are on :class:`DeflateOptions`.  ``None`` declines it.
+        ``send_all`` compresses a message once per window size in use, not once per client.
+    ``origins`` (None: no check)
+        the ``Origin`` values allowed to upgrade (``"https://app.example"``), and/or callables
+        given the normalized origin that return True to allow it; or one callable.  A request
+        from another origin gets 403 before any authenticator runs.  Requests without an
+        ``Origin`` header (non-browser clients) are allowed unless ``require_origin``.
+    ``require_origin`` (False)
+        with ``origins``: refuse (403) requests that carry no ``Origin`` header.
     ``logger``
         a ``logging.Logger``; default ``logging.getLogger("trio_wshandler")``.
     """
@@ -119,6 +134,9 @@ class WebSocketHandler:
         idle_timeout: float | None = None,
         max_connections: int | None = None,
         subprotocols: Sequence[str] = (),
+        compression: DeflateOptions | None = DeflateOptions(),  # noqa: B008 (frozen)
+        origins: OriginsLike | None = None,
+        require_origin: bool = False,
         logger: logging.Logger | None = None,
     ) -> None:
         if auth is not None and not isinstance(auth, AbstractAuthenticator):
@@ -145,6 +163,13 @@ class WebSocketHandler:
             "max_connections", max_connections, allow_none=True, integer=True
         )
         self.subprotocols: tuple[str, ...] = tuple(subprotocols)
+        if compression is not None and not isinstance(compression, DeflateOptions):
+            raise TypeError(f"compression must be a DeflateOptions or None, not {compression!r}")
+        self.compression: DeflateOptions | None = compression
+        self._deflater = Deflater(compression) if compression is not None else None
+        if origins is None and require_origin:
+            raise ValueError("require_origin needs origins (the origins to allow)")
+        self._origins = None if origins is None else OriginCheck.build(origins, require_origin)
         self.logger = logger if logger is not None else logging.getLogger("trio_wshandler")
         self._registry = ConnectionRegistry()
         self._stopped = False
@@ -200,13 +225,23 @@ class WebSocketHandler:
     async def handle_request(self, cx: CallContext, hdr: Request, body: bytes) -> Response:
         """Validate an upgrade request and answer it: 101 accepts it.
 
-        Runs the authenticator first (a crash in it is a 500).  Then: 503 once stopped or
+        Checks the ``Origin`` first (403; see ``origins``), then runs the authenticator (a
+        crash in either is a 500).  Then: 503 once stopped or
         full; 405 unless GET (or HEAD); 400 unless HTTP/1.1; 426 (with ``Upgrade: websocket``)
         without ``Upgrade: websocket``, and to HEAD, which cannot upgrade; 400 without
         ``Connection: upgrade``; 426 (with ``Sec-WebSocket-Version: 13``) for another version;
         400 for a missing or malformed ``Sec-WebSocket-Key``.  Subclasses call
         ``await super().handle_request(...)`` and add checks or headers (``with_headers``).
         """
+        if self._origins is not None:
+            try:
+                origin_refusal = self._origins.refusal(hdr.headers.get("origin"))
+            except Exception:
+                self.log_error("origin check failed for %s", cx.peer, exc_info=True)
+                return Response(500, "origin check failed: internal error", close=True)
+            if origin_refusal is not None:
+                self.log_debug("upgrade from %s refused: %s", cx.peer, origin_refusal)
+                return Response(403, f"forbidden: {origin_refusal}", close=True)
         if self.auth is not None:
             try:
                 refusal = await self.auth.authenticate_request(cx.listener_id, hdr, cx)
@@ -259,6 +294,9 @@ class WebSocketHandler:
         protocol = self.select_subprotocol(hdr.header_tokens("sec-websocket-protocol"))
         if protocol is not None:
             headers["Sec-WebSocket-Protocol"] = protocol
+        deflate = negotiate_deflate(hdr.header("sec-websocket-extensions"), self.compression)
+        if deflate is not None:
+            headers["Sec-WebSocket-Extensions"] = deflate[1]
         return Response(101, b"", headers)
 
     def select_subprotocol(self, offered: list[str]) -> str | None:
@@ -285,6 +323,7 @@ class WebSocketHandler:
         initial_data: bytes = b"",
         stopping: str | None = None,
         tasks: ListenerTasks | None = None,
+        extensions: str = "",
     ) -> None:
         """Run one upgraded connection until it ends (the seed's ``startImpl``).
 
@@ -294,7 +333,8 @@ class WebSocketHandler:
         reason) says that its listener stopped while the 101 was on its way: the connection
         still runs its hooks, and is closed with 1001 and that reason at once.  ``tasks`` are
         the listener's flusher and timer sweep; without them (a call from outside a listener)
-        the connection gets a pair of its own.
+        the connection gets a pair of its own.  ``extensions`` is the 101 response's
+        ``Sec-WebSocket-Extensions`` value: the extensions in force (permessage-deflate).
         """
         try:
             connection = self.get_connection(cx, hdr, cx.id)
@@ -314,6 +354,9 @@ class WebSocketHandler:
             await trio.aclose_forcefully(stream)
             return
         connection._bind(cx, hdr, cx.id)
+        agreement = agreement_from_response(extensions) if extensions else None
+        if agreement is not None:
+            connection._use_deflate(agreement, self._deflater is not None)
         if self._stopped or stopping is not None:
             connection.stop(CloseCode.GOING_AWAY, stopping or "server is stopping")
         self.log_info("connection %s from %s opened: %s", connection.id, _peer(cx), hdr.raw_target)
@@ -333,16 +376,48 @@ class WebSocketHandler:
     def send_all(self, data: DataLike) -> int:
         """Send a message to every open connection; returns how many it was queued on.
 
-        The message is encoded once and the same frame bytes are queued on every connection;
-        nothing awaits the network.  A client whose queue is full gets the slow-consumer policy.
-        No connections is not an error.
+        The message is encoded once and the same frame bytes are queued on every connection
+        (with compression: compressed once per window size in use, and the same compressed
+        frame queued on every client that negotiated that size); nothing awaits the network.
+        A client whose queue is full gets the slow-consumer policy.  No connections is not an
+        error.
         """
-        frame = encode_message(data)
+        payload, opcode = message_payload(data)
+        frame = encode_message(payload, opcode)
         queued = 0
+        deflater = self._deflater
+        if deflater is None or len(payload) < deflater.options.threshold:
+            for connection in self._registry:
+                if connection._enqueue(frame):
+                    queued += 1
+            return queued
+        frames = {0: frame}  # by server window bits; 0: uncompressed
         for connection in self._registry:
-            if connection._enqueue(frame):
+            bits = connection._deflate_bits
+            framed = frames.get(bits)
+            if framed is None:
+                framed = frames[bits] = self._compressed(payload, opcode, bits, frame)
+            if connection._enqueue(framed):
                 queued += 1
         return queued
+
+    def _encode(self, data: DataLike, bits: int) -> bytes:
+        """The frame of a message for a connection (compressed if ``bits``, see send_all)."""
+        if not bits:
+            return encode_message(data)
+        payload, opcode = message_payload(data)
+        frame = encode_message(payload, opcode)
+        deflater = self._deflater
+        if deflater is None or len(payload) < deflater.options.threshold:
+            return frame
+        return self._compressed(payload, opcode, bits, frame)
+
+    def _compressed(self, payload: bytes, opcode: Opcode, bits: int, plain: bytes) -> bytes:
+        assert self._deflater is not None
+        compressed = self._deflater.compress(payload, bits)
+        if len(compressed) >= len(payload):  # incompressible: as it is
+            return plain
+        return encode_message(compressed, opcode, rsv1=True)
 
     def send_one(self, cid: str, data: DataLike) -> None:
         """Send a message to the connection with id ``cid``.

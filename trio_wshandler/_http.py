@@ -60,6 +60,11 @@ class Upgrade:
     request: Request
     cx: CallContext
     trailing: bytes
+    #: the ``Sec-WebSocket-Extensions`` value of the 101 response (the extensions in force)
+    extensions: str = ""
+
+
+_EXTENSIONS = "sec-websocket-extensions"
 
 
 class _HttpError(Exception):
@@ -239,7 +244,10 @@ async def serve_http(
                     assert data is not None
                     await stream.send_all(data)
                     assert handler is not None
-                    return Upgrade(handler, request, cx, conn.trailing_data[0])
+                    extensions = next(
+                        (v for k, v in response.headers.items() if k.lower() == _EXTENSIONS), ""
+                    )
+                    return Upgrade(handler, request, cx, conn.trailing_data[0], extensions)
         if response.code == 101:  # refused upgrade ("close" set)
             response = Response(
                 403, response.body or "upgrade refused", response.headers, close=True

@@ -26,6 +26,8 @@ from wsproto.frame_protocol import (
 )
 from wsproto.frame_protocol import Opcode as WsOpcode
 
+from ._deflate import Inflater
+from ._extensions import DeflateAgreement
 from .codec import CloseCode, Opcode, encode_message
 
 __all__ = [
@@ -111,6 +113,17 @@ Event = (
 # ---------------------------------------------------------------- inbound limits
 
 
+def compressed_slack(max_size: int) -> int:
+    """How many bytes more than ``max_size`` a compressed message may have on the wire.
+
+    Deflate adds at most 5 bytes per 64 KiB stored block to data it cannot compress, and each
+    flush (one per fragment, at most) a few bytes: 1/64 of the limit plus 4 KiB covers both
+    with room to spare, and still bounds what a client can make us read for a message that
+    inflates to little or nothing.
+    """
+    return (max_size >> 6) + 4096
+
+
 #: A Close code the IANA registry allows (Bad Gateway) that wsproto 1.3 rejects as reserved.
 _UNKNOWN_TO_WSPROTO = 1014
 #: What :class:`_InboundLimits` lets wsproto see instead (any code wsproto accepts will do).
@@ -139,6 +152,7 @@ class _InboundLimits(Extension):
         self.max_fragments = max_fragments
         self.message_bytes = 0
         self.fragments = 0
+        self.wire_limit = 0  # for a compressed message: its bound on the wire
         #: which limit refused the current message ("size" or "fragments"), for the reason text
         self.tripped = ""
         self._close_frame = False
@@ -164,10 +178,13 @@ class _InboundLimits(Extension):
         elif not opcode.iscontrol():
             self.message_bytes = payload_length
             self.fragments = 1
+            # a compressed message is bounded once inflated (``_deflate.Inflater``); on the wire
+            # it may exceed the limit by what deflate adds to incompressible data, and no more
+            self.wire_limit = self.max_size + compressed_slack(self.max_size) if rsv.rsv1 else 0
         else:
             self._close_frame = opcode is WsOpcode.CLOSE
             return RsvBits(False, False, False)
-        if self.message_bytes > self.max_size:
+        if self.message_bytes > (self.wire_limit or self.max_size):
             self.tripped = "size"
             return CloseReason.MESSAGE_TOO_BIG
         if self.fragments > self.max_fragments:
@@ -261,7 +278,15 @@ class WebSocketProtocol:
     bytes, and each message would cost an event object more.)
     """
 
-    __slots__ = ("_assembler", "_in_message", "_limits", "_proto", "_state", "raw_frames")
+    __slots__ = (
+        "_assembler",
+        "_in_message",
+        "_inflater",
+        "_limits",
+        "_proto",
+        "_state",
+        "raw_frames",
+    )
 
     def __init__(
         self, *, max_message_size: int, max_fragments: int, raw_frames: bool = False
@@ -272,6 +297,15 @@ class WebSocketProtocol:
         self.raw_frames = raw_frames
         self._assembler = MessageAssembler()  # pieces of a message (or, raw, of one frame)
         self._in_message = False
+        self._inflater: Inflater | None = None
+
+    def use_deflate(self, agreement: DeflateAgreement) -> None:
+        """Accept compressed messages (permessage-deflate) as ``agreement`` says.
+
+        Call it before any data is received: wsproto's parser takes its extensions when made.
+        """
+        self._inflater = Inflater(agreement, self._limits.max_size)
+        self._proto = FrameProtocol(False, [self._limits, self._inflater])
 
     @property
     def closing(self) -> bool:
@@ -350,6 +384,8 @@ class WebSocketProtocol:
         limits = self._limits
         if code == CloseCode.MESSAGE_TOO_BIG and limits.tripped == "fragments":
             reason = f"message of more than max_fragments ({limits.max_fragments}) frames"
+        elif self._inflater is not None and self._inflater.problem:
+            reason = self._inflater.problem
         elif code == CloseCode.MESSAGE_TOO_BIG:
             reason = f"message over max_message_size ({limits.max_size} bytes)"
         reply = self.close(code, reason) if self._state == _OPEN else b""

@@ -32,7 +32,7 @@ from .codec import CloseCode, Frame, Opcode
 if TYPE_CHECKING:
     from ._connection import WebSocketConnection
 
-__all__ = ["EVENTS_PER_STEP", "RECEIVE_BYTES", "FrameAction", "read"]
+__all__ = ["EVENTS_PER_STEP", "LINGER_BYTES", "RECEIVE_BYTES", "FrameAction", "linger", "read"]
 
 #: Bytes asked of the socket per receive.
 RECEIVE_BYTES = 64 * 1024
@@ -40,6 +40,13 @@ RECEIVE_BYTES = 64 * 1024
 #: Most protocol events (frames, messages) handled in one task step: a 64 KiB read can hold
 #: about 10,900 minimal frames, and a Ping flooder must not hold the event loop for all of them.
 EVENTS_PER_STEP = 32
+
+#: After failing a connection (a protocol error, a limit), what the peer still sends is read
+#: and discarded, up to this many bytes, until it closes or the closing deadline passes.
+#: Closing a socket with unread data makes the kernel send a reset, which can destroy our Close
+#: frame in the peer's receive buffer before it is read: the peer would see 1006 instead of why
+#: (say 1009 for a message that is too big, which it was still sending).
+LINGER_BYTES = 4 << 20
 
 # the connection states of ``_connection.py`` this module looks at
 _OPEN_STATE = 1
@@ -59,8 +66,9 @@ class FrameAction(enum.Enum):
 
 async def read(
     conn: WebSocketConnection, stream: trio.abc.ReceiveStream, initial_data: bytes
-) -> None:
-    """Receive and dispatch until the connection is done reading.
+) -> bool:
+    """Receive and dispatch until the connection is done reading; True if it was failed
+    (the peer broke the protocol or a limit, and may still be sending: see :func:`linger`).
 
     On a plain TCP stream the socket is read with a non-blocking ``read(2)`` after exactly
     one yield: a wait for readability when the last read drained the socket, else a plain
@@ -82,7 +90,7 @@ async def read(
             handled = 0
             for event in protocol.events():
                 if await dispatch(conn, event):
-                    return
+                    return isinstance(event, ProtocolFailed)
                 handled += 1
                 if handled == EVENTS_PER_STEP:  # let other connections have their turn
                     handled = 0
@@ -129,8 +137,27 @@ async def read(
             close = protocol.close(CloseCode.GOING_AWAY, "")
             if close:
                 conn._put_control(close)
-            return
+            return False
         conn._last_received = trio.current_time()
+
+
+async def linger(stream: trio.abc.Stream) -> None:
+    """Our Close is written: send FIN, then read and drop what the peer still sends until it
+    closes, at most ``LINGER_BYTES`` (the caller's closing deadline bounds the time)."""
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        try:
+            await stream.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return
+    discarded = 0
+    while discarded < LINGER_BYTES:
+        try:
+            data = await stream.receive_some(RECEIVE_BYTES)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        if not data:
+            return
+        discarded += len(data)
 
 
 async def dispatch(conn: WebSocketConnection, event: object) -> bool:

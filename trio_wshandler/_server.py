@@ -190,6 +190,7 @@ class Listener:
                     initial_data=upgrade.trailing,
                     stopping="listener is stopping" if self._stopped else None,
                     tasks=self._tasks,
+                    extensions=upgrade.extensions,
                 )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass

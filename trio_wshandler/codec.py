@@ -27,6 +27,7 @@ __all__ = [
     "FrameError",
     "Opcode",
     "encode_message",
+    "message_payload",
     "read_message",
     "response_key",
 ]
@@ -134,6 +135,8 @@ def encode_message(
     opcode: int | None = None,
     masked: bool = False,
     fin: bool = True,
+    *,
+    rsv1: bool = False,
 ) -> bytes:
     """Encode ``data`` as one WebSocket frame and return its bytes.
 
@@ -141,7 +144,9 @@ def encode_message(
     UTF-8), ``bytes``/``bytearray``/``memoryview`` Binary.  Servers send unmasked frames
     (``masked=False``), which is what makes one encoding reusable for every client; clients must
     mask (``masked=True`` picks a random key).  ``fin=False`` makes a fragment; its
-    continuations are sent with ``opcode=Opcode.CONTINUATION``.
+    continuations are sent with ``opcode=Opcode.CONTINUATION``.  ``rsv1=True`` marks the first
+    frame of a message whose payload is compressed (permessage-deflate, RFC 7692); ``data`` must
+    then be the compressed bytes, and the connection must have negotiated the extension.
 
     :raises FrameError: a control frame over 125 bytes or fragmented, or an unknown opcode.
     :raises TypeError: ``data`` is not text or bytes.
@@ -164,7 +169,9 @@ def encode_message(
             f"a {op.name} frame must be final and carry at most {MAX_CONTROL_PAYLOAD} bytes"
             f" (got {length} bytes, fin={fin})"
         )
-    b0 = (0x80 if fin else 0) | op
+    if rsv1 and (op.is_control or op == Opcode.CONTINUATION):
+        raise FrameError("only the first frame of a Text or Binary message may set RSV1")
+    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | op
     mask_bit = 0x80 if masked else 0
     if length < 126:
         header = _pack_b(b0, mask_bit | length)
@@ -178,6 +185,15 @@ def encode_message(
     while key == b"\0\0\0\0":  # the seed uses a non-zero mask
         key = os.urandom(4)
     return header + key + _mask(payload, key)
+
+
+def message_payload(data: DataLike) -> tuple[bytes, Opcode]:
+    """The payload bytes of a message and its opcode: Text for ``str``, Binary for bytes."""
+    if isinstance(data, str):
+        return data.encode("utf-8"), Opcode.TEXT
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data), Opcode.BINARY
+    raise TypeError(f"a WebSocket message is str or bytes-like, not {type(data).__name__}")
 
 
 def _mask(payload: bytes, key: bytes) -> bytes:
