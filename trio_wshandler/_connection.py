@@ -32,7 +32,7 @@ from ._protocol import (
 from ._reader import FrameAction, linger, read
 from ._send_queue import SendQueue
 from ._types import CallContext, Request
-from ._writer import write_loop
+from ._writer import tls_writer
 from .codec import CloseCode, DataLike, Frame, Opcode, encode_message
 
 if TYPE_CHECKING:
@@ -400,7 +400,7 @@ class WebSocketConnection:
                     if queue.in_channel:  # sent before the connection ran
                         self._schedule()
                 else:  # TLS: a writer task of its own, so that it never holds the flusher
-                    tasks.nursery.start_soon(self._write, stream, name="trio_wshandler writer")
+                    tasks.nursery.start_soon(tls_writer, self, stream, name="trio_wshandler writer")
                 if await self._call_registered():
                     timers.add(self)
                 failed = await read(self, stream, initial_data)
@@ -466,22 +466,6 @@ class WebSocketConnection:
             self._start_close(CloseCode.INTERNAL_SERVER_ERROR, "registered() failed")
             return False
         return True
-
-    async def _write(self, stream: trio.abc.SendStream) -> None:
-        """The writer task of a TLS connection (in the listener's nursery)."""
-        try:
-            with trio.CancelScope() as self._writer_scope:
-                if self._state != _CLOSED:  # not ended before this task first ran
-                    await write_loop(self._queue, stream, self.handler)
-        except WriteTimeout as exc:
-            self._write_timed_out(exc)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._abort()
-        except Exception:  # a bug must cost this connection, not the listener
-            self.handler.log_error("connection %s: writer failed", self.id, exc_info=True)
-            self._abort()
-        finally:
-            self._writer_scope = None
 
     def _write_timed_out(self, exc: WriteTimeout) -> None:
         """No byte could be written for ``send_timeout`` seconds: drop the peer."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -21,11 +20,11 @@ from ._connection import WebSocketConnection, _peer, validate_close_code
 from ._deflate import Deflater
 from ._extensions import DeflateOptions, agreement_from_response, negotiate_deflate
 from ._listener_tasks import ListenerTasks, open_listener_tasks
+from ._options import heartbeat_payload, positive
 from ._origin import OriginCheck, OriginsLike
 from ._registry import ConnectionRegistry
 from ._types import CallContext, Request, Response
 from .codec import (
-    MAX_CONTROL_PAYLOAD,
     CloseCode,
     DataLike,
     Opcode,
@@ -37,33 +36,6 @@ from .codec import (
 __all__ = ["WebSocketHandler"]
 
 SlowConsumerPolicy = Literal["close", "drop"]
-
-
-def _positive(name: str, value: Any, *, allow_none: bool = False, integer: bool = False) -> Any:
-    kind = "an int" if integer else "a number"
-    valid = f"{kind} > 0" + (" or None" if allow_none else "")
-    if value is None and allow_none:
-        return None
-    types = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, types):
-        raise TypeError(f"{name} must be {valid}, not {type(value).__name__}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be {valid}, got {value!r}")
-    return value
-
-
-def _heartbeat_payload(value: Any) -> bytes:
-    if isinstance(value, str):
-        payload = value.encode("utf-8")
-    elif isinstance(value, bytes | bytearray):
-        payload = bytes(value)
-    else:
-        raise TypeError(f"heartbeat_message must be str or bytes, not {type(value).__name__}")
-    if len(payload) > MAX_CONTROL_PAYLOAD:
-        raise ValueError(
-            f"heartbeat_message must be at most {MAX_CONTROL_PAYLOAD} bytes, got {len(payload)}"
-        )
-    return payload
 
 
 class WebSocketHandler:
@@ -148,18 +120,18 @@ class WebSocketHandler:
         if isinstance(subprotocols, str) or not all(isinstance(p, str) for p in subprotocols):
             raise TypeError("subprotocols must be a sequence of str")
         self.auth = auth
-        self._heartbeat: float | None = _positive("heartbeat", heartbeat, allow_none=True)
-        self._heartbeat_message = _heartbeat_payload(heartbeat_message)
-        self._pong_timeout: float = _positive("pong_timeout", pong_timeout)
-        self.max_message_size: int = _positive("max_message_size", max_message_size, integer=True)
-        self.max_fragments: int = _positive("max_fragments", max_fragments, integer=True)
-        self.max_queue: int = _positive("max_queue", max_queue, integer=True)
-        self.max_queue_bytes: int = _positive("max_queue_bytes", max_queue_bytes, integer=True)
+        self._heartbeat: float | None = positive("heartbeat", heartbeat, allow_none=True)
+        self._heartbeat_message = heartbeat_payload(heartbeat_message)
+        self._pong_timeout: float = positive("pong_timeout", pong_timeout)
+        self.max_message_size: int = positive("max_message_size", max_message_size, integer=True)
+        self.max_fragments: int = positive("max_fragments", max_fragments, integer=True)
+        self.max_queue: int = positive("max_queue", max_queue, integer=True)
+        self.max_queue_bytes: int = positive("max_queue_bytes", max_queue_bytes, integer=True)
         self.slow_consumer: SlowConsumerPolicy = slow_consumer
-        self.send_timeout: float | None = _positive("send_timeout", send_timeout, allow_none=True)
-        self.close_timeout: float = _positive("close_timeout", close_timeout)
-        self._idle_timeout: float | None = _positive("idle_timeout", idle_timeout, allow_none=True)
-        self.max_connections: int | None = _positive(
+        self.send_timeout: float | None = positive("send_timeout", send_timeout, allow_none=True)
+        self.close_timeout: float = positive("close_timeout", close_timeout)
+        self._idle_timeout: float | None = positive("idle_timeout", idle_timeout, allow_none=True)
+        self.max_connections: int | None = positive(
             "max_connections", max_connections, allow_none=True, integer=True
         )
         self.subprotocols: tuple[str, ...] = tuple(subprotocols)
@@ -184,7 +156,7 @@ class WebSocketHandler:
 
     @heartbeat.setter
     def heartbeat(self, value: float | None) -> None:
-        self._heartbeat = _positive("heartbeat", value, allow_none=True)
+        self._heartbeat = positive("heartbeat", value, allow_none=True)
         self._settings_changed()
 
     @property
@@ -194,7 +166,7 @@ class WebSocketHandler:
 
     @heartbeat_message.setter
     def heartbeat_message(self, value: str | bytes) -> None:
-        self._heartbeat_message = _heartbeat_payload(value)
+        self._heartbeat_message = heartbeat_payload(value)
 
     @property
     def idle_timeout(self) -> float | None:
@@ -203,7 +175,7 @@ class WebSocketHandler:
 
     @idle_timeout.setter
     def idle_timeout(self, value: float | None) -> None:
-        self._idle_timeout = _positive("idle_timeout", value, allow_none=True)
+        self._idle_timeout = positive("idle_timeout", value, allow_none=True)
         self._settings_changed()
 
     @property
@@ -213,7 +185,7 @@ class WebSocketHandler:
 
     @pong_timeout.setter
     def pong_timeout(self, value: float) -> None:
-        self._pong_timeout = _positive("pong_timeout", value)
+        self._pong_timeout = positive("pong_timeout", value)
         self._settings_changed()  # applies to a Ping already waiting for its Pong too
 
     def _settings_changed(self) -> None:
