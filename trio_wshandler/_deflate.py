@@ -84,6 +84,8 @@ class Inflater(Extension):
         self._message = False  # the current data message is compressed
         self._frame = False  # the current frame is a compressed message's data frame
         self._inflated = 0
+        #: bytes inflated on this connection so far (the reader's fairness budget)
+        self.inflated_total = 0
         #: why inflation failed (the reason of the Close), or "" while it has not
         self.problem = ""
 
@@ -149,6 +151,7 @@ class Inflater(Extension):
             self.problem = f"invalid compressed data ({exc})"
             return CloseReason.INVALID_FRAME_PAYLOAD_DATA
         self._inflated += len(out)
+        self.inflated_total += len(out)
         if self._inflated > self.max_size:
             self.problem = f"message over max_message_size ({self.max_size} bytes) once inflated"
             self._inflater = None

@@ -378,17 +378,18 @@ class WebSocketHandler:
         if not bits:
             return encode_message(data)
         payload, opcode = message_payload(data)
-        frame = encode_message(payload, opcode)
         deflater = self._deflater
         if deflater is None or len(payload) < deflater.options.threshold:
-            return frame
-        return self._compressed(payload, opcode, bits, frame)
+            return encode_message(payload, opcode)
+        return self._compressed(payload, opcode, bits, None)
 
-    def _compressed(self, payload: bytes, opcode: Opcode, bits: int, plain: bytes) -> bytes:
+    def _compressed(self, payload: bytes, opcode: Opcode, bits: int, plain: bytes | None) -> bytes:
+        """The compressed frame, or the plain one (``plain``, or encoded here) if deflate
+        does not make the message smaller."""
         assert self._deflater is not None
         compressed = self._deflater.compress(payload, bits)
         if len(compressed) >= len(payload):  # incompressible: as it is
-            return plain
+            return plain if plain is not None else encode_message(payload, opcode)
         return encode_message(compressed, opcode, rsv1=True)
 
     def send_one(self, cid: str, data: DataLike) -> None:

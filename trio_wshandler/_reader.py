@@ -32,7 +32,15 @@ from .codec import CloseCode, Frame, Opcode
 if TYPE_CHECKING:
     from ._connection import WebSocketConnection
 
-__all__ = ["EVENTS_PER_STEP", "LINGER_BYTES", "RECEIVE_BYTES", "FrameAction", "linger", "read"]
+__all__ = [
+    "EVENTS_PER_STEP",
+    "INFLATE_PER_STEP",
+    "LINGER_BYTES",
+    "RECEIVE_BYTES",
+    "FrameAction",
+    "linger",
+    "read",
+]
 
 #: Bytes asked of the socket per receive.
 RECEIVE_BYTES = 64 * 1024
@@ -40,6 +48,11 @@ RECEIVE_BYTES = 64 * 1024
 #: Most protocol events (frames, messages) handled in one task step: a 64 KiB read can hold
 #: about 10,900 minimal frames, and a Ping flooder must not hold the event loop for all of them.
 EVENTS_PER_STEP = 32
+
+#: Most bytes inflated (permessage-deflate) in one task step: a client may send many small
+#: frames that each inflate to ``max_message_size``, and one 64 KiB read could then cost
+#: dozens of milliseconds of inflating without a yield.
+INFLATE_PER_STEP = 1 << 20
 
 #: After failing a connection (a protocol error, a limit), what the peer still sends is read
 #: and discarded, up to this many bytes, until it closes or the closing deadline passes.
@@ -81,6 +94,7 @@ async def read(
     is read from it, so a peer cannot make us queue without bound by sending.
     """
     protocol = conn._protocol
+    inflater = protocol._inflater
     queue = conn._queue
     data: bytes = initial_data
     fd = plain_socket_fd(stream)
@@ -88,13 +102,17 @@ async def read(
         if data:
             protocol.receive_data(data)
             handled = 0
+            inflated = inflater.inflated_total if inflater is not None else 0
             for event in protocol.events():
                 if await dispatch(conn, event):
                     return isinstance(event, ProtocolFailed)
                 handled += 1
-                if handled == EVENTS_PER_STEP:  # let other connections have their turn
+                if handled == EVENTS_PER_STEP or (
+                    inflater is not None and inflater.inflated_total - inflated > INFLATE_PER_STEP
+                ):  # let other connections have their turn
                     handled = 0
                     await trio.lowlevel.checkpoint()
+                    inflated = inflater.inflated_total if inflater is not None else 0
         if queue.over_half():
             # the peer is not reading what it is sent: stop reading it until it has.  Its
             # Pongs and messages wait unread meanwhile, so the timers leave it alone
