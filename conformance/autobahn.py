@@ -10,8 +10,13 @@ virtualenv for it under ``.autobahn/`` once, and installs the suite there.  With
 it says so and exits 0 (``--require`` makes that an error).
 
 ``wstest`` exits 0 even when cases fail, so the verdict comes from ``index.json``: the script
-prints a table of behaviours, lists every case that is not OK, and exits 1 when any case FAILED
-or when a case of 1.* to 10.* is anything but OK, NON-STRICT or INFORMATIONAL.
+prints a table of behaviours, lists every case that is not OK, and exits 1 unless every case is
+OK (INFORMATIONAL only for the cases in ``DOCUMENTED_INFORMATIONAL``, which docs/conformance.md
+explains) with a clean close: NON-STRICT, UNIMPLEMENTED and FAILED all fail the run.
+
+``--cases ci`` runs ``CI_CASES``: all of 1.* to 11.* and a subset of the compression cases
+(12.* and 13.*) that covers every data set and every parameter combination; all 517 cases take
+about 15 minutes on 2 cores, almost all of it in the suite's own Python 2.7 deflate.
 """
 
 from __future__ import annotations
@@ -30,8 +35,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".autobahn" / "venv"
-ACCEPTABLE = {"OK", "NON-STRICT", "INFORMATIONAL"}
 DEFAULT_CASES = "*"
+#: cases whose behaviour the suite reports as INFORMATIONAL (no right answer); each is explained
+#: in docs/conformance.md
+DOCUMENTED_INFORMATIONAL = {"7.1.6", "7.13.1", "7.13.2"}
+#: sizes of the compression cases run by ``--cases ci`` (index into the suite's list of 18:
+#: 1 = 16 B, 4 = 1 KiB, 9 = 64 KiB, 10 = 128 KiB, 11 = 8 KiB in 256-byte fragments,
+#: 17 = 128 KiB in 4 KiB fragments): small, medium, large, fragmented finely and coarsely
+_CI_SIZES = (1, 4, 9, 10, 11, 17)
+#: 1.* to 11.*, then for each of the five data sets of 12.* and each of the seven
+#: offer/accept parameter combinations of 13.*, the sizes above
+CI_CASES = ",".join(
+    [f"{n}.*" for n in range(1, 12)]
+    + [f"12.{d}.{i}" for d in range(1, 6) for i in _CI_SIZES]
+    + [f"13.{p}.{i}" for p in range(1, 8) for i in _CI_SIZES]
+)
 
 
 def find_python27() -> str | None:
@@ -99,30 +117,19 @@ def summarize(index_file: Path) -> int:
         result = cases[case]
         behavior, close = result["behavior"], result["behaviorClose"]
         counts[behavior] += 1
-        major = case_key(case)[0]
-        bad = (
-            behavior == "FAILED"
-            or close == "FAILED"
-            or (major <= 10 and behavior not in ACCEPTABLE)
-        )
+        bad = not (
+            behavior == "OK" or (behavior == "INFORMATIONAL" and case in DOCUMENTED_INFORMATIONAL)
+        ) or close not in ("OK", "INFORMATIONAL")
         if behavior != "OK" or close not in ("OK", "INFORMATIONAL"):
             problems.append((case, behavior, close, bad))
     print(f"\nAutobahn|Testsuite fuzzingclient against {agent}: {sum(counts.values())} cases")
     print("| behaviour | cases |\n|---|---|")
     for behavior, count in sorted(counts.items()):
         print(f"| {behavior} | {count} |")
-    shown = [p for p in problems if p[1] != "UNIMPLEMENTED"]
-    if shown:
+    if problems:
         print("\ncases not plainly OK (case, behaviour, close behaviour):")
-        for case, behavior, close, bad in shown:
+        for case, behavior, close, bad in problems:
             print(f"  {case:10} {behavior:14} {close:14} {'<- FAIL' if bad else ''}")
-    unimplemented = [p[0] for p in problems if p[1] == "UNIMPLEMENTED"]
-    if unimplemented:
-        groups = sorted({c.split(".")[0] + ".*" for c in unimplemented})
-        print(
-            f"\nUNIMPLEMENTED: {len(unimplemented)} cases in {', '.join(groups)}"
-            " (permessage-deflate is not offered)"
-        )
     failed = [p for p in problems if p[3]]
     print(f"\n{'FAILED' if failed else 'PASSED'}: {len(failed)} unacceptable case(s)")
     return 1 if failed else 0
@@ -131,7 +138,9 @@ def summarize(index_file: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--cases", default=DEFAULT_CASES, help='comma-separated case patterns, default "*" (all)'
+        "--cases",
+        default=DEFAULT_CASES,
+        help='comma-separated case patterns, default "*" (all); "ci": the CI subset',
     )
     parser.add_argument("--outdir", default=str(ROOT / "reports" / "autobahn"))
     parser.add_argument(
@@ -142,6 +151,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
 
+    if args.cases == "ci":
+        args.cases = CI_CASES
     python27 = find_python27()
     if python27 is None:
         print("SKIPPED: no Python 2.7 found (set $PYTHON27); the Autobahn suite needs one")

@@ -190,9 +190,27 @@ def test_help_lists_every_option_with_its_default() -> None:
         text=True,
         check=True,
     ).stdout
-    for option in ("--host", "--port", "--certfile", "--keyfile", "--verbose", "--quiet"):
+    for option in (
+        "--host",
+        "--port",
+        "--certfile",
+        "--keyfile",
+        "--no-compression",
+        "--verbose",
+        "--quiet",
+    ):
         assert option in out
     assert "(default: 127.0.0.1)" in out and "(default: 8080)" in out
+
+
+async def test_compression_on_by_default_and_off_with_no_compression() -> None:
+    for args, negotiated in ((), True), (("--no-compression",), False):
+        async with cli("echo", *args) as port:
+            async with connect(f"ws://127.0.0.1:{port}/") as ws:
+                extensions = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+                assert extensions.startswith("permessage-deflate") is negotiated
+                await ws.send("x" * 1000)
+                assert await ws.recv() == "x" * 1000
 
 
 async def test_echo_over_wss_from_the_command_line(tls: Any, tmp_path: Any) -> None:

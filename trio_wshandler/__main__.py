@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Mapping
 import trio
 
 from ._demo import ChatHandler, EchoHandler, chat_page
+from ._extensions import DeflateOptions
 from ._handler import WebSocketHandler
 from ._http import HttpHandler
 from ._server import Server, serve
@@ -109,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
             "--certfile", help="PEM certificate (chain): serve https:// and wss:// (TLS)"
         )
         p.add_argument("--keyfile", help="PEM private key, if not in --certfile")
+        p.add_argument(
+            "--no-compression",
+            action="store_true",
+            help="decline permessage-deflate (on by default, as browsers expect)",
+        )
         level = p.add_mutually_exclusive_group()
         level.add_argument(
             "-v", "--verbose", action="store_true", help="log debug messages (every refusal)"
@@ -127,15 +133,19 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    compression = None if args.no_compression else DeflateOptions()
     if args.command == "demo":
         # chat lines are small: let a queue hold as many as fit in max_queue_bytes (1 MiB), so
         # that an observer whose socket lags behind a burst of 10,000 lines is not dropped
-        handler: WebSocketHandler = ChatHandler(max_queue=1 << 16)
+        handler: WebSocketHandler = ChatHandler(max_queue=1 << 16, compression=compression)
         routes: HttpHandler | Mapping[str, HttpHandler] = {"/": chat_page(), "/ws": handler}
         describe = "chat demo: open {http} in a browser (Ctrl-C to stop)"
     else:
         handler = EchoHandler(
-            max_message_size=16 << 20, max_fragments=1 << 17, max_queue_bytes=32 << 20
+            max_message_size=16 << 20,
+            max_fragments=1 << 17,
+            max_queue_bytes=32 << 20,
+            compression=compression,
         )
         routes = handler
         describe = "echo server on {ws} (Ctrl-C to stop)"
