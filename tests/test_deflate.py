@@ -404,3 +404,36 @@ async def test_inflating_does_not_hold_the_event_loop() -> None:
     # inflated in one step (32 events of 1 MB) a wake-up was late by 39 ms here, with other
     # work on both cores; in steps of INFLATE_PER_STEP (two messages), by 8 ms
     assert max(lags) < 0.02, max(lags)
+
+
+async def test_one_message_sent_client_by_client_is_compressed_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loop of send() with the same str (a room of a few clients) compresses it once."""
+    handler = RecordingHandler()
+    calls: list[int] = []
+    real = Deflater.compress
+
+    def counting(self: Deflater, payload: bytes, bits: int) -> bytes:
+        calls.append(bits)
+        return real(self, payload, bits)
+
+    monkeypatch.setattr(Deflater, "compress", counting)
+    text, other = json_text(20, 1), json_text(20, 2)
+    async with running(handler) as server, AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(deflate_client(server.port, "permessage-deflate"))
+            for _ in range(4)
+        ]
+        connections = await handler.wait_connections(4)
+        for message in (text, other):
+            for connection in connections:
+                connection.send(message)
+        assert calls == [15, 15]
+        data = bytearray(text.encode())
+        for connection in connections:
+            connection.send(data)  # mutable: compressed each time
+        assert len(calls) == 6
+        for client, _ in clients:
+            got = [(await client.receive_frame()).payload for _ in range(3)]
+            assert got == [text.encode(), other.encode(), text.encode()]

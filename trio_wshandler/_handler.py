@@ -139,6 +139,8 @@ class WebSocketHandler:
             raise TypeError(f"compression must be a DeflateOptions or None, not {compression!r}")
         self.compression: DeflateOptions | None = compression
         self._deflater = Deflater(compression) if compression is not None else None
+        # the last message compressed by send(): (message, window bits, frame)
+        self._last_compressed: tuple[str | bytes, int, bytes] | None = None
         if origins is None and require_origin:
             raise ValueError("require_origin needs origins (the origins to allow)")
         self._origins = None if origins is None else OriginCheck.build(origins, require_origin)
@@ -377,11 +379,17 @@ class WebSocketHandler:
         """The frame of a message for a connection (compressed if ``bits``, see send_all)."""
         if not bits:
             return encode_message(data)
+        last = self._last_compressed
+        if last is not None and last[0] is data and last[1] == bits:
+            return last[2]  # the same message sent to one client after another: compress once
         payload, opcode = message_payload(data)
         deflater = self._deflater
         if deflater is None or len(payload) < deflater.options.threshold:
             return encode_message(payload, opcode)
-        return self._compressed(payload, opcode, bits, None)
+        frame = self._compressed(payload, opcode, bits, None)
+        if isinstance(data, str | bytes):  # immutable: the same object, the same message
+            self._last_compressed = (data, bits, frame)
+        return frame
 
     def _compressed(self, payload: bytes, opcode: Opcode, bits: int, plain: bytes | None) -> bytes:
         """The compressed frame, or the plain one (``plain``, or encoded here) if deflate
