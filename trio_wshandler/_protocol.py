@@ -116,10 +116,11 @@ Event = (
 def compressed_slack(max_size: int) -> int:
     """How many bytes more than ``max_size`` a compressed message may have on the wire.
 
-    Deflate adds at most 5 bytes per 64 KiB stored block to data it cannot compress, and each
-    flush (one per fragment, at most) a few bytes: 1/64 of the limit plus 4 KiB covers both
-    with room to spare, and still bounds what a client can make us read for a message that
-    inflates to little or nothing.
+    Deflate adds about 5 bytes per stored block to data it cannot compress (zlib's blocks are
+    16 to 64 KiB: Node's ``ws`` sends 1 MiB of random bytes as 1,048,902), and each flush (one
+    per fragment, at most) a few bytes: 1/64 of the limit plus 4 KiB covers both with room to
+    spare, and still bounds what a client can make us read for a message that inflates to
+    little or nothing.
     """
     return (max_size >> 6) + 4096
 
