@@ -32,6 +32,11 @@ __all__ = ["Deflater", "Inflater"]
 #: receiver (RFC 7692 section 7.2.1 and 7.2.2).
 _TAIL = b"\x00\x00\xff\xff"
 
+#: Bytes a message may have after the end of its deflate stream (a block with BFINAL set):
+#: RFC 7692 section 7.2.3.4's one 0x00 octet and the tail we append.  More is an error (1007):
+#: zlib would keep it unread, and copy all of it again on every later call.
+_AFTER_FINAL_BLOCK = 8
+
 
 class Deflater:
     """Compresses outgoing messages for a handler: one compressor per server window size."""
@@ -41,6 +46,12 @@ class Deflater:
     def __init__(self, options: DeflateOptions) -> None:
         self.options = options
         self._compressors: dict[int, zlib._Compress] = {}
+
+    def worth_it(self, size: int) -> bool:
+        """Whether a message of ``size`` bytes is compressed (``threshold``,
+        ``compress_limit``)."""
+        options = self.options
+        return options.threshold <= size <= options.compress_limit
 
     def compress(self, payload: bytes, bits: int) -> bytes:
         """``payload`` compressed for a client window of ``bits`` bits (without the tail)."""
@@ -88,6 +99,14 @@ class Inflater(Extension):
         self.inflated_total = 0
         #: why inflation failed (the reason of the Close), or "" while it has not
         self.problem = ""
+        self._discarding = False
+
+    def discard(self) -> None:
+        """We sent our Close: data that still comes is dropped unread, not inflated (RFC 6455
+        section 1.4 allows it), so a client cannot make us inflate while we wait for its
+        Close."""
+        self._discarding = True
+        self._inflater = None
 
     def enabled(self) -> bool:
         return True
@@ -114,7 +133,7 @@ class Inflater(Extension):
             self._message = rsv.rsv1
             self._inflated = 0
         self._frame = self._message
-        if self._frame and self._inflater is None:
+        if self._frame and self._inflater is None and not self._discarding:
             self._inflater = zlib.decompressobj(-self._bits)
         return RsvBits(True, False, False)
 
@@ -123,12 +142,14 @@ class Inflater(Extension):
     ) -> bytes | CloseReason:
         if not self._frame:
             return data
+        if self._discarding:
+            return b""
         return self._inflate(data)
 
     def frame_inbound_complete(
         self, proto: FrameDecoder | FrameProtocol, fin: bool
     ) -> bytes | CloseReason | None:
-        if not (self._frame and fin):
+        if not (self._frame and fin) or self._discarding:
             return None
         data = self._inflate(_TAIL)
         self._message = self._frame = False
@@ -156,4 +177,8 @@ class Inflater(Extension):
             self.problem = f"message over max_message_size ({self.max_size} bytes) once inflated"
             self._inflater = None
             return CloseReason.MESSAGE_TOO_BIG
+        if inflater.eof and len(inflater.unused_data) > _AFTER_FINAL_BLOCK:
+            self.problem = "invalid compressed data (data after its final block)"
+            self._inflater = None
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
         return out

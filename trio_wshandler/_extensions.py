@@ -31,6 +31,10 @@ __all__ = [
 
 EXTENSION_NAME = "permessage-deflate"
 
+#: Most extension offers read from one ``Sec-WebSocket-Extensions`` value: a browser sends one
+#: or two; a header of thousands of empty offers is declined as malformed, unparsed.
+MAX_EXTENSIONS = 32
+
 #: RFC 7230 token, and the optional whitespace and quoted-string of RFC 6455 section 9.1.
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _OWS = r"[ \t]*"
@@ -38,6 +42,7 @@ _QUOTED = r'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t !-~])*"'
 _PARAM = re.compile(rf"{_OWS};{_OWS}({_TOKEN})(?:{_OWS}={_OWS}({_TOKEN}|{_QUOTED}))?")
 _NAME = re.compile(rf"{_OWS}({_TOKEN})")
 _COMMA = re.compile(rf"{_OWS},")
+_SEPARATOR = re.compile(rf"{_OWS}(?:,|$)")
 _WINDOW_BITS = re.compile(r"8|9|1[0-5]")  # decimal 8-15, no leading zero (RFC 7692 7.1.2)
 
 
@@ -63,7 +68,7 @@ def _check_mem_level(_: object, attribute: attrs.Attribute[int], value: int) -> 
 
 def _check_threshold(_: object, attribute: attrs.Attribute[int], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"threshold must be an int >= 0, got {value!r}")
+        raise ValueError(f"{attribute.name} must be an int >= 0, got {value!r}")
 
 
 def _server_bits(value: int) -> int:
@@ -84,6 +89,11 @@ class DeflateOptions:
         messages shorter than this go out uncompressed: below it deflate saves a few bytes at
         best and costs CPU on both sides.  A message whose compressed form is not smaller than
         the original also goes out uncompressed.
+    ``compress_limit`` (1 MiB)
+        messages larger than this go out uncompressed: compression runs inside ``send()`` and
+        ``send_all()``, which must not hold the event loop for long (about 12 ms per MiB of
+        JSON at level 6, 26 ms for a MiB that does not compress: benchmarks/deflate_costs.py).
+        Raise it knowing that cost.
     ``level`` (6, zlib's default; 1 fastest to 9 smallest, 0 none, -1 zlib's default)
         compression level of outgoing messages.  With compress-once broadcasting its CPU cost
         is paid once per message and window size, not per client.
@@ -107,6 +117,7 @@ class DeflateOptions:
     """
 
     threshold: int = attrs.field(default=128, validator=_check_threshold)
+    compress_limit: int = attrs.field(default=1 << 20, validator=_check_threshold)
     level: int = attrs.field(default=6, validator=_check_level)
     mem_level: int = attrs.field(default=8, validator=_check_mem_level)
     server_max_window_bits: int = attrs.field(default=15, converter=_server_bits)
@@ -147,8 +158,8 @@ def parse_extensions(value: str) -> list[tuple[str, Params]] | None:
 
     Names and parameter names are lower-cased, quoted values unquoted.  Returns None for a value
     that does not follow RFC 6455 section 9.1 (the caller then declines every extension: a
-    malformed offer must not fail the handshake).  Empty list elements are allowed, as
-    RFC 7230's ``#rule`` says.
+    malformed offer must not fail the handshake), or of more than ``MAX_EXTENSIONS``
+    offers.  Empty list elements are allowed, as RFC 7230's ``#rule`` says.
     """
     result: list[tuple[str, Params]] = []
     pos, end = 0, len(value)
@@ -159,7 +170,7 @@ def parse_extensions(value: str) -> list[tuple[str, Params]] | None:
             continue
         name = _NAME.match(value, pos)
         if not name:
-            return None if value[pos:].strip(" \t") else result
+            return result if _SEPARATOR.match(value, pos) else None  # trailing whitespace
         pos = name.end()
         params: Params = []
         while (param := _PARAM.match(value, pos)) is not None:
@@ -169,12 +180,12 @@ def parse_extensions(value: str) -> list[tuple[str, Params]] | None:
             params.append((param.group(1).lower(), raw))
             pos = param.end()
         result.append((name.group(1).lower(), params))
-        rest = value[pos:].lstrip(" \t")
-        if rest and not rest.startswith(","):
+        if len(result) > MAX_EXTENSIONS:
             return None
-        pos = end - len(rest)
-        if rest:
-            pos += 1
+        separator = _SEPARATOR.match(value, pos)  # a comma, or the end
+        if separator is None:
+            return None
+        pos = separator.end()
     return result
 
 

@@ -137,7 +137,7 @@ class WebSocketHandler:
         self.subprotocols: tuple[str, ...] = tuple(subprotocols)
         if compression is not None and not isinstance(compression, DeflateOptions):
             raise TypeError(f"compression must be a DeflateOptions or None, not {compression!r}")
-        self.compression: DeflateOptions | None = compression
+        self._compression = compression
         self._deflater = Deflater(compression) if compression is not None else None
         # the last message compressed by send(): (message, window bits, frame)
         self._last_compressed: tuple[str | bytes, int, bytes] | None = None
@@ -160,6 +160,12 @@ class WebSocketHandler:
     def heartbeat(self, value: float | None) -> None:
         self._heartbeat = positive("heartbeat", value, allow_none=True)
         self._settings_changed()
+
+    @property
+    def compression(self) -> DeflateOptions | None:
+        """The permessage-deflate settings (read-only: live connections were negotiated with
+        them, and the handler's compressors are built from them)."""
+        return self._compression
 
     @property
     def heartbeat_message(self) -> bytes:
@@ -214,8 +220,9 @@ class WebSocketHandler:
                 self.log_error("origin check failed for %s", cx.peer, exc_info=True)
                 return Response(500, "origin check failed: internal error", close=True)
             if origin_refusal is not None:
-                self.log_debug("upgrade from %s refused: %s", cx.peer, origin_refusal)
-                return Response(403, f"forbidden: {origin_refusal}", close=True)
+                body, detail = origin_refusal
+                self.log_debug("upgrade from %s refused: %s", cx.peer, detail)
+                return Response(403, f"forbidden: {body}", close=True)
         if self.auth is not None:
             try:
                 refusal = await self.auth.authenticate_request(cx.listener_id, hdr, cx)
@@ -268,7 +275,7 @@ class WebSocketHandler:
         protocol = self.select_subprotocol(hdr.header_tokens("sec-websocket-protocol"))
         if protocol is not None:
             headers["Sec-WebSocket-Protocol"] = protocol
-        deflate = negotiate_deflate(hdr.header("sec-websocket-extensions"), self.compression)
+        deflate = negotiate_deflate(hdr.header("sec-websocket-extensions"), self._compression)
         if deflate is not None:
             headers["Sec-WebSocket-Extensions"] = deflate[1]
         return Response(101, b"", headers)
@@ -297,7 +304,7 @@ class WebSocketHandler:
         initial_data: bytes = b"",
         stopping: str | None = None,
         tasks: ListenerTasks | None = None,
-        extensions: str = "",
+        extensions: str | None = None,
     ) -> None:
         """Run one upgraded connection until it ends (the seed's ``startImpl``).
 
@@ -308,7 +315,9 @@ class WebSocketHandler:
         still runs its hooks, and is closed with 1001 and that reason at once.  ``tasks`` are
         the listener's flusher and timer sweep; without them (a call from outside a listener)
         the connection gets a pair of its own.  ``extensions`` is the 101 response's
-        ``Sec-WebSocket-Extensions`` value: the extensions in force (permessage-deflate).
+        ``Sec-WebSocket-Extensions`` value: the extensions in force (permessage-deflate);
+        None (a call from outside a listener) means what :meth:`handle_request` would have
+        answered to ``hdr``.
         """
         try:
             connection = self.get_connection(cx, hdr, cx.id)
@@ -328,7 +337,13 @@ class WebSocketHandler:
             await trio.aclose_forcefully(stream)
             return
         connection._bind(cx, hdr, cx.id)
-        agreement = agreement_from_response(extensions) if extensions else None
+        if extensions is None:
+            negotiated = negotiate_deflate(
+                hdr.header("sec-websocket-extensions"), self._compression
+            )
+            agreement = negotiated[0] if negotiated is not None else None
+        else:
+            agreement = agreement_from_response(extensions) if extensions else None
         if agreement is not None:
             connection._use_deflate(agreement, self._deflater is not None)
         if self._stopped or stopping is not None:
@@ -360,7 +375,7 @@ class WebSocketHandler:
         frame = encode_message(payload, opcode)
         queued = 0
         deflater = self._deflater
-        if deflater is None or len(payload) < deflater.options.threshold:
+        if deflater is None or not deflater.worth_it(len(payload)):
             for connection in self._registry:
                 if connection._enqueue(frame):
                     queued += 1
@@ -384,7 +399,7 @@ class WebSocketHandler:
             return last[2]  # the same message sent to one client after another: compress once
         payload, opcode = message_payload(data)
         deflater = self._deflater
-        if deflater is None or len(payload) < deflater.options.threshold:
+        if deflater is None or not deflater.worth_it(len(payload)):
             return encode_message(payload, opcode)
         frame = self._compressed(payload, opcode, bits, None)
         if isinstance(data, str | bytes):  # immutable: the same object, the same message

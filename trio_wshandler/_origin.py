@@ -95,19 +95,23 @@ class OriginCheck:
                 raise TypeError(f"origins: {item!r} is neither an origin string nor a callable")
         return cls(frozenset(allowed), tuple(predicates), require)
 
-    def refusal(self, header: str | None) -> str | None:
+    def refusal(self, header: str | None) -> tuple[str, str] | None:
         """Why a request with this ``Origin`` header (None: none) is refused, or None.
 
-        A predicate that raises propagates (the handler answers 500 and logs it).
+        Returns the response body (a fixed text: error bodies never repeat what the client
+        sent) and a detail for the log.  A predicate that raises propagates (the handler
+        answers 500 and logs it).
         """
         if header is None:
-            return "an Origin header is required" if self.require else None
+            if self.require:
+                return "an Origin header is required", "no Origin header"
+            return None
         normal = normalize_origin(header)
         if normal is None:
-            return f"invalid Origin header {header[:100]!r}"
+            return "invalid Origin header", f"invalid Origin header {header[:100]!r}"
         if normal in self.allowed:
             return None
         for predicate in self.predicates:
             if predicate(normal):
                 return None
-        return f"origin {normal} is not allowed"
+        return "origin not allowed", f"origin {normal} is not allowed"

@@ -31,9 +31,11 @@ from ._extensions import DeflateAgreement
 from .codec import CloseCode, Opcode, encode_message
 
 __all__ = [
+    "SKIPPED",
     "CloseCompleted",
     "CloseReceived",
     "DataFrame",
+    "DataSkipped",
     "MessageAssembler",
     "MessageReceived",
     "PingReceived",
@@ -99,8 +101,19 @@ class ProtocolFailed:
     reply: bytes
 
 
+@attrs.frozen
+class DataSkipped:
+    """A data frame dropped unread because we have sent our Close (:data:`SKIPPED`)."""
+
+
+#: The one :class:`DataSkipped` event: the reader counts it against its per-step budget, so a
+#: peer that floods frames after our Close cannot hold the event loop.
+SKIPPED = DataSkipped()
+
+
 Event = (
-    MessageReceived
+    DataSkipped
+    | MessageReceived
     | DataFrame
     | PingReceived
     | PongReceived
@@ -113,16 +126,17 @@ Event = (
 # ---------------------------------------------------------------- inbound limits
 
 
-def compressed_slack(max_size: int) -> int:
+def compressed_slack(max_size: int, fragments: int) -> int:
     """How many bytes more than ``max_size`` a compressed message may have on the wire.
 
-    Deflate adds about 5 bytes per stored block to data it cannot compress (zlib's blocks are
-    16 to 64 KiB: Node's ``ws`` sends 1 MiB of random bytes as 1,048,902), and each flush (one
-    per fragment, at most) a few bytes: 1/64 of the limit plus 4 KiB covers both with room to
-    spare, and still bounds what a client can make us read for a message that inflates to
-    little or nothing.
+    Deflate adds a few bytes per block to data it cannot compress: Node's ``ws`` sends 1 MiB of
+    random bytes as 1,048,902 bytes, zlib with memLevel 1 as 1,089,842 (4 %), and fixed Huffman
+    codes could add 6 %; and each flush a few more (a client that flushes every fragment, as
+    websockets does, adds up to about 6 bytes per fragment).  An eighth of the limit plus
+    4 KiB and 16 bytes per fragment covers all of these with room to spare, and still bounds
+    what a client can make us read for a message that inflates to little or nothing.
     """
-    return (max_size >> 6) + 4096
+    return (max_size >> 3) + 4096 + 16 * fragments
 
 
 #: A Close code the IANA registry allows (Bad Gateway) that wsproto 1.3 rejects as reserved.
@@ -151,9 +165,15 @@ class _InboundLimits(Extension):
     def __init__(self, max_size: int, max_fragments: int) -> None:
         self.max_size = max_size
         self.max_fragments = max_fragments
-        self.message_bytes = 0
-        self.fragments = 0
-        self.wire_limit = 0  # for a compressed message: its bound on the wire
+        # payload bytes and frames of the current message's frames before the current one
+        # (counted when a frame is complete: wsproto may call the header hook twice for one
+        # frame, when its masking key arrives after its length, so that hook only checks)
+        self._done_bytes = 0
+        self._done_frames = 0
+        self._frame_bytes = 0  # the same, including the current frame
+        self._frame_frames = 0
+        self._data_frame = False  # the current frame is a Text, Binary or Continuation frame
+        self._compressed = False  # the current message has RSV1 (permessage-deflate)
         #: which limit refused the current message ("size" or "fragments"), for the reason text
         self.tripped = ""
         self._close_frame = False
@@ -173,25 +193,36 @@ class _InboundLimits(Extension):
         rsv: RsvBits,
         payload_length: int,
     ) -> CloseReason | RsvBits:
-        if opcode is WsOpcode.CONTINUATION:
-            self.message_bytes += payload_length
-            self.fragments += 1
-        elif not opcode.iscontrol():
-            self.message_bytes = payload_length
-            self.fragments = 1
-            # a compressed message is bounded once inflated (``_deflate.Inflater``); on the wire
-            # it may exceed the limit by what deflate adds to incompressible data, and no more
-            self.wire_limit = self.max_size + compressed_slack(self.max_size) if rsv.rsv1 else 0
-        else:
+        if opcode.iscontrol():
+            self._data_frame = False
             self._close_frame = opcode is WsOpcode.CLOSE
             return RsvBits(False, False, False)
-        if self.message_bytes > (self.wire_limit or self.max_size):
+        if opcode is WsOpcode.CONTINUATION:
+            total, frames = self._done_bytes + payload_length, self._done_frames + 1
+        else:
+            total, frames = payload_length, 1
+            self._compressed = rsv.rsv1
+        self._frame_bytes, self._frame_frames, self._data_frame = total, frames, True
+        limit = self.max_size
+        if self._compressed:
+            # a compressed message is bounded once inflated (``_deflate.Inflater``); on the wire
+            # it may exceed the limit by what deflate adds to incompressible data, and no more
+            limit += compressed_slack(self.max_size, frames)
+        if total > limit:
             self.tripped = "size"
             return CloseReason.MESSAGE_TOO_BIG
-        if self.fragments > self.max_fragments:
+        if frames > self.max_fragments:
             self.tripped = "fragments"
             return CloseReason.MESSAGE_TOO_BIG
         return RsvBits(False, False, False)
+
+    def frame_inbound_complete(
+        self, proto: FrameDecoder | FrameProtocol, fin: bool
+    ) -> bytes | CloseReason | None:
+        if self._data_frame:  # a data frame is complete: it counts for the next ones
+            self._done_bytes, self._done_frames = self._frame_bytes, self._frame_frames
+            self._data_frame = False
+        return None
 
     def frame_inbound_payload_data(
         self, proto: FrameDecoder | FrameProtocol, data: bytes
@@ -323,6 +354,8 @@ class WebSocketProtocol:
         if state not in (_OPEN, _REMOTE_CLOSING):
             return b""
         self._state = _LOCAL_CLOSING if state == _OPEN else _CLOSED
+        if self._inflater is not None:
+            self._inflater.discard()  # what the peer still sends is dropped, not inflated
         if code == CloseCode.NO_STATUS_RCVD:  # answering an empty Close: an empty Close
             return bytes(self._proto.close())
         return bytes(self._proto.close(code, reason))
@@ -339,6 +372,7 @@ class WebSocketProtocol:
                 opcode = frame.opcode
                 if opcode is WsOpcode.TEXT or opcode is WsOpcode.BINARY:
                     if self._state != _OPEN:
+                        yield SKIPPED  # counted by the reader's per-step budget
                         continue
                     if self.raw_frames:
                         data_frame = self._raw_frame(frame)

@@ -18,6 +18,7 @@ import trio
 from ._errors import ConnectionClosedError
 from ._flusher import plain_socket_fd
 from ._protocol import (
+    SKIPPED,
     CloseCompleted,
     CloseReceived,
     DataFrame,
@@ -36,6 +37,7 @@ __all__ = [
     "EVENTS_PER_STEP",
     "INFLATE_PER_STEP",
     "LINGER_BYTES",
+    "LINGER_QUIET",
     "RECEIVE_BYTES",
     "FrameAction",
     "linger",
@@ -55,11 +57,14 @@ EVENTS_PER_STEP = 32
 INFLATE_PER_STEP = 1 << 20
 
 #: After failing a connection (a protocol error, a limit), what the peer still sends is read
-#: and discarded, up to this many bytes, until it closes or the closing deadline passes.
-#: Closing a socket with unread data makes the kernel send a reset, which can destroy our Close
-#: frame in the peer's receive buffer before it is read: the peer would see 1006 instead of why
-#: (say 1009 for a message that is too big, which it was still sending).
+#: and discarded, up to ``LINGER_BYTES``, until it closes, sends nothing for ``LINGER_QUIET``
+#: seconds, or the closing deadline passes.  Closing a socket with unread data makes the kernel
+#: send a reset, which can destroy our Close frame in the peer's receive buffer before it is
+#: read: the peer would see 1006 instead of why (say 1009 for a message that is too big, which
+#: it was still sending).  The quiet period ends the wait for a peer that answered our Close
+#: and waits for us to close (on TLS no FIN can tell it we are done).
 LINGER_BYTES = 4 << 20
+LINGER_QUIET = 0.25
 
 # the connection states of ``_connection.py`` this module looks at
 _OPEN_STATE = 1
@@ -94,25 +99,18 @@ async def read(
     is read from it, so a peer cannot make us queue without bound by sending.
     """
     protocol = conn._protocol
-    inflater = protocol._inflater
     queue = conn._queue
     data: bytes = initial_data
     fd = plain_socket_fd(stream)
     while True:
+        drained = len(data) < RECEIVE_BYTES  # the last read emptied the socket
         if data:
             protocol.receive_data(data)
-            handled = 0
-            inflated = inflater.inflated_total if inflater is not None else 0
-            for event in protocol.events():
-                if await dispatch(conn, event):
-                    return isinstance(event, ProtocolFailed)
-                handled += 1
-                if handled == EVENTS_PER_STEP or (
-                    inflater is not None and inflater.inflated_total - inflated > INFLATE_PER_STEP
-                ):  # let other connections have their turn
-                    handled = 0
-                    await trio.lowlevel.checkpoint()
-                    inflated = inflater.inflated_total if inflater is not None else 0
+            data = b""  # an idle connection holds no bytes it has read (nor, as the events
+            # are handled in a frame of their own, its last message)
+            done = await _handle_events(conn)
+            if done is not None:
+                return done
         if queue.over_half():
             # the peer is not reading what it is sent: stop reading it until it has.  Its
             # Pongs and messages wait unread meanwhile, so the timers leave it alone
@@ -128,7 +126,7 @@ async def read(
         if fd >= 0:
             # one yield before every read: wait when the last read drained the socket,
             # else just let other tasks run (a flooding client cannot starve them)
-            if len(data) < RECEIVE_BYTES:
+            if drained:
                 await trio.lowlevel.wait_readable(fd)
             else:
                 await trio.lowlevel.checkpoint()
@@ -159,9 +157,30 @@ async def read(
         conn._last_received = trio.current_time()
 
 
+async def _handle_events(conn: WebSocketConnection) -> bool | None:
+    """Dispatch the events of the bytes received so far: None to read on, else whether the
+    connection was failed.  At most ``EVENTS_PER_STEP`` events and ``INFLATE_PER_STEP``
+    inflated bytes per task step."""
+    protocol = conn._protocol
+    inflater = protocol._inflater
+    handled = 0
+    inflated = inflater.inflated_total if inflater is not None else 0
+    for event in protocol.events():
+        if await dispatch(conn, event):
+            return isinstance(event, ProtocolFailed)
+        handled += 1
+        if handled == EVENTS_PER_STEP or (
+            inflater is not None and inflater.inflated_total - inflated > INFLATE_PER_STEP
+        ):  # let other connections have their turn
+            handled = 0
+            await trio.lowlevel.checkpoint()
+            inflated = inflater.inflated_total if inflater is not None else 0
+    return None
+
+
 async def linger(stream: trio.abc.Stream) -> None:
-    """Our Close is written: send FIN, then read and drop what the peer still sends until it
-    closes, at most ``LINGER_BYTES`` (the caller's closing deadline bounds the time)."""
+    """Our Close is written: send FIN (plain TCP), then read and drop what the peer still
+    sends (see ``LINGER_BYTES``; the caller's closing deadline bounds the time)."""
     if isinstance(stream, trio.abc.HalfCloseableStream):
         try:
             await stream.send_eof()
@@ -169,17 +188,22 @@ async def linger(stream: trio.abc.Stream) -> None:
             return
     discarded = 0
     while discarded < LINGER_BYTES:
-        try:
-            data = await stream.receive_some(RECEIVE_BYTES)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
-        if not data:
-            return
-        discarded += len(data)
+        with trio.move_on_after(LINGER_QUIET):
+            try:
+                data = await stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            discarded += len(data)
+            continue
+        return  # quiet
 
 
 async def dispatch(conn: WebSocketConnection, event: object) -> bool:
     """Act on one protocol event; True when the connection is done reading."""
+    if event is SKIPPED:
+        return False
     if isinstance(event, MessageReceived):
         if conn._state == _OPEN_STATE:
             await deliver(conn, event.data)
