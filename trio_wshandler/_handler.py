@@ -220,9 +220,9 @@ class WebSocketHandler:
                 self.log_error("origin check failed for %s", cx.peer, exc_info=True)
                 return Response(500, "origin check failed: internal error", close=True)
             if origin_refusal is not None:
-                body, detail = origin_refusal
+                text, detail = origin_refusal
                 self.log_debug("upgrade from %s refused: %s", cx.peer, detail)
-                return Response(403, f"forbidden: {body}", close=True)
+                return Response(403, f"forbidden: {text}", close=True)
         if self.auth is not None:
             try:
                 refusal = await self.auth.authenticate_request(cx.listener_id, hdr, cx)
