@@ -1,6 +1,6 @@
 """What an idle connection costs trio_wshandler: RSS and tracemalloc per connection, and where.
 
-    python benchmarks/idle_memory.py [--clients 1000,10000] [--heartbeat 20] [--top 12]
+    python benchmarks/idle_memory.py [--clients 1000,10000] [--heartbeat 20] [--top 12] [--deflate]
 
 For each N, starts a server process (``WebSocketHandler()`` with default options, heartbeat on)
 and a client process that opens N WebSocket connections and then holds them without a word.
@@ -9,6 +9,11 @@ in a second server process with ``tracemalloc`` on, the Python allocations per c
 source line (the ``--top`` largest), and the number of live tasks per connection.  The
 side-by-side RSS figures against the peers are in ``run.py``'s idle-memory scenario; this script
 is for finding what to remove.
+
+``--deflate``: the clients offer permessage-deflate (as browsers do) and each sends one
+compressed message of about 1 KiB of JSON after the handshake, so what compression costs an
+idle connection once negotiated and used is counted (``run.py``'s compressed scenario has the
+side-by-side figures).
 """
 
 from __future__ import annotations
@@ -21,7 +26,11 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import zlib
 from typing import Any
+
+from fleet import DEFLATE_OFFER, masked_frame
+from messages import json_message
 
 REQUEST = (
     b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -89,32 +98,45 @@ def count_tasks(trio: Any) -> int:
     return count
 
 
-def hold(port: int, n: int) -> None:
-    """The client process: N upgraded connections, held until stdin closes."""
+def hold(port: int, n: int, deflate: bool) -> None:
+    """The client process: N upgraded connections, held until stdin closes (with ``deflate``:
+    permessage-deflate negotiated, and one compressed message sent on each)."""
     import resource
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    request = REQUEST
+    if deflate:
+        request = REQUEST[:-2] + f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n\r\n".encode()
     socks = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(REQUEST)
+        s.sendall(request)
         socks.append(s)
-    for s in socks:
+    for i, s in enumerate(socks):
         head = b""
         while b"\r\n\r\n" not in head:
             head += s.recv(4096)
+        if deflate:
+            if b"permessage-deflate" not in head.lower():
+                sys.exit("permessage-deflate was not negotiated")
+            # each message on its own and with a full 15-bit window: what any agreement allows
+            # unless it limits client_max_window_bits, which the default DeflateOptions does not
+            compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+            text = json_message(i, 1024).encode()
+            data = compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            s.sendall(masked_frame(data[:-4], 0x40 | 0x1))  # RSV1: compressed; Text
     print("holding", flush=True)
     sys.stdin.read()
 
 
-def measure(n: int, trace: bool, heartbeat: float | None) -> dict[str, Any]:
+def measure(n: int, trace: bool, heartbeat: float | None, deflate: bool) -> dict[str, Any]:
     args = [sys.executable, __file__, "serve", "trace" if trace else "rss", str(heartbeat)]
     server = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert server.stdin and server.stdout
     port = int(server.stdout.readline().split()[1])
     clients = subprocess.Popen(
-        [sys.executable, __file__, "hold", str(port), str(n)],
+        [sys.executable, __file__, "hold", str(port), str(n), *(["deflate"] if deflate else [])],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -137,16 +159,19 @@ def main() -> None:
         serve(sys.argv[2] == "trace", None if sys.argv[3] == "None" else float(sys.argv[3]))
         return
     if sys.argv[1:2] == ["hold"]:
-        hold(int(sys.argv[2]), int(sys.argv[3]))
+        hold(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:5] == ["deflate"])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", default="1000,10000")
     parser.add_argument("--heartbeat", type=float, default=20.0)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument(
+        "--deflate", action="store_true", help="negotiate permessage-deflate, one message each"
+    )
     args = parser.parse_args()
     for n in map(int, args.clients.split(",")):
-        rss = measure(n, False, args.heartbeat)
-        traced = measure(n, True, args.heartbeat)
+        rss = measure(n, False, args.heartbeat, args.deflate)
+        traced = measure(n, True, args.heartbeat, args.deflate)
         print(
             f"N={n}: RSS {rss['rss_per_connection'] / 1024:.1f} KiB, traced "
             f"{traced['traced_per_connection'] / 1024:.1f} KiB, "

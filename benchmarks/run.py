@@ -1,6 +1,6 @@
 """Side-by-side benchmark of trio_wshandler and its peers; every server in its own process.
 
-    python benchmarks/run.py [--quick] [--servers a,b] [--out reports/bench]
+    python benchmarks/run.py [--quick] [--servers a,b] [--scenarios a,b] [--out reports/bench]
 
 Scenarios (all over loopback, clients in separate processes, see fleet.py):
 
@@ -11,7 +11,15 @@ Scenarios (all over loopback, clients in separate processes, see fleet.py):
 3. idle memory per connection at 1,000 and 10,000 clients: server RSS delta / N;
 4. server CPU seconds per million deliveries (from /proc, during the broadcasts);
 5. slow consumer: 10 normal clients and 1 that never reads, 2000 broadcasts of 10 KB: what the
-   normal clients received, and how long it took.
+   normal clients received, and how long it took;
+6. compressed broadcast (permessage-deflate, RFC 7692) to N = 1,000 clients, for the servers
+   that support it (trio_wshandler, websockets' Trio and asyncio flavours, each with its default
+   compression settings): text messages of about 1 KiB of JSON (``messages.py``, about 3:1 with
+   deflate), burst and paced as in 1: deliveries/s, latency, server CPU per delivery; and idle
+   memory per connection with compression negotiated, both before any message and after one
+   compressed message each way (the state a library allocates on first use, as in real use).
+   The clients offer permessage-deflate as browsers do, check that every message arrives
+   compressed, and one in ten of them inflates and checks every message (see fleet.py).
 
 Besides trio_wshandler and its peers, reference rows (see ``LABELS`` and servers.py): ``floor``,
 the plain Trio floor (the producer writes each frame straight to every socket); ``floor_batched``,
@@ -24,7 +32,9 @@ skipped, and the reason printed and written into the report.
 The fleet's own CPU use is reported with every broadcast (a fleet near 100% of a core would be
 the bottleneck).  Writes ``results.json`` (raw), ``results.md`` (tables with ratios to the best
 peer in the same run) and ``fanout.png`` into ``--out``.  ``--quick`` is a smoke run under two
-minutes (CI runs it and checks only that it completes and the results parse).
+minutes (CI runs it and checks only that it completes and the results parse).  ``--scenarios``
+runs some of them only (``broadcast``: 1, 3 and 4; ``echo``; ``slow``; ``compressed``: 6), e.g.
+``--scenarios compressed``; ``--clients`` sets N for both broadcast scenarios.
 """
 
 from __future__ import annotations
@@ -81,7 +91,16 @@ NEEDS = {"picows": "picows"}
 #: scenarios a server does not take part in, and why
 SCENARIO_SKIPS = {
     ("echo", "raw"): "raw never reads after the handshake (a fan-out reference only)",
+    **{
+        ("compressed", server): "no permessage-deflate"
+        for server in ("trio_websocket", "floor", "floor_batched", "raw", "picows")
+    },
 }
+SCENARIOS = ["broadcast", "echo", "slow", "compressed"]
+#: the peers of the compressed scenario (the others have no permessage-deflate)
+DEFLATE_PEERS = ["websockets_asyncio", "websockets_trio"]
+#: the compressed scenario's message size (about; JSON text) and share of verifying clients
+DEFLATE_SIZE, VERIFY_EVERY = 1024, 10
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -134,8 +153,8 @@ class Process:
             self.proc.wait()
 
 
-def start_server(kind: str) -> tuple[Process, int]:
-    server = Process([str(HERE / "servers.py"), kind])
+def start_server(kind: str, deflate: bool = False) -> tuple[Process, int]:
+    server = Process([str(HERE / "servers.py"), kind, *(["deflate"] if deflate else [])])
     line = server.readline(30)
     if not line or not line.startswith("port "):
         server.stop()
@@ -144,7 +163,7 @@ def start_server(kind: str) -> tuple[Process, int]:
 
 
 def start_fleets(
-    port: int, connections: int, stuck: int = 0, timeout: float = 120
+    port: int, connections: int, stuck: int = 0, timeout: float = 120, deflate: bool = False
 ) -> list[Process]:
     parts = 1 if connections < 1000 else 2
     fleets = []
@@ -162,6 +181,7 @@ def start_fleets(
                     str(stuck if i == 0 else 0),
                     "--timeout",
                     str(timeout),
+                    *(["--deflate", "--verify-every", str(VERIFY_EVERY)] if deflate else []),
                 ]
             )
         )
@@ -263,6 +283,64 @@ def scenario_broadcast(
     }
 
 
+def scenario_compressed(
+    kind: str, n: int, modes: list[str], total: int, timeout: float
+) -> dict[str, Any]:
+    """The compressed broadcast (6): idle memory with compression negotiated, before and after
+    one compressed message each way, then the broadcast rounds with JSON text messages."""
+    server, port = start_server(kind, deflate=True)
+    try:
+        time.sleep(0.5)
+        rss0 = server.rss_bytes()
+        fleets = start_fleets(port, n, timeout=timeout, deflate=True)
+        try:
+            time.sleep(1.0)
+            rss1 = server.rss_bytes()
+            exchanges = []
+            for fleet in fleets:
+                fleet.send(f"exchange {DEFLATE_SIZE}")
+            for fleet in fleets:
+                line = fleet.readline(timeout + 30)
+                exchanges.append(json.loads(line) if line else {"exchanged": 0})
+            time.sleep(1.0)
+            rss2 = server.rss_bytes()
+            count = max(10, total // n)
+            rounds = []
+            for mode in modes:
+                rnd = broadcast_round(server, fleets, count, DEFLATE_SIZE, mode, timeout)
+                reports = rnd["fleet_reports"]
+                verifiers = sum(r.get("verifiers", 0) for r in reports)
+                verified = sum(r.get("verified", 0) for r in reports)
+                rnd.update(
+                    verifiers=verifiers,
+                    verified=verified,
+                    verified_expected=verifiers * count,
+                    wire_bytes_per_message=sum(r.get("wire_bytes", 0) for r in reports)
+                    / max(verified, 1),
+                    text_bytes_per_message=sum(r.get("inflated_bytes", 0) for r in reports)
+                    / max(verified, 1),
+                    problems=[r["problem"] for r in reports if r.get("problem")],
+                )
+                rounds.append(rnd)
+        finally:
+            for fleet in fleets:
+                fleet.stop()
+    finally:
+        server.stop()
+    agreements = sorted({a for r in exchanges for a in r.get("agreements", [])})
+    return {
+        "server": kind,
+        "clients": n,
+        "agreements": agreements,
+        "exchanged": sum(r.get("exchanged", 0) for r in exchanges),
+        "exchange_errors": sum(r.get("frame_errors", 0) for r in exchanges),
+        "exchange_problems": [r["problem"] for r in exchanges if r.get("problem")],
+        "idle_bytes_per_connection": (rss1 - rss0) / n,
+        "idle_bytes_per_connection_after_message": (rss2 - rss0) / n,
+        "rounds": rounds,
+    }
+
+
 def scenario_echo(kind: str, connections: int, seconds: float) -> dict[str, Any]:
     server, port = start_server(kind)
     try:
@@ -330,24 +408,8 @@ def ratio(value: float, best: float, higher_is_better: bool = True) -> str:
     return f" ({r:.2f}x)"
 
 
-def markdown(results: dict[str, Any]) -> str:
-    out = [f"Machine: {results['machine']}. Command: `{results['command']}`.\n"]
-    labels = results.get("labels", {})
-    if labels:
-        out.append(
-            "What each row is. Ratios are to the best peer; the references (a floor, and the"
-            " fastest libraries) do not count as peers.\n"
-        )
-        out.append("| row | what it is |")
-        out.append("|---|---|")
-        for server, label in labels.items():
-            kind = "peer" if server in PEERS else "reference" if server in REFERENCES else ""
-            out.append(f"| {server} | {label}{f' ({kind})' if kind else ''} |")
-        out.append("")
-    for skip in results.get("skipped", []):
-        out.append(f"- skipped: {skip['server']}, {skip['scenario']}: {skip['reason']}")
-    if results.get("skipped"):
-        out.append("")
+def broadcast_markdown(results: dict[str, Any], out: list[str]) -> None:
+    """Sections 1 and 4: the broadcast fan-out, and the targets of the performance issue."""
     out.append("### 1 and 4. Broadcast fan-out\n")
     out.append(
         "Deliveries/s (ratio to the best peer at the same N and size), p50/p99 delivery "
@@ -389,38 +451,166 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         cells = [f"{ours / rates[p]:.2f}" if rates.get(p) else "" for p in versus]
         out.append(f"| {n} | {size} | {mode} | " + " | ".join(cells) + " |")
-    out.append("\n### 2. Echo\n")
-    out.append("| connections | server | messages/s | RTT p50 ms | RTT p99 ms | server CPU |")
-    out.append("|---|---|---|---|---|---|")
-    for c in sorted({e["connections"] for e in results["echo"]}):
-        rows = [e for e in results["echo"] if e["connections"] == c]
-        best = max((e["messages_per_s"] for e in rows if e["server"] in PEERS), default=0)
-        for e in rows:
-            rel = ratio(e["messages_per_s"], best) if e["server"] not in PEERS else ""
-            out.append(
-                f"| {c} | {e['server']} | {e['messages_per_s']:,.0f}{rel} | "
-                f"{e['rtt_p50_ms']:.2f} | {e['rtt_p99_ms']:.2f} | "
-                f"{e['server_cpu_share']:.0%} |"
-            )
-    out.append("\n### 3. Idle memory per connection\n")
-    out.append("| N | server | KiB per connection |")
-    out.append("|---|---|---|")
-    for entry in sorted(results["broadcast"], key=lambda e: (e["clients"], e["server"])):
-        if entry["clients"] >= 1000 or results["quick"]:
-            out.append(
-                f"| {entry['clients']} | {entry['server']} | "
-                f"{entry['idle_bytes_per_connection'] / 1024:.1f} |"
-            )
-    out.append("\n### 5. Slow consumer (10 normal clients, 1 that never reads)\n")
-    out.append("| server | messages | normal clients received | complete clients | seconds |")
-    out.append("|---|---|---|---|---|")
-    for e in results["slow_consumer"]:
+
+
+def markdown(results: dict[str, Any]) -> str:
+    out = [f"Machine: {results['machine']}. Command: `{results['command']}`.\n"]
+    labels = results.get("labels", {})
+    if labels:
         out.append(
-            f"| {e['server']} | {e['messages']} | {e['normal_clients_received']:,} of "
-            f"{e['expected']:,} | {e['normal_clients_complete']} of 10 | "
-            f"{e['seconds']:.1f}{' (gave up)' if e['timed_out'] else ''} |"
+            "What each row is. Ratios are to the best peer; the references (a floor, and the"
+            " fastest libraries) do not count as peers.\n"
         )
+        out.append("| row | what it is |")
+        out.append("|---|---|")
+        for server, label in labels.items():
+            kind = "peer" if server in PEERS else "reference" if server in REFERENCES else ""
+            out.append(f"| {server} | {label}{f' ({kind})' if kind else ''} |")
+        out.append("")
+    for skip in results.get("skipped", []):
+        out.append(f"- skipped: {skip['server']}, {skip['scenario']}: {skip['reason']}")
+    if results.get("skipped"):
+        out.append("")
+    if results.get("broadcast"):
+        broadcast_markdown(results, out)
+    if results.get("echo"):
+        out.append("\n### 2. Echo\n")
+        out.append("| connections | server | messages/s | RTT p50 ms | RTT p99 ms | server CPU |")
+        out.append("|---|---|---|---|---|---|")
+        for c in sorted({e["connections"] for e in results["echo"]}):
+            rows = [e for e in results["echo"] if e["connections"] == c]
+            best = max((e["messages_per_s"] for e in rows if e["server"] in PEERS), default=0)
+            for e in rows:
+                rel = ratio(e["messages_per_s"], best) if e["server"] not in PEERS else ""
+                out.append(
+                    f"| {c} | {e['server']} | {e['messages_per_s']:,.0f}{rel} | "
+                    f"{e['rtt_p50_ms']:.2f} | {e['rtt_p99_ms']:.2f} | "
+                    f"{e['server_cpu_share']:.0%} |"
+                )
+    if results.get("broadcast"):
+        out.append("\n### 3. Idle memory per connection\n")
+        out.append("| N | server | KiB per connection |")
+        out.append("|---|---|---|")
+        for entry in sorted(results["broadcast"], key=lambda e: (e["clients"], e["server"])):
+            if entry["clients"] >= 1000 or results["quick"]:
+                out.append(
+                    f"| {entry['clients']} | {entry['server']} | "
+                    f"{entry['idle_bytes_per_connection'] / 1024:.1f} |"
+                )
+    if results.get("slow_consumer"):
+        out.append("\n### 5. Slow consumer (10 normal clients, 1 that never reads)\n")
+        out.append("| server | messages | normal clients received | complete clients | seconds |")
+        out.append("|---|---|---|---|---|")
+        for e in results["slow_consumer"]:
+            out.append(
+                f"| {e['server']} | {e['messages']} | {e['normal_clients_received']:,} of "
+                f"{e['expected']:,} | {e['normal_clients_complete']} of 10 | "
+                f"{e['seconds']:.1f}{' (gave up)' if e['timed_out'] else ''} |"
+            )
+    if results.get("compressed"):
+        compressed_markdown(results, out)
     return "\n".join(out) + "\n"
+
+
+def compressed_markdown(results: dict[str, Any], out: list[str]) -> None:
+    """Section 6: the compressed broadcast, its idle memory, and the compression targets."""
+    entries = results["compressed"]
+    out.append("\n### 6. Compressed broadcast (permessage-deflate)\n")
+    out.append(
+        "The clients offer `permessage-deflate; client_max_window_bits` (as browsers do); each "
+        "server runs with its default compression settings and answers as below. Text "
+        "messages of about 1 KiB of JSON. Deliveries/s, divided by each websockets flavour's "
+        "at the same N and producer, p50/p99 delivery latency (sampled by the "
+        "verifying clients, which inflate every message), server CPU per delivery, fleet CPU "
+        "share, the average message on the wire (compressed payload) and inflated, the messages "
+        "inflated and checked (intact, in order) by the verifying clients, and the server's "
+        "worst event-loop stall and longest garbage collection.\n"
+    )
+    out.append("| server | answer (Sec-WebSocket-Extensions) | one message each way |")
+    out.append("|---|---|---|")
+    for e in entries:
+        echoed = f"{e['exchanged']:,} of {e['clients']:,} echoed"
+        if e["exchange_errors"]:
+            echoed += f", {e['exchange_errors']} errors: {'; '.join(e['exchange_problems'])}"
+        answer = ", ".join(e["agreements"]) or "not negotiated"
+        out.append(f"| {e['server']} | {answer} | {echoed} |")
+    out.append("")
+    out.append(
+        "| N | producer | server | deliveries/s | / websockets_asyncio | / websockets_trio "
+        "| p50 ms | p99 ms | CPU us/delivery | fleet CPU | wire B/msg | text B/msg | checked "
+        "| loop stall ms | GC ms |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    by_key: dict[tuple[int, str], dict[str, dict[str, Any]]] = {}
+    for entry in entries:
+        for rnd in entry["rounds"]:
+            by_key.setdefault((entry["clients"], rnd["mode"]), {})[entry["server"]] = rnd
+    for (n, mode), rows in sorted(by_key.items()):
+        for server, rnd in rows.items():
+            rate = rnd["deliveries_per_s"]
+            cells = [
+                f"{rate / rows[p]['deliveries_per_s']:.2f}"
+                if p in rows and p != server and rows[p]["deliveries_per_s"]
+                else ""
+                for p in DEFLATE_PEERS
+            ]
+            note = " (timed out)" if rnd["timed_out"] else ""
+            checked = f"{rnd['verified']:,} of {rnd['verified_expected']:,}"
+            if rnd["frame_errors"]:
+                checked += f", {rnd['frame_errors']:,} errors: {'; '.join(rnd['problems'])}"
+            out.append(
+                f"| {n} | {mode} | {server} | {rate:,.0f}{note} | {cells[0]} | {cells[1]} | "
+                f"{rnd['latency_p50_ms']:.1f} | {rnd['latency_p99_ms']:.1f} | "
+                f"{rnd['server_cpu_s_per_million']:.1f} | {rnd['fleet_cpu_share']:.0%} | "
+                f"{rnd['wire_bytes_per_message']:.0f} | {rnd['text_bytes_per_message']:.0f} | "
+                f"{checked} | {fmt_ms(rnd.get('loop_lag_ms'))} | {fmt_ms(rnd.get('loop_gc_ms'))} |"
+            )
+    out.append(
+        "\nIdle memory per connection with compression negotiated: server RSS delta / N after "
+        "the handshakes, and again after each client sent one compressed message and got its "
+        "compressed echo (what a library allocates on first use, as in real use).\n"
+    )
+    out.append(
+        "| N | server | KiB per connection, negotiated | / websockets_trio "
+        "| after one message each way | / websockets_trio |"
+    )
+    out.append("|---|---|---|---|---|---|")
+    idle = {(e["clients"], e["server"]): e for e in entries}
+    for (n, server), e in sorted(idle.items()):
+        base = idle.get((n, "websockets_trio"))
+        cells = []
+        for key in ("idle_bytes_per_connection", "idle_bytes_per_connection_after_message"):
+            rel = (
+                f"{e[key] / base[key]:.2f}"
+                if base and base[key] and server != base["server"]
+                else ""
+            )
+            cells += [f"{e[key] / 1024:.1f}", rel]
+        out.append(f"| {n} | {server} | " + " | ".join(cells) + " |")
+    out.append("\n### The targets of the compression issue, from the rows above\n")
+    out.append("| target | N | producer | trio_wshandler's ratio | met |")
+    out.append("|---|---|---|---|---|")
+    for (n, mode), rows in sorted(by_key.items()):
+        ours = rows.get("trio_wshandler")
+        for peer, wanted in (("websockets_asyncio", 3.0), ("websockets_trio", 10.0)):
+            if ours and rows.get(peer, {}).get("deliveries_per_s"):
+                r = ours["deliveries_per_s"] / rows[peer]["deliveries_per_s"]
+                out.append(
+                    f"| deliveries/s >= {wanted:g}x {peer} | {n} | {mode} | {r:.2f} | "
+                    f"{'yes' if r >= wanted else '**no**'} |"
+                )
+    for n in sorted({n for n, _ in idle}):
+        ours, base = idle.get((n, "trio_wshandler")), idle.get((n, "websockets_trio"))
+        for key, when in (
+            ("idle_bytes_per_connection", "negotiated"),
+            ("idle_bytes_per_connection_after_message", "after one message each way"),
+        ):
+            if ours and base and base[key] > 0:
+                r = ours[key] / base[key]
+                out.append(
+                    f"| idle memory, {when}, <= 0.5x websockets_trio | {n} | | {r:.2f} | "
+                    f"{'yes' if r <= 0.5 else '**no**'} |"
+                )
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -463,6 +653,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run, under two minutes")
     parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help=f"some of {','.join(SCENARIOS)}"
+    )
     parser.add_argument("--clients", default=None, help="comma-separated N, e.g. 100,1000")
     parser.add_argument("--out", default=str(ROOT / "reports" / "bench"))
     parser.add_argument(
@@ -475,7 +668,8 @@ def main() -> int:
         earlier = json.loads(Path(args.report).read_text())
         folder = Path(args.report).parent
         (folder / "results.md").write_text(markdown(earlier))
-        plot(earlier, folder / "fanout.png")
+        if earlier.get("broadcast"):
+            plot(earlier, folder / "fanout.png")
         print(markdown(earlier))
         return 0
 
@@ -483,10 +677,17 @@ def main() -> int:
     unknown = set(servers) - set(SERVERS)
     if unknown:
         parser.error(f"unknown servers {sorted(unknown)}; known: {SERVERS}")
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    if set(scenarios) - set(SCENARIOS):
+        parser.error(f"unknown scenarios {sorted(set(scenarios) - set(SCENARIOS))}")
     modes = ["burst", "paced"]
+    # the compressed scenario: N, deliveries per round (as the broadcast's small messages), and
+    # a longer timeout (websockets.trio compresses per client: about 10,000 deliveries/s)
+    deflate_clients, deflate_total, deflate_timeout = [1000], 200_000, 120
     if args.quick:
         clients, sizes, total = [100], [64], 20_000
         echo_conns, echo_s, slow_n, timeout = [1], 1.0, 500, 10
+        deflate_clients, deflate_total, deflate_timeout = [100], 5_000, 20
     else:
         clients, sizes, total, echo_conns, echo_s, slow_n, timeout = (
             [100, 1000, 10_000],
@@ -498,7 +699,7 @@ def main() -> int:
             60,
         )
     if args.clients:
-        clients = [int(n) for n in args.clients.split(",")]
+        clients = deflate_clients = [int(n) for n in args.clients.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -509,7 +710,7 @@ def main() -> int:
             servers.remove(server)
             skipped.append({"server": server, "scenario": "all", "reason": reason})
     for (scenario, server), reason in SCENARIO_SKIPS.items():
-        if server in servers:
+        if server in servers and scenario in scenarios:
             skipped.append({"server": server, "scenario": scenario, "reason": reason})
     for skip in skipped:
         print(f"skipping {skip['server']} ({skip['scenario']}): {skip['reason']}", file=sys.stderr)
@@ -519,9 +720,19 @@ def main() -> int:
         ("echo", s, c) for c in echo_conns for s in servers if ("echo", s) not in SCENARIO_SKIPS
     ]
     steps += [("slow", s, 0) for s in servers]
+    steps += [
+        ("compressed", s, n)
+        for n in deflate_clients
+        for s in servers
+        if ("compressed", s) not in SCENARIO_SKIPS
+    ]
+    steps = [step for step in steps if step[0] in scenarios]
     results: dict[str, Any] = {
         "quick": args.quick,
-        "command": "python benchmarks/run.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/run.py"
+        + (" --quick" if args.quick else "")
+        + (f" --scenarios {','.join(scenarios)}" if scenarios != SCENARIOS else ""),
+        "scenarios": scenarios,
         "machine": f"{platform.node()}: {os.cpu_count()} cores, {platform.machine()}, "
         f"Python {platform.python_version()}, {platform.platform()}",
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -531,6 +742,7 @@ def main() -> int:
         "broadcast": [],
         "echo": [],
         "slow_consumer": [],
+        "compressed": [],
     }
     bar = tqdm(steps, unit="run", file=sys.stderr)
     for scenario, server, n in bar:
@@ -542,6 +754,10 @@ def main() -> int:
                 )
             elif scenario == "echo":
                 results["echo"].append(scenario_echo(server, n, echo_s))
+            elif scenario == "compressed":
+                results["compressed"].append(
+                    scenario_compressed(server, n, modes, deflate_total, deflate_timeout)
+                )
             else:
                 results["slow_consumer"].append(scenario_slow(server, slow_n, timeout / 2))
         except Exception as exc:  # report and go on: one broken peer must not lose the run
@@ -549,7 +765,8 @@ def main() -> int:
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(markdown(results))
-    plot(results, out / "fanout.png")
+    if results["broadcast"]:
+        plot(results, out / "fanout.png")
     print(markdown(results))
     for skip in skipped:
         print(f"SKIPPED: {skip['server']} ({skip['scenario']}): {skip['reason']}")

@@ -1,6 +1,6 @@
 """The servers under test, each run in its own process by ``run.py``.
 
-    python benchmarks/servers.py KIND
+    python benchmarks/servers.py KIND [deflate]
 
 KIND is one of ``trio_wshandler``, ``websockets_trio``, ``trio_websocket``,
 ``websockets_asyncio``, ``floor``, ``floor_batched``, ``raw`` or ``picows``.  Each binds
@@ -24,7 +24,18 @@ during it and its longest garbage collection (see ``Pauses``).
 Each server uses its library the way its documentation recommends for fan-out: trio_wshandler's
 ``send_all``; websockets' ``broadcast()`` (trio and asyncio); a loop of ``send_message`` for
 trio-websocket, which has no broadcast; a loop of ``WSTransport.send`` for picows (its core API,
-on asyncio: what a user who only wants speed would pick).  No server offers compression.
+on asyncio: what a user who only wants speed would pick).  No connection is compressed: the
+websockets servers run with ``compression=None``, and trio_wshandler keeps its default
+``DeflateOptions()``, which nothing negotiates (the fleet offers no permessage-deflate).
+
+``deflate`` (trio_wshandler, websockets_trio and websockets_asyncio only: the libraries here that
+support permessage-deflate): the compressed-broadcast scenario.  Each library runs with its
+default compression settings (trio_wshandler: ``DeflateOptions()``, which answers every client
+with server_no_context_takeover and compresses a ``send_all`` message once per window size;
+websockets: ``compression="deflate"``, which keeps its context and compresses per connection,
+12-bit windows, memLevel 5), and ``broadcast COUNT SIZE MODE`` sends COUNT *text* messages of
+about SIZE bytes of JSON (``messages.py``: they compress about 3:1 and carry their number and
+production time) instead of binary padding.  The echo handler echoes them, compressed as well.
 
 Three reference rows use no WebSocket library at all, only Trio and the frame bytes, encoded once
 per message and shared by every client:
@@ -53,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import gc
 import hashlib
 import math
@@ -64,12 +76,18 @@ import time
 from typing import Any
 
 import trio
+from messages import json_message
 
 HEADER = struct.Struct("!QQ")  # message number, production time in ns
 
 
 def payload(seq: int, size: int, padding: bytes) -> bytes:
     return HEADER.pack(seq, time.time_ns()) + padding[: max(0, size - HEADER.size)]
+
+
+def json_payload(seq: int, size: int, padding: bytes) -> str:
+    """The compressed scenario's message (``deflate``): about SIZE bytes of JSON text."""
+    return json_message(seq, size)
 
 
 def raise_fd_limit() -> None:
@@ -198,16 +216,23 @@ async def plain_handshake(stream: trio.SocketStream) -> bytes | None:
 # ---------------------------------------------------------------- trio_wshandler
 
 
-async def run_trio_wshandler() -> None:
-    from trio_wshandler import serve
+async def run_trio_wshandler(deflate: bool = False) -> None:
+    from trio_wshandler import DeflateOptions, serve
     from trio_wshandler._demo import EchoHandler
 
-    # queues sized to hold a whole burst of the benchmark (the peers' buffers are unbounded)
-    handler = EchoHandler(heartbeat=None, max_queue=1 << 16, max_queue_bytes=8 << 20)
+    # queues sized to hold a whole burst of the benchmark (the peers' buffers are unbounded);
+    # compression as by default, negotiated only with a fleet that offers it (``deflate``)
+    handler = EchoHandler(
+        heartbeat=None,
+        max_queue=1 << 16,
+        max_queue_bytes=8 << 20,
+        compression=DeflateOptions(),
+    )
+    make = json_payload if deflate else payload
 
     async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
         for seq in range(count):
-            handler.send_all(payload(seq, size, padding))
+            handler.send_all(make(seq, size, padding))
             if paced:
                 await trio.lowlevel.checkpoint()
 
@@ -227,9 +252,11 @@ async def websockets_echo(ws: Any) -> None:
         await ws.send(message)
 
 
-async def run_websockets_trio() -> None:
+async def run_websockets_trio(deflate: bool = False) -> None:
     from websockets.trio.connection import broadcast as ws_broadcast
     from websockets.trio.server import serve
+
+    make = json_payload if deflate else payload
 
     async with trio.open_nursery() as nursery:
         server = await nursery.start(
@@ -237,7 +264,7 @@ async def run_websockets_trio() -> None:
                 websockets_echo,
                 0,
                 host="127.0.0.1",
-                compression=None,
+                compression="deflate" if deflate else None,  # "deflate": the default
                 ping_interval=None,
                 max_size=None,
                 task_status=task_status,
@@ -247,7 +274,7 @@ async def run_websockets_trio() -> None:
 
         async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
             for seq in range(count):  # broadcast() awaits every write in both modes
-                await ws_broadcast(server.connections, payload(seq, size, padding))
+                await ws_broadcast(server.connections, make(seq, size, padding))
 
         await trio_commands(broadcast)
         nursery.cancel_scope.cancel()
@@ -299,18 +326,24 @@ async def run_trio_websocket() -> None:
 # ---------------------------------------------------------------- websockets (asyncio)
 
 
-async def run_websockets_asyncio() -> None:
+async def run_websockets_asyncio(deflate: bool = False) -> None:
     import websockets
     from websockets.asyncio.server import serve
 
+    make = json_payload if deflate else payload
     async with serve(
-        websockets_echo, "127.0.0.1", 0, compression=None, ping_interval=None, max_size=None
+        websockets_echo,
+        "127.0.0.1",
+        0,
+        compression="deflate" if deflate else None,  # "deflate": the default
+        ping_interval=None,
+        max_size=None,
     ) as server:
         announce(next(iter(server.sockets)).getsockname()[1])
 
         async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
             for seq in range(count):
-                websockets.broadcast(server.connections, payload(seq, size, padding))
+                websockets.broadcast(server.connections, make(seq, size, padding))
                 if paced:
                     await asyncio.sleep(0)
 
@@ -640,15 +673,21 @@ SERVERS = {
     "picows": run_picows,
 }
 ASYNCIO_SERVERS = {"websockets_asyncio", "picows"}
+#: the servers that can take part in the compressed scenario (``deflate``)
+DEFLATE_SERVERS = {"trio_wshandler", "websockets_trio", "websockets_asyncio"}
 
 
 def main() -> None:
     kind = sys.argv[1]
+    deflate = sys.argv[2:3] == ["deflate"]
+    if deflate and kind not in DEFLATE_SERVERS:
+        sys.exit(f"{kind} has no permessage-deflate")
+    run = functools.partial(SERVERS[kind], deflate=True) if deflate else SERVERS[kind]
     raise_fd_limit()
     if kind in ASYNCIO_SERVERS:
-        asyncio.run(SERVERS[kind]())
+        asyncio.run(run())
     else:
-        trio.run(SERVERS[kind])
+        trio.run(run)
 
 
 if __name__ == "__main__":
