@@ -31,6 +31,7 @@ from ._protocol import (
 )
 from ._reader import FrameAction, linger, read
 from ._send_queue import SendQueue
+from ._topics import Subscriber
 from ._types import CallContext, Request
 from ._writer import tls_writer
 from .codec import CloseCode, DataLike, Frame, Opcode, encode_message
@@ -72,7 +73,7 @@ def validate_close_code(code: int) -> None:
         raise ValueError(f"close code {code} cannot be sent; use 1000-1003, 1007-1014 or 3000-4999")
 
 
-class WebSocketConnection:
+class WebSocketConnection(Subscriber):
     """One client connection (the seed's ``WebSocketConnection``).
 
     Subclass it, override the hooks, and return instances from
@@ -152,6 +153,7 @@ class WebSocketConnection:
         self._assembler: MessageAssembler | None = None
         self._deflate: DeflateAgreement | None = None
         self._deflate_bits = 0  # the server window of compressed messages to it; 0: none
+        Subscriber.__init__(self)
 
     # ---------------------------------------------------------------- hooks
 
@@ -215,7 +217,7 @@ class WebSocketConnection:
         :raises ConnectionClosedError: the connection is closing or closed (the message was not
             queued).
         """
-        self.send_encoded(self.handler._encode(data, self._deflate_bits))
+        self.send_encoded(self.handler._fanout.frame_for(data, self._deflate_bits))
 
     def send_frame(self, data: DataLike, opcode: int, fin: bool = True) -> None:
         """Queue one frame of any kind but Close: a fragment (Text or Binary with
@@ -233,7 +235,7 @@ class WebSocketConnection:
     async def send_wait(self, data: DataLike) -> None:
         """Like :meth:`send`, but wait for room in the send queue instead of applying the
         slow-consumer policy."""
-        frame = self.handler._encode(data, self._deflate_bits)
+        frame = self.handler._fanout.frame_for(data, self._deflate_bits)
         await self._queue.wait_for_room(len(frame))
         self.send_encoded(frame)
 
@@ -444,6 +446,7 @@ class WebSocketConnection:
                         "connection %s: connection_closed() failed", self.id, exc_info=True
                     )
             registry.remove(self)
+            self._leave_topics()
             self._ended = True
             if self._closed is not None:
                 self._closed.set()

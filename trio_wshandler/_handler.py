@@ -17,19 +17,19 @@ import trio
 
 from ._auth import AbstractAuthenticator
 from ._connection import WebSocketConnection, _peer, validate_close_code
-from ._deflate import Deflater
 from ._extensions import DeflateOptions, agreement_from_response, negotiate_deflate
+from ._fanout import FanOut
 from ._listener_tasks import ListenerTasks, open_listener_tasks
 from ._options import heartbeat_payload, positive
 from ._origin import OriginCheck, OriginsLike
 from ._registry import ConnectionRegistry
+from ._topics import TopicMap, check_topic
 from ._types import CallContext, Request, Response
 from .codec import (
     CloseCode,
     DataLike,
     Opcode,
     encode_message,
-    message_payload,
     response_key,
 )
 
@@ -138,9 +138,8 @@ class WebSocketHandler:
         if compression is not None and not isinstance(compression, DeflateOptions):
             raise TypeError(f"compression must be a DeflateOptions or None, not {compression!r}")
         self._compression = compression
-        self._deflater = Deflater(compression) if compression is not None else None
-        # the last message compressed by send(): (message, window bits, frame)
-        self._last_compressed: tuple[str | bytes, int, bytes] | None = None
+        self._fanout = FanOut(compression)
+        self._topics = TopicMap()
         if origins is None and require_origin:
             raise ValueError("require_origin needs origins (the origins to allow)")
         self._origins = None if origins is None else OriginCheck.build(origins, require_origin)
@@ -345,7 +344,7 @@ class WebSocketHandler:
         else:
             agreement = agreement_from_response(extensions) if extensions else None
         if agreement is not None:
-            connection._use_deflate(agreement, self._deflater is not None)
+            connection._use_deflate(agreement, self._compression is not None)
         if self._stopped or stopping is not None:
             connection.stop(CloseCode.GOING_AWAY, stopping or "server is stopping")
         self.log_info("connection %s from %s opened: %s", connection.id, _peer(cx), hdr.raw_target)
@@ -371,49 +370,21 @@ class WebSocketHandler:
         A client whose queue is full gets the slow-consumer policy.  No connections is not an
         error.
         """
-        payload, opcode = message_payload(data)
-        frame = encode_message(payload, opcode)
-        queued = 0
-        deflater = self._deflater
-        if deflater is None or not deflater.worth_it(len(payload)):
-            for connection in self._registry:
-                if connection._enqueue(frame):
-                    queued += 1
-            return queued
-        frames = {0: frame}  # by server window bits; 0: uncompressed
-        for connection in self._registry:
-            bits = connection._deflate_bits
-            framed = frames.get(bits)
-            if framed is None:
-                framed = frames[bits] = self._compressed(payload, opcode, bits, frame)
-            if connection._enqueue(framed):
-                queued += 1
-        return queued
+        return self._fanout.send(self._registry, data)
 
-    def _encode(self, data: DataLike, bits: int) -> bytes:
-        """The frame of a message for a connection (compressed if ``bits``, see send_all)."""
-        if not bits:
-            return encode_message(data)
-        last = self._last_compressed
-        if last is not None and last[0] is data and last[1] == bits:
-            return last[2]  # the same message sent to one client after another: compress once
-        payload, opcode = message_payload(data)
-        deflater = self._deflater
-        if deflater is None or not deflater.worth_it(len(payload)):
-            return encode_message(payload, opcode)
-        frame = self._compressed(payload, opcode, bits, None)
-        if isinstance(data, str | bytes):  # immutable: the same object, the same message
-            self._last_compressed = (data, bits, frame)
-        return frame
+    def publish(self, topic: str, data: DataLike) -> int:
+        """Send a message to the connections subscribed to ``topic``; returns how many it was
+        queued on.  Encoded (and compressed) once, like :meth:`send_all`; costs in proportion
+        to the topic's subscribers.  A topic nobody subscribes to is not an error."""
+        return self._fanout.send(self._topics.subscribers(check_topic(topic)), data)
 
-    def _compressed(self, payload: bytes, opcode: Opcode, bits: int, plain: bytes | None) -> bytes:
-        """The compressed frame, or the plain one (``plain``, or encoded here) if deflate
-        does not make the message smaller."""
-        assert self._deflater is not None
-        compressed = self._deflater.compress(payload, bits)
-        if len(compressed) >= len(payload):  # incompressible: as it is
-            return plain if plain is not None else encode_message(payload, opcode)
-        return encode_message(compressed, opcode, rsv1=True)
+    def topic_size(self, topic: str) -> int:
+        """How many connections of this process are subscribed to ``topic``."""
+        return self._topics.size(topic)
+
+    def topics(self) -> list[str]:
+        """The topics with at least one subscriber in this process."""
+        return self._topics.topics()
 
     def send_one(self, cid: str, data: DataLike) -> None:
         """Send a message to the connection with id ``cid``.

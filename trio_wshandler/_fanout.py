@@ -1,0 +1,85 @@
+"""Where a message is encoded, and compressed, for its recipients: ``send_all``, ``publish``
+and each connection's ``send`` go through :class:`FanOut`.
+
+A server frame is unmasked, so one encoding serves every client; with permessage-deflate, one
+compression serves every client that negotiated the same server window (the server never keeps
+its compression context, ``_extensions.py``).  :meth:`FanOut.send` therefore encodes a message
+once, compresses it at most once per window size among the recipients, and queues the very
+same ``bytes`` object on all of them: the cost of a broadcast is one encoding (and compression)
+plus one queue append per client, never one encoding per client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from ._deflate import Deflater
+from ._extensions import DeflateOptions
+from .codec import DataLike, Opcode, encode_message, message_payload
+
+if TYPE_CHECKING:
+    from ._connection import WebSocketConnection
+
+__all__ = ["FanOut"]
+
+
+class FanOut:
+    """Encodes (and compresses) messages for a handler's connections."""
+
+    __slots__ = ("_deflater", "_last")
+
+    def __init__(self, compression: DeflateOptions | None) -> None:
+        self._deflater = Deflater(compression) if compression is not None else None
+        # the last message compressed by frame_for(): (message, window bits, frame)
+        self._last: tuple[str | bytes, int, bytes] | None = None
+
+    def send(self, connections: Iterable[WebSocketConnection], data: DataLike) -> int:
+        """Queue ``data`` on every connection of ``connections``; how many took it.
+
+        Iterated synchronously: nothing may add or remove a connection meanwhile.
+        """
+        payload, opcode = message_payload(data)
+        frame = encode_message(payload, opcode)
+        queued = 0
+        deflater = self._deflater
+        if deflater is None or not deflater.worth_it(len(payload)):
+            for connection in connections:
+                if connection._enqueue(frame):
+                    queued += 1
+            return queued
+        frames = {0: frame}  # by server window bits; 0: uncompressed
+        for connection in connections:
+            bits = connection._deflate_bits
+            framed = frames.get(bits)
+            if framed is None:
+                framed = frames[bits] = self._compressed(payload, opcode, bits, frame)
+            if connection._enqueue(framed):
+                queued += 1
+        return queued
+
+    def frame_for(self, data: DataLike, bits: int) -> bytes:
+        """The frame of a message for one connection (compressed for a window of ``bits``
+        bits, or plain when ``bits`` is 0)."""
+        if not bits:
+            return encode_message(data)
+        last = self._last
+        if last is not None and last[0] is data and last[1] == bits:
+            return last[2]  # the same message sent to one client after another: compress once
+        payload, opcode = message_payload(data)
+        deflater = self._deflater
+        if deflater is None or not deflater.worth_it(len(payload)):
+            return encode_message(payload, opcode)
+        frame = self._compressed(payload, opcode, bits, None)
+        if isinstance(data, str | bytes):  # immutable: the same object, the same message
+            self._last = (data, bits, frame)
+        return frame
+
+    def _compressed(self, payload: bytes, opcode: Opcode, bits: int, plain: bytes | None) -> bytes:
+        """The compressed frame, or the plain one (``plain``, or encoded here) if deflate
+        does not make the message smaller."""
+        assert self._deflater is not None
+        compressed = self._deflater.compress(payload, bits)
+        if len(compressed) >= len(payload):  # incompressible: as it is
+            return plain if plain is not None else encode_message(payload, opcode)
+        return encode_message(compressed, opcode, rsv1=True)
