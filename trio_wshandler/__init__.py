@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from . import codec
 from ._auth import AbstractAuthenticator, BasicAuthenticator, TokenAuthenticator
+from ._backplane import BackplaneError, RedisBackplane
 from ._connection import FrameAction, WebSocketConnection
 from ._errors import (
     AuthenticationError,
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AbstractAuthenticator",
     "AuthenticationError",
+    "BackplaneError",
     "BasicAuthenticator",
     "CallContext",
     "CloseCode",
@@ -43,6 +45,7 @@ __all__ = [
     "HttpLimits",
     "Listener",
     "Opcode",
+    "RedisBackplane",
     "Request",
     "Response",
     "Server",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ._deflate import Deflater
 from ._extensions import DeflateOptions
-from .codec import DataLike, Opcode, encode_message, message_payload
+from .codec import DataLike, encode_message, message_payload
 
 if TYPE_CHECKING:
     from ._connection import WebSocketConnection
@@ -40,6 +40,12 @@ class FanOut:
         Iterated synchronously: nothing may add or remove a connection meanwhile.
         """
         payload, opcode = message_payload(data)
+        return self.send_payload(connections, payload, opcode)
+
+    def send_payload(
+        self, connections: Iterable[WebSocketConnection], payload: bytes, opcode: int
+    ) -> int:
+        """:meth:`send` for a message given as its payload bytes and opcode (Text: UTF-8)."""
         frame = encode_message(payload, opcode)
         queued = 0
         deflater = self._deflater
@@ -75,7 +81,7 @@ class FanOut:
             self._last = (data, bits, frame)
         return frame
 
-    def _compressed(self, payload: bytes, opcode: Opcode, bits: int, plain: bytes | None) -> bytes:
+    def _compressed(self, payload: bytes, opcode: int, bits: int, plain: bytes | None) -> bytes:
         """The compressed frame, or the plain one (``plain``, or encoded here) if deflate
         does not make the message smaller."""
         assert self._deflater is not None

@@ -7,8 +7,6 @@ upgraded connection runs in its listener's nursery (``_server.py``), inside
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -16,6 +14,7 @@ from typing import Any, Literal
 import trio
 
 from ._auth import AbstractAuthenticator
+from ._backplane import RedisBackplane
 from ._connection import WebSocketConnection, _peer, validate_close_code
 from ._extensions import DeflateOptions, agreement_from_response, negotiate_deflate
 from ._fanout import FanOut
@@ -25,12 +24,13 @@ from ._origin import OriginCheck, OriginsLike
 from ._registry import ConnectionRegistry
 from ._topics import TopicMap, check_topic
 from ._types import CallContext, Request, Response
+from ._upgrade import check_upgrade
 from .codec import (
     CloseCode,
     DataLike,
     Opcode,
     encode_message,
-    response_key,
+    message_payload,
 )
 
 __all__ = ["WebSocketHandler"]
@@ -85,6 +85,9 @@ class WebSocketHandler:
         ``Origin`` header (non-browser clients) are allowed unless ``require_origin``.
     ``require_origin`` (False)
         with ``origins``: refuse (403) requests that carry no ``Origin`` header.
+    ``backplane`` (None)
+        a :class:`RedisBackplane`: ``send_all``, ``publish``, ``send_one`` and ``stop_one``
+        then reach the clients of every process (docs/scaling.md).
     ``logger``
         a ``logging.Logger``; default ``logging.getLogger("trio_wshandler")``.
     """
@@ -109,6 +112,7 @@ class WebSocketHandler:
         compression: DeflateOptions | None = DeflateOptions(),  # noqa: B008 (frozen)
         origins: OriginsLike | None = None,
         require_origin: bool = False,
+        backplane: RedisBackplane | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         if auth is not None and not isinstance(auth, AbstractAuthenticator):
@@ -145,6 +149,15 @@ class WebSocketHandler:
         self._origins = None if origins is None else OriginCheck.build(origins, require_origin)
         self.logger = logger if logger is not None else logging.getLogger("trio_wshandler")
         self._registry = ConnectionRegistry()
+        if backplane is not None and not isinstance(backplane, RedisBackplane):
+            raise TypeError(f"backplane must be a RedisBackplane or None, not {backplane!r}")
+        #: the :class:`RedisBackplane` that connects this handler to other processes, or None
+        self.backplane = backplane
+        if backplane is not None:
+            backplane.attach(self)
+            self._registry.on_add, self._registry.on_remove = backplane.joined, backplane.left
+            self._topics.on_first = backplane.topic_added
+            self._topics.on_last = backplane.topic_removed
         self._stopped = False
         self._empty = trio.Event()
 
@@ -205,11 +218,8 @@ class WebSocketHandler:
         """Validate an upgrade request and answer it: 101 accepts it.
 
         Checks the ``Origin`` first (403; see ``origins``), then runs the authenticator (a
-        crash in either is a 500).  Then: 503 once stopped or
-        full; 405 unless GET (or HEAD); 400 unless HTTP/1.1; 426 (with ``Upgrade: websocket``)
-        without ``Upgrade: websocket``, and to HEAD, which cannot upgrade; 400 without
-        ``Connection: upgrade``; 426 (with ``Sec-WebSocket-Version: 13``) for another version;
-        400 for a missing or malformed ``Sec-WebSocket-Key``.  Subclasses call
+        crash in either is a 500).  Then: 503 once stopped or full; then the checks of the
+        opening handshake (``_upgrade.check_upgrade``: 405, 400 or 426).  Subclasses call
         ``await super().handle_request(...)`` and add checks or headers (``with_headers``).
         """
         if self._origins is not None:
@@ -239,38 +249,10 @@ class WebSocketHandler:
                 {"Retry-After": "5"},
                 close=True,
             )
-        if hdr.method not in ("GET", "HEAD"):
-            return Response(405, "a WebSocket upgrade must use GET", {"Allow": "GET, HEAD"})
-        if hdr.http_version != "1.1":
-            return Response(400, "a WebSocket upgrade needs HTTP/1.1", close=True)
-        if hdr.method == "HEAD" or "websocket" not in hdr.header_tokens("upgrade"):
-            return Response(
-                426,
-                "this is a WebSocket endpoint: send Upgrade: websocket",
-                {"Upgrade": "websocket", "Connection": "Upgrade"},
-            )
-        if "upgrade" not in hdr.header_tokens("connection"):
-            return Response(400, "a WebSocket upgrade needs Connection: Upgrade")
-        if hdr.header("sec-websocket-version").strip() != "13":
-            return Response(
-                426,
-                "unsupported Sec-WebSocket-Version; this server supports 13",
-                {"Sec-WebSocket-Version": "13"},
-            )
-        key = hdr.header("sec-websocket-key").strip()
-        if not key:
-            return Response(400, "missing Sec-WebSocket-Key header")
-        try:
-            valid = len(base64.b64decode(key, validate=True)) == 16
-        except binascii.Error:
-            valid = False
-        if not valid:
-            return Response(400, "invalid Sec-WebSocket-Key: must be 16 bytes in base64")
-        headers = {
-            "Upgrade": "websocket",
-            "Connection": "Upgrade",
-            "Sec-WebSocket-Accept": response_key(key),
-        }
+        accept = check_upgrade(hdr)
+        if isinstance(accept, Response):
+            return accept
+        headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept}
         protocol = self.select_subprotocol(hdr.header_tokens("sec-websocket-protocol"))
         if protocol is not None:
             headers["Sec-WebSocket-Protocol"] = protocol
@@ -369,14 +351,27 @@ class WebSocketHandler:
         frame queued on every client that negotiated that size); nothing awaits the network.
         A client whose queue is full gets the slow-consumer policy.  No connections is not an
         error.
+        With a backplane it also goes to every client of every other process (each process
+        encodes it once for its own clients); the count is of this process's clients.
         """
-        return self._fanout.send(self._registry, data)
+        if self.backplane is None:
+            return self._fanout.send(self._registry, data)
+        payload, opcode = message_payload(data)
+        self.backplane.publish_all(payload, opcode)
+        return self._fanout.send_payload(self._registry, payload, opcode)
 
     def publish(self, topic: str, data: DataLike) -> int:
         """Send a message to the connections subscribed to ``topic``; returns how many it was
         queued on.  Encoded (and compressed) once, like :meth:`send_all`; costs in proportion
-        to the topic's subscribers.  A topic nobody subscribes to is not an error."""
-        return self._fanout.send(self._topics.subscribers(check_topic(topic)), data)
+        to the topic's subscribers.  A topic nobody subscribes to is not an error.  With a
+        backplane it also goes to the topic's subscribers in every other process; the count
+        is of this process's."""
+        subscribers = self._topics.subscribers(check_topic(topic))
+        if self.backplane is None:
+            return self._fanout.send(subscribers, data)
+        payload, opcode = message_payload(data)
+        self.backplane.publish_topic(topic, payload, opcode)
+        return self._fanout.send_payload(subscribers, payload, opcode)
 
     def topic_size(self, topic: str) -> int:
         """How many connections of this process are subscribed to ``topic``."""
@@ -389,10 +384,17 @@ class WebSocketHandler:
     def send_one(self, cid: str, data: DataLike) -> None:
         """Send a message to the connection with id ``cid``.
 
-        :raises UnknownConnectionError: no live connection has that id.
+        With a backplane, a connection of another process gets it through Redis.
+
+        :raises UnknownConnectionError: no live connection has that id (with a backplane: in
+            no process, as far as this one knows: see docs/scaling.md for the window).
         :raises ConnectionClosedError: it is closing, or its queue is full (``"close"`` policy).
         """
-        self._registry.get(cid).send(data)
+        if cid in self._registry or self.backplane is None:
+            self._registry.get(cid).send(data)
+            return
+        payload, opcode = message_payload(data)
+        self.backplane.send_to(cid, payload, opcode)
 
     def connection(self, cid: str) -> WebSocketConnection:
         """The live connection with id ``cid`` (raises :class:`UnknownConnectionError`)."""
@@ -413,8 +415,19 @@ class WebSocketHandler:
     # ---------------------------------------------------------------- stopping
 
     def stop_one(self, cid: str, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
-        """Close one connection (Close ``code``, default 1001)."""
-        self._registry.get(cid).stop(code, reason)
+        """Close one connection (Close ``code``, default 1001), in any process with a
+        backplane (:raises UnknownConnectionError: as :meth:`send_one`)."""
+        if cid in self._registry or self.backplane is None:
+            self._registry.get(cid).stop(code, reason)
+            return
+        validate_close_code(code)
+        self.backplane.stop_remote(cid, code, reason)
+
+    async def cluster_connection_count(self) -> int:
+        """Live connections in every process (asks Redis); without a backplane, ``len(self)``."""
+        if self.backplane is None:
+            return len(self._registry)
+        return await self.backplane.cluster_connection_count()
 
     def stop(self, code: int = CloseCode.GOING_AWAY, reason: str = "server is stopping") -> None:
         """Stop the handler: refuse new upgrades (503) and close every live connection with

@@ -9,7 +9,7 @@ add or remove an entry while it does.  Call the handler from other threads throu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import attrs
@@ -27,16 +27,23 @@ class ConnectionRegistry:
     """Live connections by id, in registration order."""
 
     _connections: dict[str, WebSocketConnection] = attrs.field(factory=dict, init=False)
+    #: called with the id of each connection added and removed (a backplane's presence)
+    on_add: Callable[[str], None] | None = attrs.field(default=None, init=False)
+    on_remove: Callable[[str], None] | None = attrs.field(default=None, init=False)
 
     def add(self, connection: WebSocketConnection) -> None:
         if connection.id in self._connections:
             raise ValueError(f"a connection with id {connection.id!r} is already registered")
         self._connections[connection.id] = connection
+        if self.on_add is not None:
+            self.on_add(connection.id)
 
     def remove(self, connection: WebSocketConnection) -> None:
         """Remove ``connection`` (no error if it is not there: removal runs in ``finally``)."""
         if self._connections.get(connection.id) is connection:
             del self._connections[connection.id]
+            if self.on_remove is not None:
+                self.on_remove(connection.id)
 
     def get(self, cid: str) -> WebSocketConnection:
         try:

@@ -336,12 +336,28 @@ class Server:
         ssl_context: ssl.SSLContext | None = None,
         task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Run with one listener until every listener has stopped."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await self.add_listener(host, port, ssl_context=ssl_context)
-            task_status.started(self)
-        self._nursery = None
+        """Run with one listener until every listener has stopped.
+
+        A handler's backplane (``handler.backplane``) is started first, unless it runs
+        already: when Redis is unreachable this fails before any connection is accepted.
+        """
+        to_start = [
+            (handler, backplane)
+            for handler in self.handlers()
+            if (backplane := getattr(handler, "backplane", None)) is not None
+            and not backplane.running
+        ]
+        for _, backplane in to_start:  # outside any nursery: its error is raised as it is
+            await backplane.check()
+        async with trio.open_nursery() as backplanes:
+            for handler, backplane in to_start:
+                await backplanes.start(backplane.run, handler)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self.add_listener(host, port, ssl_context=ssl_context)
+                task_status.started(self)
+            self._nursery = None
+            backplanes.cancel_scope.cancel()  # every listener has stopped
 
 
 async def serve(

@@ -1,0 +1,332 @@
+"""Where processes meet: the Redis backplane that carries ``send_all``, ``publish``,
+``send_one`` and ``stop_one`` to every process of a cluster (``coredis``, native on Trio).
+
+The handler's calls stay synchronous and never await Redis: they deliver locally at once and
+put the message in a bounded outbox; one publisher task sends the outbox to Redis in pipelined
+batches.  One subscriber (a Redis pub/sub connection) receives the other processes' messages
+and delivers each to the local clients, encoded (and compressed) once per process, like a
+local ``send_all``; a process skips its own messages (it delivered them already).
+
+Presence: each process (a *node*, with an id of its own) keeps the ids of its connections in a
+Redis set that expires ``presence_ttl`` seconds after its last heartbeat, and its node id in a
+sorted set scored by that expiry.  Each heartbeat also reads the live nodes' sets into a local
+map of remote connection ids, kept current between heartbeats by JOIN/LEAVE messages; that map
+lets ``send_one`` know synchronously where a connection is.  A process that crashes vanishes
+from the others' view within ``presence_ttl`` + ``heartbeat`` seconds.
+
+Delivery across processes is at most once, as with Socket.IO's Redis adapter: while Redis is
+unreachable, local delivery goes on, and what would cross processes is dropped, counted in
+``lost`` and logged (once per ``LOG_INTERVAL``); the heartbeat retries the connection with
+backoff and, once back, rewrites this node's presence.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import trio
+
+from ._backplane_wire import Envelope, Kind, Names, decode, encode
+from ._errors import UnknownConnectionError, WebSocketHandlerError
+from ._ids import new_connection_id
+
+if TYPE_CHECKING:
+    from ._handler import WebSocketHandler
+
+__all__ = ["BackplaneError", "RedisBackplane", "redact_url"]
+
+#: At most one warning about lost messages per this many seconds (with the count).
+LOG_INTERVAL = 10.0
+
+
+class BackplaneError(WebSocketHandlerError):
+    """The backplane cannot work: Redis is unreachable at start (the message names the URL,
+    without its password), or it is used wrongly (attached to two handlers)."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for logs and errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class RedisBackplane:
+    """Connects a :class:`WebSocketHandler` to the other processes of a cluster through Redis.
+
+    ``WebSocketHandler(backplane=RedisBackplane(url))``; :func:`serve` starts it before it
+    accepts connections (to run it in a nursery of your own: ``await
+    nursery.start(backplane.run)`` before ``serve``).  Options (keyword-only):
+
+    ``prefix`` ("trio_wshandler")
+        of every Redis key and channel: handlers with different prefixes share a Redis
+        without seeing each other.
+    ``max_pending`` (10,000 messages)
+        the outbox: messages for other processes waiting for the publisher task.  When it is
+        full (Redis slower than the producer) a message is dropped for the other processes
+        (local clients still get it) and counted in ``lost``.
+    ``batch`` (512)
+        most messages sent to Redis in one pipelined round trip.
+    ``heartbeat`` (1.0 s) and ``presence_ttl`` (5.0 s)
+        how often this process refreshes its presence and reads the others', and how long
+        its presence outlives its last heartbeat (the bound on how long a crashed process's
+        connections stay visible: ``presence_ttl`` + ``heartbeat``).
+    ``connect_timeout`` (5.0 s)
+        how long ``serve()`` waits for Redis at start before failing.
+    ``reconnect_max`` (2.0 s)
+        the longest wait between two attempts to reach a lost Redis (backoff from 0.05 s).
+    ``logger``
+        default ``logging.getLogger("trio_wshandler.backplane")``.
+
+    Counters (plain ints): ``published`` (messages sent to Redis), ``received`` (messages from
+    other processes delivered here), ``lost`` (messages that could not cross), ``misses``
+    (``send_one``/``stop_one`` that reached a process no longer holding the connection),
+    ``reconnects``.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "trio_wshandler",
+        max_pending: int = 10_000,
+        batch: int = 512,
+        heartbeat: float = 1.0,
+        presence_ttl: float = 5.0,
+        connect_timeout: float = 5.0,
+        reconnect_max: float = 2.0,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"url must be redis://, rediss:// or unix://, got {redact_url(url)}")
+        for name, value in (
+            ("heartbeat", heartbeat),
+            ("presence_ttl", presence_ttl),
+            ("connect_timeout", connect_timeout),
+            ("reconnect_max", reconnect_max),
+        ):
+            if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        if presence_ttl <= heartbeat:
+            raise ValueError("presence_ttl must be longer than heartbeat")
+        if max_pending < 1 or batch < 1:
+            raise ValueError("max_pending and batch must be >= 1")
+        self.url = url
+        self.safe_url = redact_url(url)
+        self.names = Names(prefix)
+        self.max_pending = max_pending
+        self.batch = batch
+        self.heartbeat = heartbeat
+        self.presence_ttl = presence_ttl
+        self.connect_timeout = connect_timeout
+        self.reconnect_max = reconnect_max
+        self.logger = logger or logging.getLogger("trio_wshandler.backplane")
+        #: this process's id in the cluster
+        self.node_id = new_connection_id()
+        self.published = self.received = self.lost = self.misses = self.reconnects = 0
+        self._handler: WebSocketHandler | None = None
+        self._client: Any = None  # coredis.Redis while running
+        self._outbox: deque[tuple[int, str, Any]] = deque()  # (op, channel or key, value)
+        self._wake = trio.Event()
+        self._subscriptions: deque[tuple[bool, str]] = deque()  # (subscribe?, channel)
+        self._subscriptions_wake = trio.Event()
+        self._up = trio.Event()  # set while Redis answers
+        self._remote: dict[str, str] = {}  # connection id -> node, for other nodes
+        self._pubsub: Any = None  # coredis PubSub while running
+        self._lost_logged = 0
+        self._next_lost_log = 0.0
+        self.running = False
+
+    # ---------------------------------------------------------------- the handler's side
+
+    def attach(self, handler: WebSocketHandler) -> None:
+        """Called by the handler that owns this backplane (once)."""
+        if self._handler is not None and self._handler is not handler:
+            raise BackplaneError("a RedisBackplane serves one handler; make one per handler")
+        self._handler = handler
+
+    @property
+    def connected(self) -> bool:
+        """Redis answered the last command (False while it is unreachable)."""
+        return self._up.is_set()
+
+    def publish_all(self, payload: bytes, opcode: int) -> None:
+        self._publish(self.names.all, Envelope(Kind.ALL, self.node_id, opcode, "", payload))
+
+    def publish_topic(self, topic: str, payload: bytes, opcode: int) -> None:
+        envelope = Envelope(Kind.TOPIC, self.node_id, opcode, topic, payload)
+        self._publish(self.names.topic(topic), envelope)
+
+    def subscribed(self, topic: str) -> bool:
+        """Redis delivers ``topic`` to this process now: what other processes publish to it
+        from here on arrives.  (A topic's first local subscriber makes this process subscribe
+        in Redis, which takes a round trip: a message published elsewhere meanwhile does not
+        reach it.)"""
+        pubsub = self._pubsub
+        return pubsub is not None and self.names.topic(topic).encode() in pubsub.channels
+
+    def knows(self, cid: str) -> bool:
+        """Another process holds connection ``cid``, as far as this one knows now."""
+        return cid in self._remote
+
+    def send_to(self, cid: str, payload: bytes, opcode: int) -> None:
+        node = self._node_of(cid)
+        self._publish(self.names.node(node), Envelope(Kind.ONE, self.node_id, opcode, cid, payload))
+
+    def stop_remote(self, cid: str, code: int, reason: str) -> None:
+        node = self._node_of(cid)
+        envelope = Envelope(Kind.STOP, self.node_id, code, cid, reason.encode("utf-8"))
+        self._publish(self.names.node(node), envelope)
+
+    def joined(self, cid: str) -> None:
+        """A connection of this process registered: others learn it now (and from the set)."""
+        self._put(_SADD, self.names.connections(self.node_id), cid)
+        self._publish(self.names.presence, Envelope(Kind.JOIN, self.node_id, 0, cid))
+
+    def left(self, cid: str) -> None:
+        self._put(_SREM, self.names.connections(self.node_id), cid)
+        self._publish(self.names.presence, Envelope(Kind.LEAVE, self.node_id, 0, cid))
+
+    def topic_added(self, topic: str) -> None:
+        """The first local subscriber of ``topic``: receive it from Redis too."""
+        self._subscriptions.append((True, self.names.topic(topic)))
+        self._subscriptions_wake.set()
+
+    def topic_removed(self, topic: str) -> None:
+        self._subscriptions.append((False, self.names.topic(topic)))
+        self._subscriptions_wake.set()
+
+    async def cluster_connection_count(self) -> int:
+        """Connections held by every live process, this one included (asks Redis)."""
+        client = self._require_client()
+        nodes = await live_nodes(client, self.names)
+        total = 0
+        async with client.pipeline(transaction=False) as pipe:
+            counts = [pipe.scard(self.names.connections(n)) for n in nodes]
+        for count in counts:
+            total += await count
+        return total
+
+    def _node_of(self, cid: str) -> str:
+        try:
+            return self._remote[cid]
+        except KeyError:
+            raise UnknownConnectionError(cid) from None
+
+    def _publish(self, channel: str, envelope: Envelope) -> None:
+        self._put(_PUBLISH, channel, encode(envelope))
+
+    def _put(self, op: int, name: str, value: Any) -> None:
+        if not self._up.is_set() or len(self._outbox) >= self.max_pending:
+            if op == _PUBLISH:
+                self._count_lost(1)
+            return  # presence is rewritten whole once Redis is back
+        self._outbox.append((op, name, value))
+        self._wake.set()
+
+    def _count_lost(self, n: int) -> None:
+        self.lost += n
+        now = time.monotonic()
+        if now >= self._next_lost_log:
+            self.logger.warning(
+                "backplane %s: %d message(s) could not reach other processes (%s); %d lost in all",
+                self.safe_url,
+                self.lost - self._lost_logged,
+                "Redis unreachable" if not self._up.is_set() else "outbox full",
+                self.lost,
+            )
+            self._lost_logged = self.lost
+            self._next_lost_log = now + LOG_INTERVAL
+
+    def _require_client(self) -> Any:
+        if self._client is None:
+            raise BackplaneError("the backplane is not running (serve() starts it)")
+        return self._client
+
+    # ---------------------------------------------------------------- running
+
+    async def check(self) -> None:
+        """Fail now, with a clear error, if Redis does not answer (``serve()`` calls it
+        before it starts anything).
+
+        :raises BackplaneError: naming the URL (without its password) and the reason.
+        """
+        import coredis
+
+        client = coredis.Redis.from_url(self.url, decode_responses=False)
+        await self._ping(client)
+
+    async def _ping(self, client: Any) -> None:
+        try:
+            with trio.fail_after(self.connect_timeout):
+                async with client:
+                    await client.ping()
+        except (Exception, trio.TooSlowError) as exc:
+            leaf: BaseException = exc
+            while isinstance(leaf, BaseExceptionGroup):  # coredis runs in a task group
+                leaf = leaf.exceptions[0]
+            reason = str(leaf) or type(leaf).__name__
+            raise BackplaneError(f"cannot reach Redis at {self.safe_url}: {reason}") from None
+
+    async def run(
+        self,
+        handler: WebSocketHandler | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Connect to Redis and run until cancelled; started once Redis answered.
+
+        :raises BackplaneError: Redis did not answer within ``connect_timeout``.
+        """
+        import coredis  # an optional dependency: pip install trio_wshandler[redis]
+
+        from ._backplane_tasks import BackplaneTasks
+
+        if handler is not None:
+            self.attach(handler)
+        if self._handler is None:
+            raise BackplaneError("the backplane has no handler: pass it as backplane=")
+        if self.running:
+            raise BackplaneError("the backplane is running already")
+        await self.check()
+        client = coredis.Redis.from_url(self.url, decode_responses=False)
+        async with client:
+            self._client = client
+            self._up.set()
+            self.running = True
+            try:
+                await BackplaneTasks(self, self._handler, client).run(task_status)
+            finally:
+                self.running = False
+                self._client = None
+                self._up = trio.Event()
+
+
+_PUBLISH, _SADD, _SREM = 0, 1, 2
+
+
+async def live_nodes(client: Any, names: Names) -> list[str]:
+    """The nodes whose presence has not expired."""
+    from coredis.tokens import PureToken
+
+    nodes = await client.zrange(names.nodes, time.time(), "+inf", sortby=PureToken.BYSCORE)
+    return [_text(node) for node in nodes]
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def envelope_of(data: bytes | str) -> Envelope | None:
+    return decode(data.encode("latin-1") if isinstance(data, str) else data)

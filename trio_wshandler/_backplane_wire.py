@@ -1,0 +1,103 @@
+"""What crosses Redis between processes: the envelope of a backplane message, and the channel
+and key names.  Sans-I/O.
+
+Every message published by a process starts with a one-byte kind and the 26-character id of
+the process (its node id), so a process skips its own messages when they come back from Redis
+(it has delivered them locally already).  Message payloads travel as the bytes of the
+WebSocket message with their opcode (Text as UTF-8): each receiving process encodes, and
+compresses, the frame once for its own clients (``_fanout.py``), exactly as for a local
+``send_all``.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import attrs
+
+__all__ = ["Envelope", "Kind", "Names", "decode", "encode"]
+
+NODE_ID_LENGTH = 26  # a ULID, as connection ids (``_ids.py``)
+
+
+class Kind:
+    """The kinds of backplane messages (one byte)."""
+
+    ALL = 1  # send_all: opcode, payload
+    TOPIC = 2  # publish: opcode, topic, payload
+    ONE = 3  # send_one: opcode, cid, payload
+    STOP = 4  # stop_one: code, cid, reason
+    JOIN = 5  # a connection registered: cid
+    LEAVE = 6  # a connection ended: cid
+
+
+@attrs.frozen
+class Envelope:
+    kind: int
+    node: str
+    opcode: int = 0  # ALL, TOPIC, ONE: 1 Text, 2 Binary; STOP: the close code
+    target: str = ""  # TOPIC: the topic; ONE, STOP, JOIN, LEAVE: the connection id
+    payload: bytes = b""  # ALL, TOPIC, ONE: the message; STOP: the reason (UTF-8)
+
+
+_HEAD = struct.Struct("!B26sHH")  # kind, node, opcode or code, target length
+
+
+def encode(envelope: Envelope) -> bytes:
+    target = envelope.target.encode("utf-8")
+    head = _HEAD.pack(envelope.kind, envelope.node.encode("ascii"), envelope.opcode, len(target))
+    return head + target + envelope.payload
+
+
+def decode(data: bytes) -> Envelope | None:
+    """The envelope in ``data``, or None if it is not one of ours (or is damaged)."""
+    if len(data) < _HEAD.size:
+        return None
+    kind, node, opcode, length = _HEAD.unpack_from(data)
+    end = _HEAD.size + length
+    if not Kind.ALL <= kind <= Kind.LEAVE or len(data) < end:
+        return None
+    try:
+        return Envelope(
+            kind,
+            node.decode("ascii"),
+            opcode,
+            data[_HEAD.size : end].decode("utf-8"),
+            data[end:],
+        )
+    except UnicodeDecodeError:
+        return None
+
+
+@attrs.frozen
+class Names:
+    """The Redis channel and key names of one backplane (all under ``prefix``)."""
+
+    prefix: str
+
+    @property
+    def all(self) -> str:
+        """Channel: send_all messages."""
+        return f"{self.prefix}:all"
+
+    @property
+    def presence(self) -> str:
+        """Channel: connections registered and ended (JOIN, LEAVE)."""
+        return f"{self.prefix}:presence"
+
+    @property
+    def nodes(self) -> str:
+        """Key: sorted set of live processes, scored by the time their presence expires."""
+        return f"{self.prefix}:nodes"
+
+    def topic(self, topic: str) -> str:
+        """Channel: messages published to ``topic``."""
+        return f"{self.prefix}:topic:{topic}"
+
+    def node(self, node: str) -> str:
+        """Channel: messages for the connections of one process (send_one, stop_one)."""
+        return f"{self.prefix}:node:{node}"
+
+    def connections(self, node: str) -> str:
+        """Key: set of the connection ids one process holds (expires with its presence)."""
+        return f"{self.prefix}:conns:{node}"
