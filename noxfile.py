@@ -91,14 +91,16 @@ def conformance(session: nox.Session) -> None:
     session.run("python", "conformance/autobahn.py", *session.posargs)
 
 
-BENCH_DEPS = ["-e", ".[bench]"]
+BENCH_DEPS = ["-e", ".[bench,redis]"]
 
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
     """The side-by-side benchmark (about 15 minutes); ``nox -s bench -- --quick``: smoke run."""
     session.install(*BENCH_DEPS)
-    session.run("python", "benchmarks/run.py", *session.posargs)
+    binary = redis_server(session)
+    env = {"REDIS_SERVER": binary} if binary else {}
+    session.run("python", "benchmarks/run.py", *session.posargs, env=env)
 
 
 @nox.session(name="bench_smoke", python="3.11")
@@ -106,5 +108,7 @@ def bench_smoke(session: nox.Session) -> None:
     """CI: the benchmark in --quick mode completes and its results parse (no timing is judged)."""
     session.install(*BENCH_DEPS)
     out = ".nox/bench-smoke"
-    session.run("python", "benchmarks/run.py", "--quick", "--out", out)
+    binary = redis_server(session)
+    env = {"REDIS_SERVER": binary} if binary else {}
+    session.run("python", "benchmarks/run.py", "--quick", "--out", out, env=env)
     session.run("python", "benchmarks/check_results.py", f"{out}/results.json")

@@ -92,7 +92,8 @@ class RedisBackplane:
     Counters (plain ints): ``published`` (messages sent to Redis), ``received`` (messages from
     other processes delivered here), ``lost`` (messages that could not cross), ``misses``
     (``send_one``/``stop_one`` that reached a process no longer holding the connection),
-    ``reconnects``.
+    ``reconnects``, ``round_trips`` (pipelines the publisher sent: ``published /
+    round_trips`` is the batching achieved).
     """
 
     def __init__(
@@ -135,6 +136,7 @@ class RedisBackplane:
         #: this process's id in the cluster
         self.node_id = new_connection_id()
         self.published = self.received = self.lost = self.misses = self.reconnects = 0
+        self.round_trips = 0
         self._handler: WebSocketHandler | None = None
         self._client: Any = None  # coredis.Redis while running
         self._outbox: deque[tuple[int, str, Any]] = deque()  # (op, channel or key, value)

@@ -99,6 +99,7 @@ class BackplaneTasks:
                     bp._count_lost(lost)
                 continue
             bp.published += messages
+            bp.round_trips += 1
 
     # ---------------------------------------------------------------- receiving
 
