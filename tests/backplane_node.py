@@ -1,7 +1,7 @@
 """One process of a test cluster: ``python tests/backplane_node.py URL PREFIX``.
 
 Serves on 127.0.0.1 (any free port, printed as ``port N``) a handler with a RedisBackplane
-(heartbeat 0.1 s, presence 0.5 s).  Its clients drive it with text messages:
+(heartbeat 0.1 s, presence 1 s, command timeout 0.5 s).  Its clients drive it with text messages:
 ``sub:T`` subscribe, ``all:X`` send_all, ``pub:T:X`` publish, ``one:CID:X`` send_one,
 ``stop:CID`` stop_one (4000 "bye") (each answered ``one:ok`` or ``one:unknown:CID``, or
 ``stop:...``), ``subscribed:T`` (the topic's Redis subscription is
@@ -70,7 +70,9 @@ class NodeHandler(WebSocketHandler):
 
 
 async def main(url: str, prefix: str) -> None:
-    backplane = RedisBackplane(url, prefix=prefix, heartbeat=0.1, presence_ttl=0.5)
+    backplane = RedisBackplane(
+        url, prefix=prefix, heartbeat=0.1, presence_ttl=1.0, command_timeout=0.5
+    )
     handler = NodeHandler(backplane=backplane)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve, handler, "127.0.0.1", 0)

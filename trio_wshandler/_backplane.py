@@ -23,17 +23,17 @@ backoff and, once back, rewrites this node's presence.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import trio
 
 from ._backplane_wire import Envelope, Kind, Names, decode, encode
 from ._errors import UnknownConnectionError, WebSocketHandlerError
 from ._ids import new_connection_id
+from ._options import positive
 
 if TYPE_CHECKING:
     from ._handler import WebSocketHandler
@@ -50,16 +50,25 @@ class BackplaneError(WebSocketHandlerError):
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for logs and errors)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` with its password (``user:password@`` or ``?password=``) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "(an invalid URL)"
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        parts = parts._replace(netloc=f"{user}:***@{host}" + (f":{port}" if port else ""))
+    if parts.query:
+        query = [
+            (k, "***" if k.lower() == "password" else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return urlunsplit(parts)
 
 
 class RedisBackplane:
@@ -76,8 +85,16 @@ class RedisBackplane:
         the outbox: messages for other processes waiting for the publisher task.  When it is
         full (Redis slower than the producer) a message is dropped for the other processes
         (local clients still get it) and counted in ``lost``.
+    ``max_pending_bytes`` (16 MiB)
+        the outbox's bound in bytes (large messages fill it before ``max_pending`` does).
     ``batch`` (512)
         most messages sent to Redis in one pipelined round trip.
+    ``command_timeout`` (2.0 s)
+        longest wait for Redis's answer to a command or a pipeline: a Redis that stops
+        answering without closing the connection (a partition, a frozen host) is declared
+        lost after this long, as one that refuses connections is at once.  Must be shorter
+        than ``presence_ttl`` - ``heartbeat``, so that a slow answer does not let this
+        process's presence expire.
     ``heartbeat`` (1.0 s) and ``presence_ttl`` (5.0 s)
         how often this process refreshes its presence and reads the others', and how long
         its presence outlives its last heartbeat (the bound on how long a crashed process's
@@ -102,9 +119,11 @@ class RedisBackplane:
         *,
         prefix: str = "trio_wshandler",
         max_pending: int = 10_000,
+        max_pending_bytes: int = 16 << 20,
         batch: int = 512,
         heartbeat: float = 1.0,
         presence_ttl: float = 5.0,
+        command_timeout: float = 2.0,
         connect_timeout: float = 5.0,
         reconnect_max: float = 2.0,
         logger: logging.Logger | None = None,
@@ -114,20 +133,27 @@ class RedisBackplane:
         for name, value in (
             ("heartbeat", heartbeat),
             ("presence_ttl", presence_ttl),
+            ("command_timeout", command_timeout),
             ("connect_timeout", connect_timeout),
             ("reconnect_max", reconnect_max),
         ):
-            if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a number > 0, got {value!r}")
-        if presence_ttl <= heartbeat:
-            raise ValueError("presence_ttl must be longer than heartbeat")
-        if max_pending < 1 or batch < 1:
-            raise ValueError("max_pending and batch must be >= 1")
-        self.url = url
+            positive(name, value)
+        for name, value in (
+            ("max_pending", max_pending),
+            ("max_pending_bytes", max_pending_bytes),
+            ("batch", batch),
+        ):
+            positive(name, value, integer=True)
+        if command_timeout >= presence_ttl - heartbeat:
+            raise ValueError("command_timeout must be shorter than presence_ttl - heartbeat")
+        self._url = url  # with its password: never logged (``safe_url`` is)
         self.safe_url = redact_url(url)
         self.names = Names(prefix)
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self._pending_bytes = 0
         self.batch = batch
+        self.command_timeout = command_timeout
         self.heartbeat = heartbeat
         self.presence_ttl = presence_ttl
         self.connect_timeout = connect_timeout
@@ -164,9 +190,11 @@ class RedisBackplane:
         return self._up.is_set()
 
     def publish_all(self, payload: bytes, opcode: int) -> None:
+        """send_all for the other processes (queued; the publisher sends it)."""
         self._publish(self.names.all, Envelope(Kind.ALL, self.node_id, opcode, "", payload))
 
     def publish_topic(self, topic: str, payload: bytes, opcode: int) -> None:
+        """publish for the other processes."""
         envelope = Envelope(Kind.TOPIC, self.node_id, opcode, topic, payload)
         self._publish(self.names.topic(topic), envelope)
 
@@ -183,10 +211,12 @@ class RedisBackplane:
         return cid in self._remote
 
     def send_to(self, cid: str, payload: bytes, opcode: int) -> None:
+        """send_one to a connection of another process (:raises UnknownConnectionError:)."""
         node = self._node_of(cid)
         self._publish(self.names.node(node), Envelope(Kind.ONE, self.node_id, opcode, cid, payload))
 
     def stop_remote(self, cid: str, code: int, reason: str) -> None:
+        """stop_one of a connection of another process (:raises UnknownConnectionError:)."""
         node = self._node_of(cid)
         envelope = Envelope(Kind.STOP, self.node_id, code, cid, reason.encode("utf-8"))
         self._publish(self.names.node(node), envelope)
@@ -197,17 +227,23 @@ class RedisBackplane:
         self._publish(self.names.presence, Envelope(Kind.JOIN, self.node_id, 0, cid))
 
     def left(self, cid: str) -> None:
+        """A connection of this process ended."""
         self._put(_SREM, self.names.connections(self.node_id), cid)
         self._publish(self.names.presence, Envelope(Kind.LEAVE, self.node_id, 0, cid))
 
     def topic_added(self, topic: str) -> None:
-        """The first local subscriber of ``topic``: receive it from Redis too."""
-        self._subscriptions.append((True, self.names.topic(topic)))
-        self._subscriptions_wake.set()
+        """The first local subscriber of ``topic``: receive it from Redis too.  (Without a
+        pub/sub connection nothing is queued: the next one subscribes to the topics of its
+        moment.)"""
+        if self._pubsub is not None:
+            self._subscriptions.append((True, self.names.topic(topic)))
+            self._subscriptions_wake.set()
 
     def topic_removed(self, topic: str) -> None:
-        self._subscriptions.append((False, self.names.topic(topic)))
-        self._subscriptions_wake.set()
+        """The last local subscriber of ``topic`` left."""
+        if self._pubsub is not None:
+            self._subscriptions.append((False, self.names.topic(topic)))
+            self._subscriptions_wake.set()
 
     async def cluster_connection_count(self) -> int:
         """Connections held by every live process, this one included (asks Redis)."""
@@ -230,11 +266,17 @@ class RedisBackplane:
         self._put(_PUBLISH, channel, encode(envelope))
 
     def _put(self, op: int, name: str, value: Any) -> None:
-        if not self._up.is_set() or len(self._outbox) >= self.max_pending:
+        size = len(value)
+        if (
+            not self._up.is_set()
+            or len(self._outbox) >= self.max_pending
+            or self._pending_bytes + size > self.max_pending_bytes
+        ):
             if op == _PUBLISH:
                 self._count_lost(1)
             return  # presence is rewritten whole once Redis is back
         self._outbox.append((op, name, value))
+        self._pending_bytes += size
         self._wake.set()
 
     def _count_lost(self, n: int) -> None:
@@ -251,6 +293,17 @@ class RedisBackplane:
             self._lost_logged = self.lost
             self._next_lost_log = now + LOG_INTERVAL
 
+    def _new_client(self) -> Any:
+        import coredis
+
+        return coredis.Redis.from_url(
+            self._url,
+            decode_responses=False,
+            decode_components=True,  # a password with @ / : is given percent-encoded
+            stream_timeout=self.command_timeout,
+            connect_timeout=self.command_timeout,
+        )
+
     def _require_client(self) -> Any:
         if self._client is None:
             raise BackplaneError("the backplane is not running (serve() starts it)")
@@ -264,15 +317,9 @@ class RedisBackplane:
 
         :raises BackplaneError: naming the URL (without its password) and the reason.
         """
-        import coredis
-
-        client = coredis.Redis.from_url(self.url, decode_responses=False)
-        await self._ping(client)
-
-    async def _ping(self, client: Any) -> None:
         try:
             with trio.fail_after(self.connect_timeout):
-                async with client:
+                async with self._new_client() as client:
                     await client.ping()
         except (Exception, trio.TooSlowError) as exc:
             leaf: BaseException = exc
@@ -291,8 +338,6 @@ class RedisBackplane:
 
         :raises BackplaneError: Redis did not answer within ``connect_timeout``.
         """
-        import coredis  # an optional dependency: pip install trio_wshandler[redis]
-
         from ._backplane_tasks import BackplaneTasks
 
         if handler is not None:
@@ -302,8 +347,7 @@ class RedisBackplane:
         if self.running:
             raise BackplaneError("the backplane is running already")
         await self.check()
-        client = coredis.Redis.from_url(self.url, decode_responses=False)
-        async with client:
+        async with self._new_client() as client:
             self._client = client
             self._up.set()
             self.running = True
@@ -322,7 +366,8 @@ async def live_nodes(client: Any, names: Names) -> list[str]:
     """The nodes whose presence has not expired."""
     from coredis.tokens import PureToken
 
-    nodes = await client.zrange(names.nodes, time.time(), "+inf", sortby=PureToken.BYSCORE)
+    now = (await client.time()).timestamp()  # Redis's clock, as presence is scored by
+    nodes = await client.zrange(names.nodes, now, "+inf", sortby=PureToken.BYSCORE)
     return [_text(node) for node in nodes]
 
 

@@ -1,26 +1,30 @@
-"""The tasks of a running backplane (``_backplane.py``): publisher, subscriber, heartbeat.
+"""The tasks of a running backplane (``_backplane.py``): publisher and subscriber (the
+heartbeat and presence are ``_presence.py``).
 
 They run in one nursery (the server's, through ``RedisBackplane.run``):
 
 * the **publisher** sends the outbox to Redis, up to ``batch`` commands per pipelined round
-  trip; a failed round trip counts its messages as lost and marks Redis down;
-* the **subscriber** reads the pub/sub connection (coredis reconnects and resubscribes it by
-  itself) and delivers the other processes' messages locally; a second task applies topic
-  subscriptions as local topics gain their first subscriber or lose their last;
-* the **heartbeat** refreshes this node's presence and reads the others' every ``heartbeat``
-  seconds; while Redis is down it retries with backoff, then rewrites this node's presence.
+  trip; a failed or timed-out round trip counts its messages as lost and marks Redis down;
+* the **subscriber** keeps one pub/sub connection subscribed to this node's channels (the fixed
+  ones and the topics with local subscribers) and delivers the other processes' messages
+  locally.  After a failure, or when the heartbeat declares Redis lost, it drops that
+  connection and opens a new one once Redis answers again, subscribed to the channels of that
+  moment.  (coredis could retry by itself, but a subscription waiting on a dead connection
+  tells nobody.)  A second task applies topic changes in batches.
+
+Errors from Redis, the network or a closed connection mean "Redis is lost"; anything else is
+a bug and is raised (it ends ``serve()``, as Trio wants errors to surface).
 """
 
 from __future__ import annotations
 
-import math
-import time
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._backplane import _PUBLISH, _SADD, _SREM, _text, envelope_of, live_nodes
+from ._backplane import _PUBLISH, _SADD, _SREM, envelope_of
 from ._backplane_wire import Envelope, Kind
+from ._presence import Presence, redis_errors
 
 if TYPE_CHECKING:
     from ._backplane import RedisBackplane
@@ -28,10 +32,11 @@ if TYPE_CHECKING:
 
 __all__ = ["BackplaneTasks"]
 
-_REDIS_ERRORS: tuple[type[BaseException], ...] = (OSError, trio.TooSlowError)
+#: Channels per SUBSCRIBE command (coredis waits a second for the acknowledgements of one).
+SUBSCRIBE_CHUNK = 256
 
 
-def _first(group: BaseExceptionGroup[Exception]) -> BaseException:
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The first exception at the bottom of a group (to say what went wrong)."""
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
@@ -39,35 +44,48 @@ def _first(group: BaseExceptionGroup[Exception]) -> BaseException:
     return exc
 
 
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    import coredis.exceptions
-
-    return (*_REDIS_ERRORS, coredis.exceptions.RedisError)
-
-
 class BackplaneTasks:
+    """The publisher and the subscriber of one running backplane."""
+
     def __init__(self, backplane: RedisBackplane, handler: WebSocketHandler, client: Any) -> None:
         self.bp = backplane
         self.handler = handler
         self.client = client
-        self.errors = _redis_errors()
+        self.errors = redis_errors()
+        self.presence = Presence(backplane, handler, client, self.down)
         self.stopping = False
+        self._subscriber_scope: trio.CancelScope | None = None
 
     async def run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self._subscriber)
-            await self._write_presence()
-            await self._read_presence()
+            await self.presence.start()
             nursery.start_soon(self._publisher)
-            nursery.start_soon(self._heartbeat)
+            nursery.start_soon(self.presence.heartbeat)
             task_status.started()
             try:
                 await trio.sleep_forever()
             finally:
-                self.stopping = True
+                self.stopping = self.presence.stopping = True
                 with trio.CancelScope(shield=True) as scope:
                     scope.deadline = trio.current_time() + 1.0
-                    await self._withdraw()
+                    await self.presence.withdraw()
+
+    def down(self, exc: BaseException) -> None:
+        """Redis is lost: say so once, drop the pub/sub connection (the subscriber opens a new
+        one when the heartbeat finds Redis again)."""
+        bp = self.bp
+        if self._subscriber_scope is not None:
+            self._subscriber_scope.cancel()
+        if bp._up.is_set():
+            bp._up = trio.Event()
+            if not self.stopping:
+                bp.logger.warning(
+                    "backplane %s: Redis unreachable (%s); local delivery goes on, messages"
+                    " for other processes are dropped until it is back",
+                    bp.safe_url,
+                    str(exc) or type(exc).__name__,
+                )
 
     # ---------------------------------------------------------------- publishing
 
@@ -79,22 +97,25 @@ class BackplaneTasks:
                 bp._wake = trio.Event()
                 await bp._wake.wait()
             batch = [outbox.popleft() for _ in range(min(bp.batch, len(outbox)))]
+            bp._pending_bytes -= sum(len(value) for _, _, value in batch)
             messages = sum(1 for op, _, _ in batch if op == _PUBLISH)
+            ttl = int(bp.presence_ttl) + 1
             try:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for op, name, value in batch:
-                        if op == _PUBLISH:
-                            pipe.publish(name, value)
-                        elif op == _SADD:
-                            pipe.sadd(name, [value])
-                        elif op == _SREM:
-                            pipe.srem(name, [value])
+                with trio.fail_after(bp.command_timeout):
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for op, name, value in batch:
+                            if op == _PUBLISH:
+                                pipe.publish(name, value)
+                            elif op == _SADD:
+                                pipe.sadd(name, [value])
+                                pipe.expire(name, ttl)  # a set made anew has no expiry yet
+                            elif op == _SREM:
+                                pipe.srem(name, [value])
             except self.errors as exc:
-                self._down(exc)
-                if messages:
-                    bp._count_lost(messages)
-                lost = sum(1 for op, _, _ in outbox if op == _PUBLISH)
+                self.down(exc)
+                lost = messages + sum(1 for op, _, _ in outbox if op == _PUBLISH)
                 outbox.clear()
+                bp._pending_bytes = 0
                 if lost:
                     bp._count_lost(lost)
                 continue
@@ -104,35 +125,33 @@ class BackplaneTasks:
     # ---------------------------------------------------------------- receiving
 
     async def _subscriber(self, task_status: trio.TaskStatus[None]) -> None:
-        """Keep a pub/sub connection subscribed to this node's channels, and read it.
-
-        A new pub/sub connection after each failure (coredis's own retries would keep a dead
-        subscription waiting), subscribed to the channels of the moment: the fixed ones and
-        the topics with local subscribers.  A failure at start is raised to ``run``.
-        """
         bp = self.bp
         delay = 0.05
         started = False
         while True:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True, retry_policy=None)
             try:
-                async with pubsub, trio.open_nursery() as nursery:
-                    bp._subscriptions.clear()  # the channels of the moment, below
-                    await pubsub.subscribe(*self._channels())
-                    bp._pubsub = pubsub
-                    delay = 0.05
-                    nursery.start_soon(self._subscriptions, pubsub)
-                    if not started:
-                        task_status.started()
-                        started = True
-                    await self._receive(pubsub)
-                    nursery.cancel_scope.cancel()
-            except* Exception as group:  # Cancelled is no Exception: it goes on up
+                with trio.CancelScope() as self._subscriber_scope:
+                    async with pubsub, trio.open_nursery() as nursery:
+                        bp._subscriptions.clear()  # the channels of this moment, below
+                        channels = self._channels()
+                        for i in range(0, len(channels), SUBSCRIBE_CHUNK):
+                            await pubsub.subscribe(*channels[i : i + SUBSCRIBE_CHUNK])
+                        bp._pubsub = pubsub
+                        delay = 0.05
+                        nursery.start_soon(self._subscriptions, pubsub)
+                        if not started:
+                            task_status.started()
+                            started = True
+                        await self._receive(pubsub)
+                        nursery.cancel_scope.cancel()
+            except* self.errors as group:
                 if not started:
                     raise
-                if not self.stopping:  # (while stopping, coredis's teardown may fail)
-                    self._down(_first(group))
+                if not self.stopping:
+                    self.down(_first(group))
             finally:
+                self._subscriber_scope = None
                 bp._pubsub = None
             await trio.sleep(delay)
             delay = min(delay * 2, bp.reconnect_max)
@@ -150,22 +169,26 @@ class BackplaneTasks:
             envelope = envelope_of(message["data"])
             if envelope is None or envelope.node == self.bp.node_id:
                 continue  # not ours, or our own (delivered locally already)
-            try:
-                self._deliver(envelope)
-            except Exception:  # one bad message must not end the subscriber
-                self.bp.logger.error("backplane: delivering %s failed", envelope, exc_info=True)
+            self._deliver(envelope)
 
     def _deliver(self, envelope: Envelope) -> None:
         bp, handler = self.bp, self.handler
         kind = envelope.kind
-        if kind == Kind.JOIN:
-            bp._remote[envelope.target] = envelope.node
+        if kind == Kind.JOIN or kind == Kind.LEAVE:
+            self.presence.change(kind == Kind.JOIN, envelope.target, envelope.node)
             return
-        if kind == Kind.LEAVE:
-            if bp._remote.get(envelope.target) == envelope.node:
-                del bp._remote[envelope.target]
+        if kind == Kind.STOP:
+            code = envelope.opcode
+            if not (code in _STOP_CODES or 3000 <= code <= 4999):
+                bp.logger.warning(
+                    "backplane: STOP with invalid code %d from %s", code, envelope.node
+                )
+                return
+        elif envelope.opcode not in (1, 2):  # only Text and Binary messages cross
+            bp.logger.warning(
+                "backplane: message with opcode %d from %s", envelope.opcode, envelope.node
+            )
             return
-        bp.received += 1
         if kind == Kind.ALL:
             handler._fanout.send_payload(handler._registry, envelope.payload, envelope.opcode)
         elif kind == Kind.TOPIC:
@@ -173,104 +196,35 @@ class BackplaneTasks:
             handler._fanout.send_payload(subscribers, envelope.payload, envelope.opcode)
         elif envelope.target not in handler._registry:
             bp.misses += 1  # ONE or STOP for a connection that has ended here
+            return
         elif kind == Kind.ONE:
-            handler._fanout.send_payload(
-                [handler._registry.get(envelope.target)], envelope.payload, envelope.opcode
-            )
-        elif kind == Kind.STOP:
             connection = handler._registry.get(envelope.target)
-            connection.stop(envelope.opcode, envelope.payload.decode("utf-8", "replace"))
+            handler._fanout.send_payload([connection], envelope.payload, envelope.opcode)
+        else:
+            connection = handler._registry.get(envelope.target)
+            connection.stop(envelope.opcode, envelope.payload.decode("utf-8", "replace")[:100])
+        bp.received += 1
 
     async def _subscriptions(self, pubsub: Any) -> None:
+        """Apply topic changes, batched: one SUBSCRIBE and one UNSUBSCRIBE per round.  A
+        failure fails the pub/sub connection (the subscriber starts a new one)."""
         bp = self.bp
         changes = bp._subscriptions
         while True:
             if not changes:
                 bp._subscriptions_wake = trio.Event()
                 await bp._subscriptions_wake.wait()
-            subscribe, channel = changes.popleft()
-            # a failure here fails the pub/sub connection: the subscriber starts a new one,
-            # subscribed to the topics of that moment
-            if subscribe:
-                await pubsub.subscribe(channel)
-            else:
-                await pubsub.unsubscribe(channel)
+            wanted: dict[str, bool] = {}
+            while changes:
+                subscribe, channel = changes.popleft()
+                wanted[channel] = subscribe
+            adds = [c for c, subscribe in wanted.items() if subscribe]
+            removes = [c for c, subscribe in wanted.items() if not subscribe]
+            for i in range(0, len(adds), SUBSCRIBE_CHUNK):
+                await pubsub.subscribe(*adds[i : i + SUBSCRIBE_CHUNK])
+            if removes:
+                await pubsub.unsubscribe(*removes)
 
-    # ---------------------------------------------------------------- presence
 
-    async def _heartbeat(self) -> None:
-        bp = self.bp
-        delay = 0.05
-        while True:
-            await trio.sleep(bp.heartbeat if bp._up.is_set() else delay)
-            try:
-                if not bp._up.is_set():
-                    await self.client.ping()
-                    await self._write_presence()
-                    bp.reconnects += 1
-                    bp._up.set()
-                    delay = 0.05
-                    bp.logger.warning("backplane %s: Redis reachable again", bp.safe_url)
-                else:
-                    await self._refresh_presence()
-                await self._read_presence()
-            except self.errors as exc:
-                self._down(exc)
-                delay = min(delay * 2, bp.reconnect_max)
-
-    async def _write_presence(self) -> None:
-        """This node's whole presence: its connection ids and its expiry."""
-        bp = self.bp
-        key = bp.names.connections(bp.node_id)
-        cids = list(self.handler._registry.ids())
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.delete([key])
-            if cids:
-                pipe.sadd(key, cids)
-                pipe.expire(key, int(bp.presence_ttl) + 1)
-            pipe.zadd(bp.names.nodes, {bp.node_id: time.time() + bp.presence_ttl})
-
-    async def _refresh_presence(self) -> None:
-        bp = self.bp
-        now = time.time()
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zadd(bp.names.nodes, {bp.node_id: now + bp.presence_ttl})
-            pipe.expire(bp.names.connections(bp.node_id), int(bp.presence_ttl) + 1)
-            pipe.zremrangebyscore(bp.names.nodes, -math.inf, now)
-
-    async def _read_presence(self) -> None:
-        """Rebuild the map of the other nodes' connections from their sets."""
-        bp = self.bp
-        client = self.client
-        nodes = await live_nodes(client, bp.names)
-        others = [n for n in nodes if n != bp.node_id]
-        async with client.pipeline(transaction=False) as pipe:
-            members = [pipe.smembers(bp.names.connections(n)) for n in others]
-        remote: dict[str, str] = {}
-        for node, result in zip(others, members, strict=True):
-            for cid in await result:
-                remote[_text(cid)] = node
-        bp._remote = remote
-
-    async def _withdraw(self) -> None:
-        """Stopping: leave the cluster's view at once (best effort, bounded by the caller)."""
-        bp = self.bp
-        if not bp._up.is_set():
-            return
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.zrem(bp.names.nodes, [bp.node_id])
-                pipe.delete([bp.names.connections(bp.node_id)])
-        except Exception:  # best effort: the presence expires anyway
-            pass
-
-    def _down(self, exc: BaseException) -> None:
-        bp = self.bp
-        if bp._up.is_set():
-            bp._up = trio.Event()
-            bp.logger.warning(
-                "backplane %s: Redis unreachable (%s); local delivery goes on, messages for"
-                " other processes are dropped until it is back",
-                bp.safe_url,
-                exc,
-            )
+#: Close codes a peer process may ask for (as ``validate_close_code``), besides 3000-4999.
+_STOP_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})

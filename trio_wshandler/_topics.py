@@ -32,6 +32,10 @@ def check_topic(topic: object) -> str:
         raise TypeError(f"a topic is a str, not {type(topic).__name__}")
     if not 0 < len(topic) <= MAX_TOPIC_LENGTH:
         raise ValueError(f"a topic has 1 to {MAX_TOPIC_LENGTH} characters, got {len(topic)}")
+    try:
+        topic.encode("utf-8")  # a lone surrogate (JSON can carry one) is no channel name
+    except UnicodeEncodeError:
+        raise ValueError("a topic must be valid Unicode (no lone surrogates)") from None
     return topic
 
 
