@@ -4,12 +4,16 @@ It judges no timing: only that each server produced each scenario's figures (or 
 it skipped one: a server whose package is not installed, a scenario a server does not take part in).
 In the compressed scenario it also requires what is correctness, not speed: permessage-deflate
 negotiated, every message compressed, and the sample the clients inflated intact and in order.
+In the cross-process scenario (``cluster``, trio_wshandler's Redis backplane): each row ran,
+every client got every message (through Redis for the second process's clients), no round timed
+out, the backplanes lost nothing, and the producer published every message.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 #: scenario name (``run.py --scenarios``) -> key of its results
 SCENARIOS = {
@@ -17,7 +21,12 @@ SCENARIOS = {
     "echo": "echo",
     "slow": "slow_consumer",
     "compressed": "compressed",
+    "cluster": "cluster",
 }
+#: the scenarios only some servers take part in (the others have no reason to give)
+ONLY = {"cluster": {"trio_wshandler"}}
+#: the rows of the cross-process scenario (run.py's CLUSTER_ROWS)
+CLUSTER_ROWS = ("single", "single_redis", "cluster")
 
 
 def main(path: str) -> int:
@@ -42,7 +51,7 @@ def main(path: str) -> int:
     skipped = {(s["server"], s["scenario"]) for s in results.get("skipped", [])}
     for server in results.get("servers", []):
         for scenario in scenarios:
-            if (server, scenario) in skipped:
+            if (server, scenario) in skipped or server not in ONLY.get(scenario, {server}):
                 continue
             if not any(e["server"] == server for e in results[SCENARIOS[scenario]]):
                 problems.append(f"{server}: no {scenario} result and no reason why")
@@ -54,12 +63,15 @@ def main(path: str) -> int:
             problems.append(f"{entry['server']}: the normal clients got nothing (slow consumer)")
     for entry in results.get("compressed", []):
         problems += check_compressed(entry)
+    if "cluster" in scenarios and ("trio_wshandler", "cluster") not in skipped:
+        problems += check_cluster(results.get("cluster", []))
     for problem in problems:
         print("PROBLEM:", problem)
     print(
         f"{path}: {len(results['broadcast'])} broadcast, {len(results['echo'])} echo,"
         f" {len(results['slow_consumer'])} slow-consumer,"
-        f" {len(results.get('compressed', []))} compressed results; {len(problems)} problem(s)"
+        f" {len(results.get('compressed', []))} compressed,"
+        f" {len(results.get('cluster', []))} cross-process results; {len(problems)} problem(s)"
     )
     return 1 if problems else 0
 
@@ -95,6 +107,43 @@ def check_compressed(entry: dict[str, object]) -> list[str]:
             problems.append(
                 f"{where}: {rnd['verified']} of {rnd['verified_expected']} messages checked"
             )
+    return problems
+
+
+def check_cluster(entries: list[dict[str, Any]]) -> list[str]:
+    """What is wrong with the cross-process scenario's results (no timing is judged)."""
+    problems = []
+    rows = [entry.get("row") for entry in entries]
+    for row in CLUSTER_ROWS:
+        if row not in rows:
+            problems.append(f"cluster: no {row} row")
+    for entry in entries:
+        rounds = entry.get("rounds")
+        if not isinstance(rounds, list) or not rounds:
+            problems.append(f"cluster {entry.get('row')}: no rounds")
+            continue
+        for rnd in rounds:
+            where = f"cluster {entry['row']}, {rnd['size']} B {rnd['mode']}"
+            if rnd["expected"] <= 0 or rnd["deliveries"] != rnd["expected"] or rnd["timed_out"]:
+                problems.append(
+                    f"{where}: {rnd['deliveries']:,} of {rnd['expected']:,} deliveries"
+                    + (" (timed out)" if rnd["timed_out"] else "")
+                )
+            if rnd["frame_errors"]:
+                problems.append(f"{where}: {rnd['frame_errors']} wrong frames")
+            if not entry.get("backplane"):
+                continue
+            if rnd.get("lost") != 0:
+                problems.append(f"{where}: the backplanes lost {rnd.get('lost')} messages")
+            if rnd.get("published") != rnd["messages"]:
+                problems.append(
+                    f"{where}: {rnd.get('published')} of {rnd['messages']} messages published"
+                )
+            if not rnd.get("redis_connected"):
+                problems.append(f"{where}: a backplane lost Redis")
+            received = rnd.get("received_by_process", [])
+            if received[1:] != [rnd["messages"]] * (len(received) - 1):
+                problems.append(f"{where}: the other processes received {received[1:]} messages")
     return problems
 
 

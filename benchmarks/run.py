@@ -20,6 +20,20 @@ Scenarios (all over loopback, clients in separate processes, see fleet.py):
    compressed message each way (the state a library allocates on first use, as in real use).
    The clients offer permessage-deflate as browsers do, check that every message arrives
    compressed, and one in ten of them inflates and checks every message (see fleet.py).
+7. cross-process fan-out through trio_wshandler's Redis backplane (``RedisBackplane``), against
+   a redis-server the scenario starts on a free loopback port (``$REDIS_SERVER``, else
+   ``redis-server`` on PATH; without one, or without coredis, the scenario is skipped, saying
+   why) and stops after: ``send_all`` to 1,000 clients in one process without a backplane (the
+   plain reference) and with one (it also publishes to Redis, as in a cluster), and in two
+   processes of 500 clients each sharing a backplane prefix, the producer in process 1 only, the
+   other's clients served through Redis (``servers.py trio_wshandler_redis URL PREFIX``, one
+   fleet per process).  Burst and paced as in 1, 2,000 messages of 64 B and of 1 KiB:
+   deliveries/s over all clients until every one has every message, p50/p99 latency (overall
+   and per process), each server process's CPU, Redis's, the fleet's, the Redis round trips
+   per message published (the producer's backplane counters ``round_trips / published`` over
+   the round, from the server's ``stats`` command) and the messages the backplanes lost.  A
+   burst is kept within the backplane's outbox (``max_pending``, 10,000 by default): beyond it
+   messages for the other processes are dropped by design.
 
 Besides trio_wshandler and its peers, reference rows (see ``LABELS`` and servers.py): ``floor``,
 the plain Trio floor (the producer writes each frame straight to every socket); ``floor_batched``,
@@ -32,9 +46,10 @@ skipped, and the reason printed and written into the report.
 The fleet's own CPU use is reported with every broadcast (a fleet near 100% of a core would be
 the bottleneck).  Writes ``results.json`` (raw), ``results.md`` (tables with ratios to the best
 peer in the same run) and ``fanout.png`` into ``--out``.  ``--quick`` is a smoke run under two
-minutes (CI runs it and checks only that it completes and the results parse).  ``--scenarios``
-runs some of them only (``broadcast``: 1, 3 and 4; ``echo``; ``slow``; ``compressed``: 6), e.g.
-``--scenarios compressed``; ``--clients`` sets N for both broadcast scenarios.
+minutes (CI runs it and checks only that it completes and the results parse; the cross-process
+scenario then has 100 clients, 2 x 50, and 200 messages of 64 B).  ``--scenarios`` runs some of
+them only (``broadcast``: 1, 3 and 4; ``echo``; ``slow``; ``compressed``: 6; ``cluster``: 7),
+e.g. ``--scenarios cluster``; ``--clients`` sets N for both broadcast scenarios (not for 7).
 """
 
 from __future__ import annotations
@@ -45,6 +60,8 @@ import json
 import os
 import platform
 import selectors
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -96,12 +113,25 @@ SCENARIO_SKIPS = {
         for server in ("trio_websocket", "floor", "floor_batched", "raw", "picows")
     },
 }
-SCENARIOS = ["broadcast", "echo", "slow", "compressed"]
+SCENARIOS = ["broadcast", "echo", "slow", "compressed", "cluster"]
 #: the peers of the compressed scenario (the others have no permessage-deflate)
 DEFLATE_PEERS = ["websockets_asyncio", "websockets_trio"]
 #: the compressed scenario's message size (about; JSON text) and share of verifying clients
 DEFLATE_SIZE, VERIFY_EVERY = 1024, 10
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: the rows of the cross-process scenario (7): processes, and whether they have a backplane
+CLUSTER_ROWS = {"single": (1, False), "single_redis": (1, True), "cluster": (2, True)}
+CLUSTER_LABELS = {
+    "single": "1 process x N clients, no backplane (the plain reference)",
+    "single_redis": "1 process x N clients with the backplane: send_all also publishes to Redis",
+    "cluster": "2 processes x N/2 clients, one backplane prefix; the producer in process 1",
+}
+
+
+def cpu_seconds_of(pid: int) -> float:
+    """User + system CPU seconds of a child process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 class Process:
@@ -141,8 +171,7 @@ class Process:
         return 0
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return cpu_seconds_of(self.proc.pid)
 
     def stop(self) -> None:
         try:
@@ -153,8 +182,10 @@ class Process:
             self.proc.wait()
 
 
-def start_server(kind: str, deflate: bool = False) -> tuple[Process, int]:
-    server = Process([str(HERE / "servers.py"), kind, *(["deflate"] if deflate else [])])
+def start_server(
+    kind: str, deflate: bool = False, args: tuple[str, ...] = ()
+) -> tuple[Process, int]:
+    server = Process([str(HERE / "servers.py"), kind, *(["deflate"] if deflate else []), *args])
     line = server.readline(30)
     if not line or not line.startswith("port "):
         server.stop()
@@ -249,7 +280,19 @@ def broadcast_round(
             f"loop_{key}": float(value)
             for key, _, value in (word.partition("=") for word in (sent or "").split()[1:])
         },
-        "fleet_reports": [{k: v for k, v in r.items() if k != "latencies_us"} for r in reports],
+        "fleet_reports": [
+            {
+                **{k: v for k, v in r.items() if k != "latencies_us"},
+                # this fleet's own latency (the cross-process scenario tells processes apart),
+                # and its number of samples: about its reads (one sample per aligned read)
+                "latency_samples": r.get("latencies_us", {}).get("count", 0),
+                **{
+                    f"latency_{q}_ms": v / 1000
+                    for q, v in percentiles(r.get("latencies_us", {}).get("quantiles", [])).items()
+                },
+            }
+            for r in reports
+        ],
     }
 
 
@@ -390,6 +433,241 @@ def scenario_slow(kind: str, count: int, timeout: float) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- cross-process fan-out (7)
+
+
+def redis_binary() -> str | None:
+    """The redis-server for the cluster scenario: ``$REDIS_SERVER``, else one on PATH."""
+    found = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
+    return found if found and os.access(found, os.X_OK) else None
+
+
+def cluster_missing() -> str | None:
+    """Why the cross-process scenario cannot run here, or None."""
+    if importlib.util.find_spec("coredis") is None:
+        return "coredis is not installed (pip install trio_wshandler[redis])"
+    if redis_binary() is None:
+        if os.environ.get("REDIS_SERVER"):
+            return f"REDIS_SERVER={os.environ['REDIS_SERVER']} is not an executable"
+        return "no redis-server: set REDIS_SERVER to one, or put redis-server on PATH"
+    return None
+
+
+class RedisServer:
+    """A throwaway redis-server on a free loopback port (no persistence), as tests/ start one."""
+
+    def __init__(self, binary: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.binary = binary
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.version = ""
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10) -> None:
+        version = subprocess.run([self.binary, "--version"], capture_output=True, text=True)
+        self.version = version.stdout.strip()
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+        self.process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout} s")
+
+    def cpu_seconds(self) -> float:
+        assert self.process is not None
+        return cpu_seconds_of(self.process.pid)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+
+def backplane_stats(server: Process) -> dict[str, Any]:
+    """The backplane's counters in a ``trio_wshandler_redis`` server (its ``stats`` command)."""
+    server.send("stats")
+    line = server.readline(10) or ""
+    if not line.startswith("stats "):
+        raise RuntimeError(f"no backplane stats: {line!r}")
+    stats: dict[str, Any] = json.loads(line[len("stats ") :])
+    return stats
+
+
+def cluster_round(
+    servers: list[Process],
+    fleets: list[list[Process]],
+    redis: RedisServer,
+    count: int,
+    size: int,
+    mode: str,
+    timeout: float,
+    backplane: bool,
+) -> dict[str, Any]:
+    """A broadcast round of the cross-process scenario: ``servers[0]`` produces; ``fleets[i]``
+    are the clients of ``servers[i]``.  Adds every process's CPU, Redis's, and the backplanes'
+    counters (deltas over the round) to what ``broadcast_round`` measures."""
+    before = [backplane_stats(s) for s in servers] if backplane else []
+    cpu0 = [s.cpu_seconds() for s in servers[1:]]
+    redis0 = redis.cpu_seconds()
+    every_fleet = [f for group in fleets for f in group]
+    rnd = broadcast_round(servers[0], every_fleet, count, size, mode, timeout)
+    cpu = [rnd["server_cpu_s"]] + [
+        s.cpu_seconds() - c for s, c in zip(servers[1:], cpu0, strict=True)
+    ]
+    redis_cpu = redis.cpu_seconds() - redis0
+    seconds = rnd["seconds"]
+    # the latency of each process's clients (the merged figures are broadcast_round's)
+    reports = rnd["fleet_reports"]
+    by_process, at = [], 0
+    for group in fleets:
+        mine = reports[at : at + len(group)]
+        at += len(group)
+        by_process.append(
+            {
+                "clients": sum(r.get("connections", 0) for r in mine),
+                "deliveries": sum(r.get("received", 0) for r in mine),
+                "latency_p50_ms": max((r.get("latency_p50_ms", 0) for r in mine), default=0),
+                "latency_p99_ms": max((r.get("latency_p99_ms", 0) for r in mine), default=0),
+                "fleet_cpu_s": sum(r.get("cpu_s", 0) for r in mine),
+                "messages_per_read": sum(r.get("received", 0) for r in mine)
+                / max(1, sum(r.get("latency_samples", 0) for r in mine)),
+            }
+        )
+    rnd.update(
+        server_cpu_s_each=cpu,
+        server_cpu_share_each=[c / seconds for c in cpu],
+        server_cpu_us_per_delivery=sum(cpu) / max(rnd["deliveries"], 1) * 1e6,
+        redis_cpu_s=redis_cpu,
+        redis_cpu_share=redis_cpu / seconds,
+        fleet_cpu_total_share=sum(r.get("cpu_s", 0) for r in reports) / seconds,
+        by_process=by_process,
+    )
+    if not backplane:
+        return rnd
+    # the producer's publisher may still be sending the last messages (its own clients can be
+    # served before Redis is): wait, a little, until every message was published or lost
+    deadline = time.monotonic() + 5
+    while True:
+        after = [backplane_stats(s) for s in servers]
+        done = after[0]["published"] - before[0]["published"]
+        done += after[0]["lost"] - before[0]["lost"]
+        if done >= count or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    delta = [
+        {k: a[k] - b[k] for k in a if k != "connected"} for a, b in zip(after, before, strict=True)
+    ]
+    published, round_trips = delta[0]["published"], delta[0]["round_trips"]
+    rnd.update(
+        published=published,
+        round_trips=round_trips,
+        round_trips_per_message=round_trips / published if published else None,
+        messages_per_round_trip=published / round_trips if round_trips else None,
+        lost=sum(d["lost"] for d in delta),
+        misses=sum(d["misses"] for d in delta),
+        reconnects=sum(d["reconnects"] for d in delta),
+        received_by_process=[d["received"] for d in delta],
+        redis_connected=all(a["connected"] for a in after),
+        backplane_deltas=delta,
+    )
+    return rnd
+
+
+def cluster_row(
+    row: str,
+    redis: RedisServer,
+    n: int,
+    rounds: list[tuple[int, int]],
+    modes: list[str],
+    timeout: float,
+) -> dict[str, Any]:
+    """One row of the cross-process scenario (see ``CLUSTER_ROWS``): its server processes, a
+    fleet (or two) per process, a short warm-up round, then a round per (size, count) and
+    producer."""
+    processes, backplane = CLUSTER_ROWS[row]
+    prefix = f"bench-{os.getpid()}-{row}"
+    kind, args = (
+        ("trio_wshandler_redis", (redis.url, prefix)) if backplane else ("trio_wshandler", ())
+    )
+    servers: list[Process] = []
+    fleets: list[list[Process]] = []
+    try:
+        ports = []
+        for _ in range(processes):
+            server, port = start_server(kind, args=args)
+            servers.append(server)
+            ports.append(port)
+        for port in ports:
+            fleets.append(start_fleets(port, n // processes, timeout=timeout))
+        time.sleep(0.5)
+        cluster_round(servers, fleets, redis, 20, 64, "paced", timeout, backplane)  # warm-up
+        results = []
+        for size, count in rounds:
+            for mode in modes:
+                results.append(
+                    cluster_round(servers, fleets, redis, count, size, mode, timeout, backplane)
+                )
+    finally:
+        for group in fleets:
+            for fleet in group:
+                fleet.stop()
+        for server in servers:
+            server.stop()
+    return {
+        "server": "trio_wshandler",
+        "row": row,
+        "label": CLUSTER_LABELS[row],
+        "processes": processes,
+        "clients": n,
+        "backplane": backplane,
+        "rounds": results,
+    }
+
+
+def scenario_cluster(
+    n: int,
+    rounds: list[tuple[int, int]],
+    modes: list[str],
+    timeout: float,
+    results: dict[str, Any],
+) -> None:
+    """The cross-process fan-out (7): one redis-server for the scenario, then each row of
+    ``CLUSTER_ROWS`` in turn (a row that fails is reported in ``errors``, the others still run)."""
+    binary = redis_binary()
+    assert binary is not None
+    redis = RedisServer(binary)
+    redis.start()
+    results["cluster_redis"] = {"binary": binary, "version": redis.version}
+    try:
+        for row in CLUSTER_ROWS:
+            try:
+                results["cluster"].append(cluster_row(row, redis, n, rounds, modes, timeout))
+            except Exception as exc:
+                results.setdefault("errors", []).append(f"cluster {row}: {exc!r}")
+    finally:
+        redis.stop()
+
+
 # ---------------------------------------------------------------- reports
 
 
@@ -509,6 +787,8 @@ def markdown(results: dict[str, Any]) -> str:
             )
     if results.get("compressed"):
         compressed_markdown(results, out)
+    if results.get("cluster"):
+        cluster_markdown(results, out)
     return "\n".join(out) + "\n"
 
 
@@ -613,6 +893,103 @@ def compressed_markdown(results: dict[str, Any], out: list[str]) -> None:
                 )
 
 
+def cluster_markdown(results: dict[str, Any], out: list[str]) -> None:
+    """Section 7: the cross-process fan-out through the Redis backplane, and its targets."""
+    entries = results["cluster"]
+    redis = results.get("cluster_redis", {})
+    out.append("\n### 7. Cross-process fan-out (Redis backplane)\n")
+    out.append(
+        "trio_wshandler's `send_all` to N clients: in one process without a backplane (the "
+        "plain reference) and with one (`send_all` also publishes to Redis, as in a cluster), "
+        "and in two processes of N/2 clients each sharing a backplane, the producer in process "
+        "1 (the other's clients get every message through Redis). Deliveries/s over all N "
+        "clients until every one has every message, divided by each one-process row's at the "
+        "same size and producer; p50/p99 latency from production (in process 1) to arrival, "
+        "over all clients and then per process (1 / 2; the larger of its fleets' figures); "
+        "each server process's CPU share and "
+        "their CPU per delivery; redis-server's CPU time (ms, counted in clock ticks of "
+        f"{1000 // CLOCK_TICKS} ms); the "
+        "busiest fleet process's CPU share; the messages a client gets per read, by process "
+        "(about: the fleet samples latency once per aligned read; more means the server joined "
+        "more messages into one write); Redis round trips per message published (the "
+        "producer's pipelines / messages, from its backplane's counters); messages lost by the "
+        "backplanes. Redis: "
+        f"{redis.get('version', '?')}.\n"
+    )
+    for entry in entries:
+        out.append(f"- `{entry['row']}`: {entry['label']} (N = {entry['clients']:,})")
+    out.append("")
+    out.append(
+        "| size | producer | row | deliveries/s | / single_redis | / single | p50 ms | p99 ms "
+        "| p50 / p99 ms by process | server CPU by process | CPU us/delivery | Redis CPU ms "
+        "| fleet CPU | messages per read by process | Redis round trips/msg | lost | delivered |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    by_key: dict[tuple[int, str], dict[str, dict[str, Any]]] = {}
+    for entry in entries:
+        for rnd in entry["rounds"]:
+            by_key.setdefault((rnd["size"], rnd["mode"]), {})[entry["row"]] = rnd
+    for (size, mode), rows in sorted(by_key.items()):
+        for row, rnd in rows.items():
+            rate = rnd["deliveries_per_s"]
+            cells = [
+                f"{rate / rows[r]['deliveries_per_s']:.2f}"
+                if r in rows and r != row and rows[r]["deliveries_per_s"]
+                else ""
+                for r in ("single_redis", "single")
+            ]
+            note = " (timed out)" if rnd["timed_out"] else ""
+            per_process = " / ".join(
+                f"{p['latency_p50_ms']:.1f}, {p['latency_p99_ms']:.1f}" for p in rnd["by_process"]
+            )
+            cpu = " / ".join(f"{c:.0%}" for c in rnd["server_cpu_share_each"])
+            per_read = " / ".join(f"{p['messages_per_read']:.1f}" for p in rnd["by_process"])
+            per_message = rnd.get("round_trips_per_message")
+            trips = (
+                f"{per_message:.4f} ({rnd['published']:,} in {rnd['round_trips']:,})"
+                if per_message is not None
+                else ""
+            )
+            lost = str(rnd["lost"]) if "lost" in rnd else ""
+            out.append(
+                f"| {size} | {mode} | {row} | {rate:,.0f}{note} | {cells[0]} | {cells[1]} | "
+                f"{rnd['latency_p50_ms']:.1f} | {rnd['latency_p99_ms']:.1f} | {per_process} | "
+                f"{cpu} | {rnd['server_cpu_us_per_delivery']:.2f} | "
+                f"{rnd['redis_cpu_s'] * 1000:.0f} | {rnd['fleet_cpu_share']:.0%} | {per_read} | "
+                f"{trips} | "
+                f"{lost} | {rnd['deliveries']:,} of {rnd['expected']:,} |"
+            )
+    out.append("\n### The targets of the backplane issue, from the rows above\n")
+    out.append(
+        "| target | size | producer | cluster / single_redis | cluster / single "
+        "| messages per round trip | met |"
+    )
+    out.append("|---|---|---|---|---|---|---|")
+    for (size, mode), rows in sorted(by_key.items()):
+        ours = rows.get("cluster")
+        if not ours:
+            continue
+        ratios = [
+            ours["deliveries_per_s"] / rows[r]["deliveries_per_s"]
+            if rows.get(r, {}).get("deliveries_per_s")
+            else None
+            for r in ("single_redis", "single")
+        ]
+        cells = [f"{r:.2f}" if r is not None else "" for r in ratios]
+        batching = ours.get("messages_per_round_trip")
+        per_trip = f"{batching:.1f}" if batching else ""
+        if mode == "paced":
+            known = [r for r in ratios if r is not None]
+            met = "yes" if known and min(known) >= 0.5 else "**no**"
+            target = "cross-process deliveries/s >= 0.5x one process"
+        else:
+            met = "yes" if batching and batching > 1 else "**no**"
+            target = "publishing pipelined under bursts (> 1 message per round trip)"
+        if ours["timed_out"] or ours.get("lost"):
+            met = "**no** (timed out or lost messages)"
+        out.append(f"| {target} | {size} | {mode} | {cells[0]} | {cells[1]} | {per_trip} | {met} |")
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -684,7 +1061,12 @@ def main() -> int:
     # the compressed scenario: N, deliveries per round (as the broadcast's small messages), and
     # a longer timeout (websockets.trio compresses per client: about 10,000 deliveries/s)
     deflate_clients, deflate_total, deflate_timeout = [1000], 200_000, 120
+    # the cross-process scenario: N (split between the processes of its "cluster" row), the
+    # rounds as (size, messages) -- a burst round must fit in the backplane's outbox (10,000
+    # messages by default), or what does not fit is dropped for the other processes, by design
+    cluster_n, cluster_rounds, cluster_timeout = 1000, [(64, 2000), (1024, 2000)], 30
     if args.quick:
+        cluster_n, cluster_rounds, cluster_timeout = 100, [(64, 200)], 10
         clients, sizes, total = [100], [64], 20_000
         echo_conns, echo_s, slow_n, timeout = [1], 1.0, 500, 10
         deflate_clients, deflate_total, deflate_timeout = [100], 5_000, 20
@@ -712,6 +1094,12 @@ def main() -> int:
     for (scenario, server), reason in SCENARIO_SKIPS.items():
         if server in servers and scenario in scenarios:
             skipped.append({"server": server, "scenario": scenario, "reason": reason})
+    if "cluster" in scenarios:  # trio_wshandler's backplane only: the other servers have none
+        reason = cluster_missing()
+        if "trio_wshandler" not in servers:
+            reason = "trio_wshandler is not among --servers"
+        if reason:
+            skipped.append({"server": "trio_wshandler", "scenario": "cluster", "reason": reason})
     for skip in skipped:
         print(f"skipping {skip['server']} ({skip['scenario']}): {skip['reason']}", file=sys.stderr)
 
@@ -726,6 +1114,8 @@ def main() -> int:
         for s in servers
         if ("compressed", s) not in SCENARIO_SKIPS
     ]
+    if not any(skip["scenario"] == "cluster" for skip in skipped):
+        steps += [("cluster", "trio_wshandler", cluster_n)]
     steps = [step for step in steps if step[0] in scenarios]
     results: dict[str, Any] = {
         "quick": args.quick,
@@ -743,6 +1133,7 @@ def main() -> int:
         "echo": [],
         "slow_consumer": [],
         "compressed": [],
+        "cluster": [],
     }
     bar = tqdm(steps, unit="run", file=sys.stderr)
     for scenario, server, n in bar:
@@ -758,6 +1149,8 @@ def main() -> int:
                 results["compressed"].append(
                     scenario_compressed(server, n, modes, deflate_total, deflate_timeout)
                 )
+            elif scenario == "cluster":
+                scenario_cluster(n, cluster_rounds, modes, cluster_timeout, results)
             else:
                 results["slow_consumer"].append(scenario_slow(server, slow_n, timeout / 2))
         except Exception as exc:  # report and go on: one broken peer must not lose the run

@@ -1,6 +1,7 @@
 """The servers under test, each run in its own process by ``run.py``.
 
     python benchmarks/servers.py KIND [deflate]
+    python benchmarks/servers.py trio_wshandler_redis URL PREFIX
 
 KIND is one of ``trio_wshandler``, ``websockets_trio``, ``trio_websocket``,
 ``websockets_asyncio``, ``floor``, ``floor_batched``, ``raw`` or ``picows``.  Each binds
@@ -37,6 +38,16 @@ websockets: ``compression="deflate"``, which keeps its context and compresses pe
 about SIZE bytes of JSON (``messages.py``: they compress about 3:1 and carry their number and
 production time) instead of binary padding.  The echo handler echoes them, compressed as well.
 
+``trio_wshandler_redis URL PREFIX`` (the cross-process scenario, ``run.py --scenarios cluster``):
+trio_wshandler as above (``send_all``, the same options) with a ``RedisBackplane(URL,
+prefix=PREFIX)`` at its defaults, so that ``send_all`` also publishes to Redis, and messages
+that other processes of the same prefix publish reach this process's clients.  It prints
+``port N node ID`` once the backplane is connected and subscribed, and takes one more command:
+
+``stats``
+    print ``stats {JSON}``: the backplane's counters (``published``, ``received``, ``lost``,
+    ``misses``, ``reconnects``, ``round_trips``) and whether Redis answers (``connected``).
+
 Three reference rows use no WebSocket library at all, only Trio and the frame bytes, encoded once
 per message and shared by every client:
 
@@ -67,6 +78,7 @@ import contextlib
 import functools
 import gc
 import hashlib
+import json
 import math
 import os
 import resource
@@ -139,10 +151,22 @@ class Pauses:
         return text
 
 
-async def trio_commands(broadcast: Any) -> None:
-    """Read stdin commands in a thread; run broadcasts on the Trio loop."""
+async def trio_commands(broadcast: Any, other: Any = None) -> None:
+    """Read stdin commands in a thread; run broadcasts on the Trio loop.
+
+    ``other(line)``, if given, answers the commands that are not ``broadcast`` (the answer is
+    printed) or returns None (quit); without it any other line means quit.
+    """
     pauses = Pauses()
-    while command := parse_command(await trio.to_thread.run_sync(sys.stdin.readline)):
+    while True:
+        line = await trio.to_thread.run_sync(sys.stdin.readline)
+        command = parse_command(line)
+        if command is None:
+            answer = other(line) if other is not None else None
+            if answer is None:
+                break
+            print(answer, flush=True)
+            continue
         async with trio.open_nursery() as nursery:
 
             async def ticker() -> None:
@@ -216,18 +240,25 @@ async def plain_handshake(stream: trio.SocketStream) -> bytes | None:
 # ---------------------------------------------------------------- trio_wshandler
 
 
-async def run_trio_wshandler(deflate: bool = False) -> None:
-    from trio_wshandler import DeflateOptions, serve
+def trio_wshandler_handler(backplane: Any = None) -> Any:
+    from trio_wshandler import DeflateOptions
     from trio_wshandler._demo import EchoHandler
 
     # queues sized to hold a whole burst of the benchmark (the peers' buffers are unbounded);
     # compression as by default, negotiated only with a fleet that offers it (``deflate``)
-    handler = EchoHandler(
+    return EchoHandler(
         heartbeat=None,
         max_queue=1 << 16,
         max_queue_bytes=8 << 20,
         compression=DeflateOptions(),
+        backplane=backplane,
     )
+
+
+async def run_trio_wshandler(deflate: bool = False) -> None:
+    from trio_wshandler import serve
+
+    handler = trio_wshandler_handler()
     make = json_payload if deflate else payload
 
     async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
@@ -240,6 +271,38 @@ async def run_trio_wshandler(deflate: bool = False) -> None:
         server = await nursery.start(serve, handler, "127.0.0.1", 0)
         announce(server.port)
         await trio_commands(broadcast)
+        nursery.cancel_scope.cancel()
+
+
+#: the backplane's counters, reported by ``stats``
+BACKPLANE_COUNTERS = ("published", "received", "lost", "misses", "reconnects", "round_trips")
+
+
+async def run_trio_wshandler_redis(url: str, prefix: str) -> None:
+    """trio_wshandler with a RedisBackplane (the cross-process scenario): ``send_all`` as in
+    ``run_trio_wshandler``, and the ``stats`` command."""
+    from trio_wshandler import RedisBackplane, serve
+
+    backplane = RedisBackplane(url, prefix=prefix)
+    handler = trio_wshandler_handler(backplane)
+
+    async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
+        for seq in range(count):
+            handler.send_all(payload(seq, size, padding))
+            if paced:
+                await trio.lowlevel.checkpoint()
+
+    def stats(line: str) -> str | None:
+        if line.split() != ["stats"]:
+            return None
+        counters: dict[str, Any] = {k: getattr(backplane, k) for k in BACKPLANE_COUNTERS}
+        counters["connected"] = backplane.connected
+        return "stats " + json.dumps(counters)
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve, handler, "127.0.0.1", 0)  # the backplane first
+        print(f"port {server.port} node {backplane.node_id}", flush=True)
+        await trio_commands(broadcast, stats)
         nursery.cancel_scope.cancel()
 
 
@@ -679,6 +742,10 @@ DEFLATE_SERVERS = {"trio_wshandler", "websockets_trio", "websockets_asyncio"}
 
 def main() -> None:
     kind = sys.argv[1]
+    if kind == "trio_wshandler_redis":  # servers.py trio_wshandler_redis URL PREFIX
+        raise_fd_limit()
+        trio.run(run_trio_wshandler_redis, sys.argv[2], sys.argv[3])
+        return
     deflate = sys.argv[2:3] == ["deflate"]
     if deflate and kind not in DEFLATE_SERVERS:
         sys.exit(f"{kind} has no permessage-deflate")
