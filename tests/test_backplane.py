@@ -14,6 +14,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -348,3 +349,50 @@ async def test_hostile_messages_on_the_channels_are_refused(redis: RedisServer) 
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_rediss_with_a_private_ca(redis: RedisServer) -> None:
+    """rediss:// through real TLS: a TLS terminator (this test's, with a trustme CA) in front
+    of the redis-server, and the backplane's ssl_context trusting that CA."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+
+    async def pump(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
+        try:
+            while data := await source.receive_some(65536):
+                await sink.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def terminate(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        async with stream, await trio.open_tcp_stream("127.0.0.1", redis.port) as plain:
+            async with trio.open_nursery() as pumps:
+                pumps.start_soon(pump, stream, plain)
+                await pump(plain, stream)
+                pumps.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(
+            partial(trio.serve_ssl_over_tcp, terminate, 0, server_context, host="127.0.0.1")
+        )
+        port = listener.transport_listener.socket.getsockname()[1]
+        url = f"rediss://127.0.0.1:{port}/0"
+        handler = WebSocketHandler(backplane=RedisBackplane(url, ssl_context=client_context))
+        server = await nursery.start(serve, handler, "127.0.0.1", 0)
+        async with connect(f"ws://127.0.0.1:{server.port}/"):
+            await eventually(lambda: _count(handler, 1))
+        untrusted = WebSocketHandler(backplane=RedisBackplane(url, connect_timeout=2))
+        with pytest.raises(BackplaneError):  # the system's CAs do not know ours
+            await serve(untrusted, "127.0.0.1", 0)
+        nursery.cancel_scope.cancel()
+
+
+async def _count(handler: WebSocketHandler, expected: int) -> bool:
+    return await handler.cluster_connection_count() == expected

@@ -23,6 +23,7 @@ backoff and, once back, rewrites this node's presence.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -103,6 +104,9 @@ class RedisBackplane:
         how long ``serve()`` waits for Redis at start before failing.
     ``reconnect_max`` (2.0 s)
         the longest wait between two attempts to reach a lost Redis (backoff from 0.05 s).
+    ``ssl_context`` (None)
+        for ``rediss://`` URLs: the TLS settings (a private CA, a client certificate); None
+        uses the system's trusted CAs.
     ``logger``
         default ``logging.getLogger("trio_wshandler.backplane")``.
 
@@ -126,6 +130,7 @@ class RedisBackplane:
         command_timeout: float = 2.0,
         connect_timeout: float = 5.0,
         reconnect_max: float = 2.0,
+        ssl_context: ssl.SSLContext | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         if not url.startswith(("redis://", "rediss://", "unix://")):
@@ -147,6 +152,7 @@ class RedisBackplane:
         if command_timeout >= presence_ttl - heartbeat:
             raise ValueError("command_timeout must be shorter than presence_ttl - heartbeat")
         self._url = url  # with its password: never logged (``safe_url`` is)
+        self._ssl_context = ssl_context
         self.safe_url = redact_url(url)
         self.names = Names(prefix)
         self.max_pending = max_pending
@@ -296,8 +302,12 @@ class RedisBackplane:
     def _new_client(self) -> Any:
         import coredis
 
+        extra: dict[str, Any] = {}
+        if self._ssl_context is not None:
+            extra["ssl_context"] = self._ssl_context
         return coredis.Redis.from_url(
             self._url,
+            **extra,
             decode_responses=False,
             decode_components=True,  # a password with @ / : is given percent-encoded
             stream_timeout=self.command_timeout,
