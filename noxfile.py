@@ -1,4 +1,5 @@
-"""Sessions: ``nox`` runs tests (every supported Python found), lint, typecheck and conformance.
+"""Sessions: ``nox`` runs tests (every supported Python found), lint, typecheck, docs,
+conformance and a benchmark smoke run.
 
 ``nox -s tests`` runs the test suite on 3.11, 3.12 and 3.13, those that are installed: on PATH, or
 under pyenv (``~/.pyenv/versions``), whose shims only expose the global version.
@@ -15,7 +16,7 @@ import nox
 
 PYTHONS = ["3.11", "3.12", "3.13"]
 
-nox.options.sessions = ["tests", "lint", "typecheck", "conformance", "bench_smoke"]
+nox.options.sessions = ["tests", "lint", "typecheck", "docs", "conformance", "bench_smoke"]
 nox.options.error_on_missing_interpreters = False  # "where present"
 nox.options.reuse_existing_virtualenvs = True
 
@@ -79,6 +80,16 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
     session.install("mypy", "-e", ".")
     session.run("mypy", "--strict", "trio_wshandler")
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """The documentation site (Sphinx, furo, MyST) into docs/_build/html, warnings as errors:
+    a broken link between pages, a missing anchor or a bad docstring fails the build."""
+    session.install("-e", ".", "sphinx>=8", "furo", "myst-parser>=4")
+    session.run(
+        "sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html"
+    )  # fmt: skip
 
 
 @nox.session(python="3.11")
