@@ -14,18 +14,39 @@ import signal
 import struct
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
+import pytest
 import trio
 from wsproto.frame_protocol import FrameDecoder
 
 from trio_wshandler import HttpLimits, Server, WebSocketConnection, WebSocketHandler, serve
 from trio_wshandler.codec import Opcode, response_key
 
+from .redis_server import RedisServer, redis_binary
+
 TIMEOUT = 10  # no test waits longer than this for anything
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, on a free loopback port (skipped, saying why,
+    without a binary that runs here)."""
+    binary = redis_binary()
+    if binary is None:
+        pytest.skip("no redis-server: set $REDIS_SERVER or install redis-server (nox does)")
+    server = RedisServer(binary)
+    try:
+        server.start()
+    except (OSError, RuntimeError) as exc:  # a binary for another architecture, or broken
+        pytest.skip(f"redis-server {binary} cannot run here: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @asynccontextmanager

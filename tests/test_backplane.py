@@ -25,28 +25,12 @@ from websockets.trio.client import connect
 
 from trio_wshandler import BackplaneError, RedisBackplane, WebSocketHandler, serve
 
-from .redis_server import RedisServer, redis_binary
+from .redis_server import RedisServer
 
 pytest.importorskip("coredis", reason="the backplane needs coredis (pip install .[redis])")
 
 NODE = Path(__file__).with_name("backplane_node.py")
 WAIT = 10  # no wait here is longer
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    binary = redis_binary()
-    if binary is None:
-        pytest.skip("no redis-server: set $REDIS_SERVER or install redis-server (nox does)")
-    server = RedisServer(binary)
-    try:
-        server.start()
-    except (OSError, RuntimeError) as exc:  # a binary for another architecture, or broken
-        pytest.skip(f"redis-server {binary} cannot run here: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @contextmanager

@@ -1,4 +1,6 @@
-"""``python -m trio_wshandler demo|echo``: a chat room to try in a browser, and an echo server.
+"""``python -m trio_wshandler demo|echo|serve``: a chat room to try in a browser, an echo
+server, and a user's handler on every core (``serve module:factory --workers N``,
+``_workers.py``).
 
 Both stop gracefully on Ctrl-C (SIGINT) or SIGTERM: the listener stops accepting, every client
 gets Close 1001 and its hooks run, and the process exits 0 within ``close_timeout`` plus a
@@ -16,11 +18,13 @@ from collections.abc import AsyncIterator, Mapping
 
 import trio
 
+from ._backplane import BackplaneError
 from ._demo import ChatHandler, EchoHandler, chat_page
 from ._extensions import DeflateOptions
 from ._handler import WebSocketHandler
 from ._http import HttpHandler
 from ._server import Server, serve
+from ._workers import load_handler, supervise
 
 logger = logging.getLogger("trio_wshandler.cli")
 
@@ -45,7 +49,12 @@ async def _run(
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(
                 lambda task_status: serve(
-                    routes, args.host, args.port, ssl_context=context, task_status=task_status
+                    routes,
+                    args.host,
+                    args.port,
+                    ssl_context=context,
+                    reuse_port=getattr(args, "reuse_port", False),
+                    task_status=task_status,
                 )
             )
             print(
@@ -93,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m trio_wshandler",
         description="Try trio_wshandler: a chat room in the browser, or an echo server.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,echo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,echo,serve}")
     for name, default_port, text in (
         ("demo", 8080, "a chat room: the page at http://HOST:PORT/, the WebSocket at /ws"),
         ("echo", 9001, "a WebSocket echo server on every path (e.g. for the Autobahn suite)"),
@@ -122,6 +131,26 @@ def _parser() -> argparse.ArgumentParser:
         level.add_argument(
             "-q", "--quiet", action="store_true", help="log warnings and errors only"
         )
+    text = "a handler of yours (module:factory, a class or a callable) on every core"
+    p = sub.add_parser(
+        "serve",
+        help=text,
+        description=text,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("app", help="module:factory; the factory returns a WebSocketHandler")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)"
+    )
+    p.add_argument("--redis", help="Redis URL: the workers form one cluster (a RedisBackplane)")
+    p.add_argument("--certfile", help="PEM certificate (chain): serve wss:// (TLS)")
+    p.add_argument("--keyfile", help="PEM private key, if not in --certfile")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    level = p.add_mutually_exclusive_group()
+    level.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    level.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     return parser
 
 
@@ -133,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    if args.command == "serve":
+        return _serve(args)
     compression = None if args.no_compression else DeflateOptions()
     if args.command == "demo":
         # chat lines are small: let a queue hold as many as fit in max_queue_bytes (1 MiB), so
@@ -157,6 +188,28 @@ def main(argv: list[str] | None = None) -> int:
     except* OSError as group:  # e.g. the port is in use
         for exc in group.exceptions:
             logger.error("%s", exc)
+        status = 1
+    return status
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        _parser().error("--workers must be at least 1")
+    if args.workers > 1:
+        try:
+            return trio.run(supervise, args)
+        except OSError as exc:
+            logger.error("%s", exc)
+            return 1
+    handler = load_handler(args.app, args.redis)
+    status = 0
+    try:
+        trio.run(_run, handler, handler, args, f"serving {args.app} on {{ws}} (Ctrl-C to stop)")
+    except* _Interrupted:
+        status = 130
+    except* (OSError, BackplaneError) as group:
+        for error in group.exceptions:
+            logger.error("%s", error)
         status = 1
     return status
 

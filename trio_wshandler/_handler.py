@@ -149,17 +149,26 @@ class WebSocketHandler:
         self._origins = None if origins is None else OriginCheck.build(origins, require_origin)
         self.logger = logger if logger is not None else logging.getLogger("trio_wshandler")
         self._registry = ConnectionRegistry()
-        if backplane is not None and not isinstance(backplane, RedisBackplane):
-            raise TypeError(f"backplane must be a RedisBackplane or None, not {backplane!r}")
         #: the :class:`RedisBackplane` that connects this handler to other processes, or None
-        self.backplane = backplane
+        self.backplane: RedisBackplane | None = None
         if backplane is not None:
-            backplane.attach(self)
-            self._registry.on_add, self._registry.on_remove = backplane.joined, backplane.left
-            self._topics.on_first = backplane.topic_added
-            self._topics.on_last = backplane.topic_removed
+            self.use_backplane(backplane)
         self._stopped = False
         self._empty = trio.Event()
+
+    def use_backplane(self, backplane: RedisBackplane) -> None:
+        """Connect this handler to other processes (as ``backplane=`` does); call it before
+        the handler serves, e.g. for a handler made by a factory (``python -m trio_wshandler
+        serve --redis``)."""
+        if not isinstance(backplane, RedisBackplane):
+            raise TypeError(f"backplane must be a RedisBackplane, not {backplane!r}")
+        if self.backplane is not None or self._registry:
+            raise RuntimeError("a backplane is set before the handler serves, and only once")
+        backplane.attach(self)
+        self.backplane = backplane
+        self._registry.on_add, self._registry.on_remove = backplane.joined, backplane.left
+        self._topics.on_first = backplane.topic_added
+        self._topics.on_last = backplane.topic_removed
 
     # ---------------------------------------------------------------- settings
 

@@ -302,14 +302,22 @@ class Server:
         *,
         ssl_context: ssl.SSLContext | None = None,
         listener_id: str | None = None,
+        reuse_port: bool = False,
     ) -> Listener:
-        """Bind ``host:port`` and start accepting; returns the running :class:`Listener`."""
+        """Bind ``host:port`` and start accepting; returns the running :class:`Listener`.
+
+        ``reuse_port`` sets ``SO_REUSEPORT``: several processes then listen on the same port
+        and the kernel spreads the connections between them (Linux, the BSDs, macOS).
+        """
         if self._nursery is None:
             raise RuntimeError("the server is not running (use serve() or Server.run())")
         lid = listener_id or f"L{next(_listener_numbers)}"
         if lid in self._listeners:
             raise ValueError(f"listener id {lid!r} is already in use")
-        sockets = await trio.open_tcp_listeners(port, host=host)
+        if reuse_port:
+            sockets = await _reuse_port_listeners(host, port)
+        else:
+            sockets = await trio.open_tcp_listeners(port, host=host)
         listener = Listener(self, lid, sockets, ssl_context)
         self._listeners[lid] = listener
         await self._nursery.start(listener._run)
@@ -334,6 +342,7 @@ class Server:
         port: int = 0,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
         task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run with one listener until every listener has stopped.
@@ -354,7 +363,7 @@ class Server:
                 await backplanes.start(backplane.run, handler)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                await self.add_listener(host, port, ssl_context=ssl_context)
+                await self.add_listener(host, port, ssl_context=ssl_context, reuse_port=reuse_port)
                 task_status.started(self)
             self._nursery = None
             backplanes.cancel_scope.cancel()  # every listener has stopped
@@ -367,14 +376,45 @@ async def serve(
     *,
     ssl_context: ssl.SSLContext | None = None,
     limits: HttpLimits | None = None,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``handler`` (or ``{path: handler}``) on ``host:port``.
 
     Use as ``server = await nursery.start(serve, handler, "127.0.0.1", 0)``: ``server.port`` is
     the bound port.  Returns when every listener has been stopped (``server.stop()``), or
-    runs until cancelled.
+    runs until cancelled.  ``reuse_port``: see :meth:`Server.add_listener`.
     """
     await Server(handler, limits=limits).run(
-        host, port, ssl_context=ssl_context, task_status=task_status
+        host, port, ssl_context=ssl_context, reuse_port=reuse_port, task_status=task_status
     )
+
+
+async def _reuse_port_listeners(host: str | None, port: int) -> list[trio.SocketListener]:
+    """Listening sockets with SO_REUSEPORT on every address of ``host`` (as
+    ``trio.open_tcp_listeners`` binds them, which cannot set that option)."""
+    if not hasattr(trio.socket, "SO_REUSEPORT"):
+        raise OSError(errno.ENOPROTOOPT, "SO_REUSEPORT is not available on this system")
+    infos = await trio.socket.getaddrinfo(
+        host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE
+    )
+    listeners = []
+    try:
+        for family, kind, proto, _, address in infos:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                sock.listen(4096)
+            except OSError:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except OSError:
+        for listener in listeners:
+            await listener.aclose()
+        raise
+    return listeners

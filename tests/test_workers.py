@@ -1,0 +1,123 @@
+"""``python -m trio_wshandler serve module:factory``: one process, and workers sharing a port.
+
+The supervisor and its workers are real processes; the clients are websockets.  With two
+workers and a real redis-server: clients land on both, a broadcast from one reaches all, a
+killed worker is restarted, and SIGTERM gives every client Close 1001.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from websockets.exceptions import ConnectionClosed, InvalidMessage
+from websockets.trio.client import connect
+
+from .redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+WAIT = 10
+
+
+@contextmanager
+def serve_command(*args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trio_wshandler", "serve", "tests.workers_app:make", *args],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"127\.0\.0\.1:(\d+)", line)
+        assert match, (line, process.stderr.read() if process.poll() is not None else "")
+        yield process, int(match.group(1))
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+
+
+async def open_client(stack: AsyncExitStack, port: int) -> tuple[Any, int]:
+    """A client, and the pid of the worker that took it (retrying while workers start)."""
+    deadline = trio.current_time() + WAIT
+    while True:  # (no cancel scope around a context the stack exits later)
+        try:
+            ws = await stack.enter_async_context(connect(f"ws://127.0.0.1:{port}/"))
+            break
+        except (OSError, EOFError, InvalidMessage):
+            # refused while workers start; reset when the kernel had handed the connection
+            # to a worker's socket as that worker was killed (SO_REUSEPORT): retry, bounded
+            if trio.current_time() > deadline:
+                raise
+            await trio.sleep(0.05)
+    with trio.fail_after(WAIT):
+        hello = await ws.recv()
+    assert isinstance(hello, str) and hello.startswith("pid:")
+    return ws, int(hello[4:])
+
+
+async def test_one_process() -> None:
+    with serve_command("--port", "0") as (process, port):
+        async with AsyncExitStack() as stack:
+            ws, pid = await open_client(stack, port)
+            assert pid == process.pid  # --workers 1 runs in the calling process
+            await ws.send("all:hi")
+            assert await ws.recv() == "hi"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(WAIT) == 0
+
+
+async def test_two_workers_with_redis(redis: RedisServer) -> None:
+    args = ("--port", "0", "--workers", "2", "--redis", redis.url)
+    with serve_command(*args) as (supervisor, port):
+        async with AsyncExitStack() as stack:
+            clients: list[tuple[Any, int]] = []
+            while len({pid for _, pid in clients}) < 2 or len(clients) < 4:
+                clients.append(await open_client(stack, port))
+                assert len(clients) < 100, "the kernel never spread connections"
+                await trio.sleep(0.1)  # (the second worker may still be starting)
+            pids = {pid for _, pid in clients}
+            assert supervisor.pid not in pids
+            # a broadcast from a client of one worker reaches the clients of both
+            await clients[0][0].send("all:everyone")
+            for ws, _ in clients:
+                with trio.fail_after(WAIT):
+                    assert await ws.recv() == "everyone"
+            # a worker that dies is restarted
+            killed = clients[0][1]
+            os.kill(killed, signal.SIGKILL)
+            survivors = [(ws, pid) for ws, pid in clients if pid != killed]
+            for _ in range(100):  # 10 s: the restart waits 0.5 s, then the worker starts
+                ws, pid = await open_client(stack, port)
+                survivors.append((ws, pid))
+                if pid not in pids:
+                    break  # the new worker takes connections
+                await trio.sleep(0.1)
+            else:
+                raise AssertionError("the killed worker was not replaced")
+            # SIGTERM: every client gets Close 1001, the supervisor exits 0
+            supervisor.send_signal(signal.SIGTERM)
+            for ws, _ in survivors:
+                with pytest.raises(ConnectionClosed) as closed, trio.fail_after(WAIT):
+                    while True:
+                        await ws.recv()
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        assert supervisor.wait(WAIT) == 0
+        assert supervisor.stderr is not None
+        log = supervisor.stderr.read()
+        assert "restarting" in log, log
+        assert "Traceback" not in log, log

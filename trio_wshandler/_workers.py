@@ -1,0 +1,174 @@
+"""Where a user's handler runs on every core: ``python -m trio_wshandler serve module:factory``.
+
+``--workers 1`` (the default) runs the handler in the calling process.  With more, this process
+becomes a supervisor: it starts N worker processes (each ``serve ... --workers 1`` on the same
+port with ``SO_REUSEPORT``, so the kernel spreads new connections between them), restarts a
+worker that dies (with backoff, logged), and on SIGTERM or SIGINT asks every worker to stop
+gracefully (each closes its clients with 1001 and runs their hooks), killing those still
+running after ``STOP_GRACE`` seconds.  With ``--redis URL`` every worker gets a
+:class:`RedisBackplane` on that URL, so ``send_all``, ``publish`` and ``send_one`` reach every
+client whichever worker holds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+from typing import Any
+
+import trio
+
+from ._backplane import RedisBackplane
+from ._handler import WebSocketHandler
+
+__all__ = ["STOP_GRACE", "load_handler", "supervise"]
+
+logger = logging.getLogger("trio_wshandler.cli")
+
+#: Seconds the workers get to stop gracefully after SIGTERM before they are killed.
+STOP_GRACE = 15.0
+#: Restart backoff for a worker that died: from RESTART_MIN doubling to RESTART_MAX seconds
+#: (back to RESTART_MIN after a worker ran for RESTART_RESET seconds).
+RESTART_MIN, RESTART_MAX, RESTART_RESET = 0.5, 30.0, 60.0
+
+
+def load_handler(spec: str, redis: str | None) -> WebSocketHandler:
+    """The handler ``module:factory`` makes (a class or a callable without arguments),
+    with a backplane on ``redis`` if given."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise SystemExit(f"serve: expected module:factory, got {spec!r}")
+    sys.path.insert(0, "")  # as python -m does: modules of the current directory
+    try:
+        factory: Any = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise SystemExit(f"serve: cannot load {spec}: {exc}") from None
+    handler = factory()
+    if not isinstance(handler, WebSocketHandler):
+        raise SystemExit(f"serve: {spec}() returned {handler!r}, not a WebSocketHandler")
+    if redis:
+        handler.use_backplane(RedisBackplane(redis))
+    return handler
+
+
+def _worker_argv(args: argparse.Namespace, port: int) -> list[str]:
+    argv = [sys.executable, "-m", "trio_wshandler", "serve", args.app]
+    argv += ["--host", args.host, "--port", str(port), "--workers", "1", "--reuse-port"]
+    if args.redis:
+        argv += ["--redis", args.redis]
+    if args.certfile:
+        argv += ["--certfile", args.certfile]
+    if args.keyfile:
+        argv += ["--keyfile", args.keyfile]
+    if args.verbose:
+        argv.append("-v")
+    if args.quiet:
+        argv.append("-q")
+    return argv
+
+
+async def supervise(args: argparse.Namespace) -> int:
+    """Run ``args.workers`` workers until SIGINT/SIGTERM; the exit status."""
+    reserve = None
+    port = args.port
+    if port == 0:  # pick one port for all: hold it (bound, not listening) while we run
+        reserve = trio.socket.socket()
+        reserve.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        reserve.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        await reserve.bind((args.host, 0))
+        port = reserve.getsockname()[1]
+    stopping = trio.Event()
+    ended = trio.Event()  # every worker has exited after ``stopping``
+    processes: dict[int, trio.Process] = {}
+    running = [args.workers]
+
+    async def worker(number: int) -> None:
+        try:
+            await _keep_running(number, args, port, processes, stopping)
+        finally:
+            running[0] -= 1
+            if not running[0]:
+                ended.set()
+
+    scheme = "wss" if args.certfile else "ws"
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                for number in range(args.workers):
+                    nursery.start_soon(worker, number)
+                print(
+                    f"serving {args.app} on {scheme}://{args.host}:{port}/ with {args.workers}"
+                    " workers (Ctrl-C to stop)",
+                    flush=True,
+                )
+                async for signum in signals:
+                    logger.info(
+                        "%s: stopping %d worker(s)", signal.Signals(signum).name, len(processes)
+                    )
+                    break
+                stopping.set()
+                for process in list(processes.values()):
+                    process.send_signal(signal.SIGTERM)
+
+                async def second_signal() -> None:
+                    async for signum in signals:  # a second signal: at once
+                        logger.warning("%s again: killing the workers", signal.Signals(signum).name)
+                        for process in list(processes.values()):
+                            process.kill()
+
+                nursery.start_soon(second_signal)
+                with trio.move_on_after(STOP_GRACE) as grace:
+                    await ended.wait()
+                if grace.cancelled_caught:
+                    logger.warning("workers still running after %s s: killed", STOP_GRACE)
+                    for process in list(processes.values()):
+                        process.kill()
+                nursery.cancel_scope.cancel()
+    finally:
+        if reserve is not None:
+            reserve.close()
+    return 0
+
+
+async def _keep_running(
+    number: int,
+    args: argparse.Namespace,
+    port: int,
+    processes: dict[int, trio.Process],
+    stopping: trio.Event,
+) -> None:
+    """Run worker ``number``; restart it, with backoff, whenever it dies unasked."""
+    delay = RESTART_MIN
+    while not stopping.is_set():
+        started = trio.current_time()
+        process = await trio.lowlevel.open_process(_worker_argv(args, port))
+        processes[number] = process
+        try:
+            status = await process.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+            processes.pop(number, None)
+        if stopping.is_set():
+            if status != 0:
+                logger.warning(
+                    "worker %d (pid %d) ended with status %d", number, process.pid, status
+                )
+            return
+        if trio.current_time() - started > RESTART_RESET:
+            delay = RESTART_MIN
+        logger.warning(
+            "worker %d (pid %d) exited with status %d; restarting in %.1f s",
+            number,
+            process.pid,
+            status,
+            delay,
+        )
+        with trio.move_on_after(delay):
+            await stopping.wait()
+        delay = min(delay * 2, RESTART_MAX)
