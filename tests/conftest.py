@@ -24,11 +24,26 @@ import trio
 from wsproto.frame_protocol import FrameDecoder
 
 from trio_wshandler import HttpLimits, Server, WebSocketConnection, WebSocketHandler, serve
+from trio_wshandler._deflate import Deflater
 from trio_wshandler.codec import Opcode, response_key
 
 from .redis_server import RedisServer, redis_binary
 
 TIMEOUT = 10  # no test waits longer than this for anything
+
+
+@pytest.fixture
+def compressions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Every compression the handlers do, as (window bits, payload size), in order."""
+    calls: list[tuple[int, int]] = []
+    real = Deflater.compress
+
+    def counting(self: Deflater, payload: bytes, bits: int) -> bytes:
+        calls.append((bits, len(payload)))
+        return real(self, payload, bits)
+
+    monkeypatch.setattr(Deflater, "compress", counting)  # a class with slots: on the class
+    return calls
 
 
 @pytest.fixture
