@@ -78,7 +78,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("mypy", "-e", ".[redis]")
+    session.install("mypy", "-e", ".[redis,metrics]")
     session.run("mypy", "--strict", "trio_wshandler")
 
 

@@ -22,6 +22,7 @@ import trio
 from websockets.exceptions import ConnectionClosed, InvalidMessage
 from websockets.trio.client import connect
 
+from .conftest import raw_http
 from .redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,3 +122,76 @@ async def test_two_workers_with_redis(redis: RedisServer) -> None:
         log = supervisor.stderr.read()
         assert "restarting" in log, log
         assert "Traceback" not in log, log
+
+
+async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The metrics at /metrics, parsed by prometheus-client: {(name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, _, body = await raw_http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 200, body
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+async def test_one_process_metrics_path() -> None:
+    pytest.importorskip("prometheus_client")
+    with serve_command("--port", "0", "--metrics-path", "/metrics") as (process, port):
+        async with AsyncExitStack() as stack:
+            await open_client(stack, port)
+            samples = await scrape(port)
+            assert samples["trio_wshandler_connections", ()] == 1
+            assert samples["trio_wshandler_upgrades_total", ()] == 1
+            assert samples["trio_wshandler_messages_sent_total", ()] == 1  # its pid: line
+            assert samples["process_cpu_seconds_total", ()] > 0
+            # the handler serves every other path
+            ws = await stack.enter_async_context(connect(f"ws://127.0.0.1:{port}/any/path"))
+            assert (await ws.recv()).startswith("pid:")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(WAIT) == 0
+
+
+async def test_two_workers_metrics_answer_for_both() -> None:
+    """Whichever worker a scrape reaches, it answers for both (each series labelled)."""
+    pytest.importorskip("prometheus_client")
+    args = ("--port", "0", "--workers", "2", "--metrics-path", "/metrics")
+    with serve_command(*args) as (supervisor, port):
+        async with AsyncExitStack() as stack:
+            clients: list[tuple[Any, int]] = []
+            while len({pid for _, pid in clients}) < 2 or len(clients) < 4:
+                clients.append(await open_client(stack, port))
+                assert len(clients) < 100, "the kernel never spread connections"
+                await trio.sleep(0.1)
+            by_pid = {pid: sum(1 for _, p in clients if p == pid) for _, pid in clients}
+            # the other worker's file is at most WRITE_INTERVAL (1 s) old: scrape until the
+            # figures add up, then check a few more scrapes (reaching either worker)
+            consistent = 0
+            with trio.fail_after(WAIT):
+                while consistent < 6:
+                    samples = await scrape(port)
+                    live = {
+                        labels: value
+                        for (name, labels), value in samples.items()
+                        if name == "trio_wshandler_connections"
+                    }
+                    if sorted(live.values()) == sorted(by_pid.values()):
+                        assert set(live) == {(("worker", "0"),), (("worker", "1"),)}
+                        consistent += 1
+                    elif consistent:
+                        raise AssertionError(f"{live} after a consistent scrape ({by_pid})")
+                    await trio.sleep(0.1)
+            for worker in ("0", "1"):
+                assert samples["trio_wshandler_worker_cpu_seconds_total", (("worker", worker),)]
+                key = ("trio_wshandler_worker_resident_memory_bytes", (("worker", worker),))
+                assert samples[key] > 10e6
+            total = sum(
+                value
+                for (name, _), value in samples.items()
+                if name == "trio_wshandler_messages_sent_total"
+            )
+            assert total == len(clients)  # each got its pid: line
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(WAIT) == 0

@@ -21,8 +21,10 @@ from ._errors import (
 from ._extensions import DeflateAgreement, DeflateOptions
 from ._handler import WebSocketHandler
 from ._http import HttpHandler, HttpLimits
+from ._prometheus import PrometheusHandler
 from ._registry import ConnectionRegistry
 from ._server import Listener, Server, serve
+from ._stats import BackplaneStats, HandlerStats
 from ._types import CallContext, Request, Response
 from .codec import CloseCode, Frame, Opcode
 
@@ -32,6 +34,7 @@ __all__ = [
     "AbstractAuthenticator",
     "AuthenticationError",
     "BackplaneError",
+    "BackplaneStats",
     "BasicAuthenticator",
     "CallContext",
     "CloseCode",
@@ -41,10 +44,12 @@ __all__ = [
     "DeflateOptions",
     "Frame",
     "FrameAction",
+    "HandlerStats",
     "HttpHandler",
     "HttpLimits",
     "Listener",
     "Opcode",
+    "PrometheusHandler",
     "RedisBackplane",
     "Request",
     "Response",

@@ -14,7 +14,7 @@ import logging
 import signal
 import ssl
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import trio
 
@@ -23,7 +23,9 @@ from ._demo import ChatHandler, EchoHandler, chat_page
 from ._extensions import DeflateOptions
 from ._handler import WebSocketHandler
 from ._http import HttpHandler
+from ._prometheus import PrometheusHandler
 from ._server import Server, serve
+from ._worker_metrics import WorkerMetrics
 from ._workers import load_handler, supervise
 
 logger = logging.getLogger("trio_wshandler.cli")
@@ -41,12 +43,15 @@ async def _run(
     handler: WebSocketHandler,
     args: argparse.Namespace,
     describe: str,
+    background: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     context = _ssl_context(args)
     scheme = "https" if context else "http"
     ws_scheme = "wss" if context else "ws"
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
+            if background is not None:
+                nursery.start_soon(background)
             server: Server = await nursery.start(
                 lambda task_status: serve(
                     routes,
@@ -147,7 +152,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", help="Redis URL: the workers form one cluster (a RedisBackplane)")
     p.add_argument("--certfile", help="PEM certificate (chain): serve wss:// (TLS)")
     p.add_argument("--keyfile", help="PEM private key, if not in --certfile")
+    p.add_argument(
+        "--metrics-path",
+        help="serve Prometheus metrics at this path (e.g. /metrics; needs the metrics extra)",
+    )
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--metrics-dir", help=argparse.SUPPRESS)  # from the supervisor
+    p.add_argument("--worker-number", type=int, default=0, help=argparse.SUPPRESS)
     level = p.add_mutually_exclusive_group()
     level.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     level.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
@@ -195,6 +206,15 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         _parser().error("--workers must be at least 1")
+    if args.metrics_path is not None:
+        if not args.metrics_path.startswith("/"):
+            _parser().error("--metrics-path must start with /")
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            _parser().error(
+                "--metrics-path needs prometheus-client: pip install trio_wshandler[metrics]"
+            )
     if args.workers > 1:
         try:
             return trio.run(supervise, args)
@@ -202,9 +222,20 @@ def _serve(args: argparse.Namespace) -> int:
             logger.error("%s", exc)
             return 1
     handler = load_handler(args.app, args.redis)
+    routes: HttpHandler | Mapping[str, HttpHandler] = handler
+    background = None
+    if args.metrics_path is not None:
+        metrics: PrometheusHandler
+        if args.metrics_dir:  # one of several workers: the scrape answers for all
+            metrics = WorkerMetrics(handler, args.metrics_dir, args.worker_number)
+            background = metrics.run
+        else:
+            metrics = PrometheusHandler(handler)
+        routes = {"*": handler, args.metrics_path: metrics}
     status = 0
+    describe = f"serving {args.app} on {{ws}} (Ctrl-C to stop)"
     try:
-        trio.run(_run, handler, handler, args, f"serving {args.app} on {{ws}} (Ctrl-C to stop)")
+        trio.run(_run, routes, handler, args, describe, background)
     except* _Interrupted:
         status = 130
     except* (OSError, BackplaneError) as group:

@@ -59,6 +59,8 @@ _SENDABLE_CODES = frozenset(
 # an Enum member lookup costs more than the rest of that check.
 _NEW = 0  # created, not yet running: messages may be queued
 _OPEN = 1
+#: the opcodes whose final frame (fin) ends a data message
+_DATA_OPCODES = frozenset({Opcode.TEXT, Opcode.BINARY, Opcode.CONTINUATION})
 _CLOSING = 2  # a Close was sent or received, or the connection is being failed
 _CLOSED = 3
 
@@ -134,11 +136,13 @@ class WebSocketConnection(Subscriber):
         self._state = _NEW
         self._closed: trio.Event | None = None  # made only when somebody waits for the end
         self._ended = False  # the end hooks have run
-        self._queue = SendQueue(handler.max_queue, handler.max_queue_bytes)
+        counters = handler._counters
+        self._queue = SendQueue(handler.max_queue, handler.max_queue_bytes, counters)
         self._protocol = WebSocketProtocol(
             max_message_size=handler.max_message_size,
             max_fragments=handler.max_fragments,
             raw_frames=type(self).got_raw_message is not WebSocketConnection.got_raw_message,
+            counters=counters,
         )
         self._scope: trio.CancelScope | None = None
         self._close_deadline = math.inf
@@ -225,11 +229,18 @@ class WebSocketConnection(Subscriber):
         this way are never compressed (RFC 7692 lets a sender send any message uncompressed)."""
         if opcode == Opcode.CLOSE:
             raise ValueError("use stop(code, reason) to close a connection")
-        self.send_encoded(encode_message(data, opcode, fin=fin))
+        ends_message = fin and opcode in _DATA_OPCODES  # the last frame of a message
+        self._send(encode_message(data, opcode, fin=fin), ends_message)
 
     def send_encoded(self, frame: bytes) -> None:
-        """Queue a frame already encoded with :func:`trio_wshandler.codec.encode_message`."""
-        if not self._enqueue(frame) and not self.is_open:
+        """Queue a frame already encoded with :func:`trio_wshandler.codec.encode_message`
+        (counted as a message in :meth:`WebSocketHandler.stats`)."""
+        self._send(frame, True)
+
+    def _send(self, frame: bytes, message: bool) -> None:
+        if self._enqueue(frame):
+            self.handler._counters.messages_sent += message
+        elif not self.is_open:
             raise ConnectionClosedError(self._not_sent_reason())
 
     async def send_wait(self, data: DataLike) -> None:
@@ -307,6 +318,7 @@ class WebSocketConnection(Subscriber):
         handler = self.handler
         if handler.slow_consumer == "drop":
             self.dropped_messages += 1
+            handler._counters.dropped_messages += 1
             if self.dropped_messages == 1 or self.dropped_messages % 1000 == 0:
                 handler.log_warning(
                     "connection %s: send queue full (%d bytes, %d frames); %d message(s) dropped",
@@ -324,6 +336,7 @@ class WebSocketConnection(Subscriber):
             self._queue.queued_frames,
             nbytes,
         )
+        handler._counters.slow_consumer_closes += 1
         self._start_close(CloseCode.POLICY_VIOLATION, "slow consumer")
 
     def _not_sent_reason(self) -> str:
@@ -473,6 +486,7 @@ class WebSocketConnection(Subscriber):
     def _write_timed_out(self, exc: WriteTimeout) -> None:
         """No byte could be written for ``send_timeout`` seconds: drop the peer."""
         self.handler.log_warning("connection %s: %s; closing", self.id, exc)
+        self.handler._counters.send_timeouts += 1
         self.close_code = self.close_code or CloseCode.POLICY_VIOLATION
         self.close_reason = self.close_reason or "send timeout"
         self._abort()

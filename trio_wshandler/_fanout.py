@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ._deflate import Deflater
 from ._extensions import DeflateOptions
+from ._stats import Counters
 from .codec import DataLike, encode_message, message_payload
 
 if TYPE_CHECKING:
@@ -27,9 +28,10 @@ __all__ = ["FanOut"]
 class FanOut:
     """Encodes (and compresses) messages for a handler's connections."""
 
-    __slots__ = ("_deflater", "_last")
+    __slots__ = ("_counters", "_deflater", "_last")
 
-    def __init__(self, compression: DeflateOptions | None) -> None:
+    def __init__(self, compression: DeflateOptions | None, counters: Counters) -> None:
+        self._counters = counters
         self._deflater = Deflater(compression) if compression is not None else None
         # the last message compressed by frame_for(): (message, window bits, frame)
         self._last: tuple[str | bytes, int, bytes] | None = None
@@ -53,6 +55,7 @@ class FanOut:
             for connection in connections:
                 if connection._enqueue(frame):
                     queued += 1
+            self._counters.messages_sent += queued
             return queued
         frames = {0: frame}  # by server window bits; 0: uncompressed
         for connection in connections:
@@ -62,6 +65,7 @@ class FanOut:
                 framed = frames[bits] = self._compressed(payload, opcode, bits, frame)
             if connection._enqueue(framed):
                 queued += 1
+        self._counters.messages_sent += queued
         return queued
 
     def frame_for(self, data: DataLike, bits: int) -> bytes:

@@ -176,10 +176,12 @@ async def serve_http(
     limits: HttpLimits,
     on_error: Callable[[str], None],
     on_debug: Callable[[str], None] = lambda message: None,
+    on_response: Callable[[HttpHandler, int], None] = lambda handler, status: None,
 ) -> Upgrade | None:
     """Answer requests on ``stream`` until one is upgraded (returned) or the connection ends
     (None; the caller closes the stream).  ``on_error`` logs a failure of ours (with the
-    traceback), ``on_debug`` a refused client."""
+    traceback), ``on_debug`` a refused client, ``on_response`` is told the status of each
+    answer a handler gave (101 once it is sent)."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
     while True:
         try:
@@ -244,6 +246,7 @@ async def serve_http(
                     assert data is not None
                     await stream.send_all(data)
                     assert handler is not None
+                    on_response(handler, 101)
                     extensions = next(
                         (v for k, v in response.headers.items() if k.lower() == _EXTENSIONS), ""
                     )
@@ -252,6 +255,8 @@ async def serve_http(
             response = Response(
                 403, response.body or "upgrade refused", response.headers, close=True
             )
+        if handler is not None:
+            on_response(handler, response.code)
         if not await _send_response(stream, conn, response, request.method == "HEAD", on_error):
             return None
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:

@@ -28,6 +28,7 @@ from wsproto.frame_protocol import Opcode as WsOpcode
 
 from ._deflate import Inflater
 from ._extensions import DeflateAgreement
+from ._stats import Counters
 from .codec import CloseCode, Opcode, encode_message
 
 __all__ = [
@@ -312,6 +313,7 @@ class WebSocketProtocol:
 
     __slots__ = (
         "_assembler",
+        "_counters",
         "_in_message",
         "_inflater",
         "_limits",
@@ -321,8 +323,15 @@ class WebSocketProtocol:
     )
 
     def __init__(
-        self, *, max_message_size: int, max_fragments: int, raw_frames: bool = False
+        self,
+        *,
+        max_message_size: int,
+        max_fragments: int,
+        raw_frames: bool = False,
+        counters: Counters | None = None,
     ) -> None:
+        # bytes received, Close frames sent and received, protocol errors (the handler's)
+        self._counters = counters if counters is not None else Counters()
         self._limits = _InboundLimits(max_message_size, max_fragments)
         self._proto = FrameProtocol(False, [self._limits])
         self._state = _OPEN
@@ -345,6 +354,7 @@ class WebSocketProtocol:
         return self._state != _OPEN
 
     def receive_data(self, data: bytes) -> None:
+        self._counters.bytes_received += len(data)
         if self._state in (_OPEN, _LOCAL_CLOSING):  # after the peer's Close: ignored
             self._proto.receive_bytes(data)
 
@@ -356,6 +366,7 @@ class WebSocketProtocol:
         self._state = _LOCAL_CLOSING if state == _OPEN else _CLOSED
         if self._inflater is not None:
             self._inflater.discard()  # what the peer still sends is dropped, not inflated
+        Counters.count(self._counters.close_codes_sent, code)
         if code == CloseCode.NO_STATUS_RCVD:  # answering an empty Close: an empty Close
             return bytes(self._proto.close())
         return bytes(self._proto.close(code, reason))
@@ -408,6 +419,7 @@ class WebSocketProtocol:
         peer_code, limits.peer_close_code = limits.peer_close_code, None
         if peer_code is not None and code == _STAND_IN:  # wsproto was shown a stand-in
             code = peer_code
+        Counters.count(self._counters.close_codes_received, code)
         if self._state == _LOCAL_CLOSING:
             self._state = _CLOSED
             return CloseCompleted(code, reason)
@@ -423,5 +435,6 @@ class WebSocketProtocol:
             reason = self._inflater.problem
         elif code == CloseCode.MESSAGE_TOO_BIG:
             reason = f"message over max_message_size ({limits.max_size} bytes)"
+        Counters.count(self._counters.protocol_errors, code)
         reply = self.close(code, reason) if self._state == _OPEN else b""
         return ProtocolFailed(code, reason, reply)

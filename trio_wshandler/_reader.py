@@ -237,6 +237,7 @@ async def dispatch(conn: WebSocketConnection, event: object) -> bool:
 
 async def deliver(conn: WebSocketConnection, message: str | bytes) -> None:
     conn._last_message = trio.current_time()
+    conn.handler._counters.messages_received += 1
     try:
         await conn.got_message(message)
     except Exception as exc:

@@ -20,6 +20,8 @@ import math
 
 import trio
 
+from ._stats import Counters
+
 __all__ = ["CONTROL_RESERVE", "MAX_PONGS_OWED", "SendQueue"]
 
 #: Channel slots kept for Close and Ping frames beyond ``max_frames`` and the Pongs owed.
@@ -38,6 +40,7 @@ class SendQueue:
         "_progress",
         "_receive",
         "_send",
+        "counters",
         "draining",
         "enqueued",
         "finished",
@@ -49,8 +52,10 @@ class SendQueue:
         "written",
     )
 
-    def __init__(self, max_frames: int, max_bytes: int) -> None:
+    def __init__(self, max_frames: int, max_bytes: int, counters: Counters | None = None) -> None:
         self.max_frames = max_frames
+        #: the handler's counters, told of every batch written (``Counters.wrote``)
+        self.counters = counters if counters is not None else Counters()
         self.max_bytes = max_bytes
         # the channel is made on first use: an idle connection never queues anything
         self._send: trio.MemorySendChannel[bytes] | None = None
@@ -205,6 +210,7 @@ class SendQueue:
         """Account for a written batch and wake ``flush`` and ``wait_for_room`` callers."""
         self.queued_bytes -= size
         self.written += len(frames)
+        self.counters.wrote(len(frames), size)
         self.wake()
 
     def finish(self) -> None:

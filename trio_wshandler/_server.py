@@ -30,6 +30,7 @@ from typing import Any
 
 import trio
 
+from ._handler import WebSocketHandler
 from ._http import HttpHandler, HttpLimits, Upgrade, serve_http
 from ._ids import new_connection_id
 from ._listener_tasks import ListenerTasks, open_listener_tasks
@@ -46,6 +47,12 @@ ACCEPT_ERROR_LOG_INTERVAL = 10.0
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 _listener_numbers = itertools.count(1)
+
+
+def _count_response(handler: HttpHandler, status: int) -> None:
+    """A handler answered a request: a WebSocketHandler counts it (``stats().refused``)."""
+    if isinstance(handler, WebSocketHandler):
+        handler._counters.response(status)
 
 
 def _address(sockaddr: object) -> tuple[str, int]:
@@ -231,6 +238,7 @@ class Listener:
                     limits=server.limits,
                     on_error=lambda message: logger.error("%s: %s", cid, message, exc_info=True),
                     on_debug=lambda message: logger.debug("%s from %s: %s", cid, peer, message),
+                    on_response=_count_response,
                 )
             finally:
                 self._handshakes.discard(handshake)

@@ -99,6 +99,7 @@ class Timers:
             return min(t for t in (heartbeat, idle) if t is not None)
         if idle is not None and now >= connection._last_message + idle:
             handler.log_info("connection %s: no message for %s s; closing", connection.id, idle)
+            handler._counters.idle_timeouts += 1
             connection._start_close(CloseCode.GOING_AWAY, "idle timeout")
             return idle
         shortest = math.inf if idle is None else idle
@@ -108,6 +109,7 @@ class Timers:
                 handler.log_warning(
                     "connection %s: no Pong within %s s; closing", connection.id, pong_timeout
                 )
+                handler._counters.heartbeat_timeouts += 1
                 connection._start_close(CloseCode.INTERNAL_SERVER_ERROR, "pong timeout")
             return min(shortest, pong_timeout)
         if heartbeat is not None:

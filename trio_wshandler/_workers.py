@@ -7,7 +7,8 @@ worker that dies (with backoff, logged), and on SIGTERM or SIGINT asks every wor
 gracefully (each closes its clients with 1001 and runs their hooks), killing those still
 running after ``STOP_GRACE`` seconds.  With ``--redis URL`` every worker gets a
 :class:`RedisBackplane` on that URL, so ``send_all``, ``publish`` and ``send_one`` reach every
-client whichever worker holds it.
+client whichever worker holds it.  With ``--metrics-path P`` every worker serves Prometheus
+metrics at ``P`` for all of them (``_worker_metrics.py``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shutil
 import signal
 import sys
+import tempfile
 from typing import Any
 
 import trio
@@ -54,9 +57,12 @@ def load_handler(spec: str, redis: str | None) -> WebSocketHandler:
     return handler
 
 
-def _worker_argv(args: argparse.Namespace, port: int) -> list[str]:
+def _worker_argv(args: argparse.Namespace, port: int, number: int) -> list[str]:
     argv = [sys.executable, "-m", "trio_wshandler", "serve", args.app]
     argv += ["--host", args.host, "--port", str(port), "--workers", "1", "--reuse-port"]
+    if args.metrics_path:  # each worker answers a scrape for all (_worker_metrics.py)
+        argv += ["--metrics-path", args.metrics_path, "--metrics-dir", args.metrics_dir]
+        argv += ["--worker-number", str(number)]
     if args.redis:
         argv += ["--redis", args.redis]
     if args.certfile:
@@ -80,6 +86,8 @@ async def supervise(args: argparse.Namespace) -> int:
         reserve.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
         await reserve.bind((args.host, 0))
         port = reserve.getsockname()[1]
+    if args.metrics_path:  # where the workers share their numbers, removed when we end
+        args.metrics_dir = tempfile.mkdtemp(prefix="trio_wshandler-metrics-")
     stopping = trio.Event()
     ended = trio.Event()  # every worker has exited after ``stopping``
     processes: dict[int, trio.Process] = {}
@@ -130,6 +138,8 @@ async def supervise(args: argparse.Namespace) -> int:
     finally:
         if reserve is not None:
             reserve.close()
+        if args.metrics_path:
+            shutil.rmtree(args.metrics_dir, ignore_errors=True)
     return 0
 
 
@@ -144,7 +154,7 @@ async def _keep_running(
     delay = RESTART_MIN
     while not stopping.is_set():
         started = trio.current_time()
-        process = await trio.lowlevel.open_process(_worker_argv(args, port))
+        process = await trio.lowlevel.open_process(_worker_argv(args, port, number))
         processes[number] = process
         try:
             status = await process.wait()

@@ -1,0 +1,237 @@
+"""Where a handler's numbers are kept: plain int counters on the hot path, a frozen snapshot out.
+
+Every :class:`~trio_wshandler.WebSocketHandler` owns one :class:`Counters`.  The code that
+reads, queues and writes bumps its fields in place (``counters.messages_received += 1``): no
+allocation, no lock (one Trio thread), no per-connection field, and the costly counts are made
+once per batch rather than once per frame (``messages_sent`` grows by the number of recipients of
+a broadcast, ``bytes_sent`` by a coalesced write).  What is a state rather than an event (live
+connections, queued bytes) is not counted at all: :meth:`WebSocketHandler.stats` reads it from
+the registry when asked, so keeping it costs nothing between two scrapes.
+
+:class:`HandlerStats` is the snapshot: frozen, made of ints and read-only mappings, safe to hand
+to another task or thread, to log, or to serialize (:meth:`HandlerStats.to_dict`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from ._backplane import RedisBackplane
+    from ._connection import WebSocketConnection
+
+__all__ = ["BackplaneStats", "Counters", "HandlerStats"]
+
+#: the fields of :class:`Counters` that are plain ints, in the order of :class:`HandlerStats`
+_INT_COUNTERS = (
+    "upgrades",
+    "messages_received",
+    "bytes_received",
+    "messages_sent",
+    "bytes_sent",
+    "broadcasts",
+    "publishes",
+    "writes",
+    "frames_written",
+    "dropped_messages",
+    "slow_consumer_closes",
+    "send_timeouts",
+    "heartbeat_timeouts",
+    "idle_timeouts",
+)
+#: the fields of :class:`Counters` that count by a code (HTTP status or close code)
+_CODE_COUNTERS = ("refused", "close_codes_sent", "close_codes_received", "protocol_errors")
+
+
+class Counters:
+    """The live counters of one handler (see :class:`HandlerStats` for what each one counts).
+
+    Mutable and unsynchronized on purpose: the event loop is the only writer.  Code outside
+    the package reads them through :meth:`WebSocketHandler.stats`.
+    """
+
+    __slots__ = (*_INT_COUNTERS, *_CODE_COUNTERS)
+
+    def __init__(self) -> None:
+        self.upgrades = 0
+        self.messages_received = 0
+        self.bytes_received = 0
+        self.messages_sent = 0
+        self.bytes_sent = 0
+        self.broadcasts = 0
+        self.publishes = 0
+        self.writes = 0
+        self.frames_written = 0
+        self.dropped_messages = 0
+        self.slow_consumer_closes = 0
+        self.send_timeouts = 0
+        self.heartbeat_timeouts = 0
+        self.idle_timeouts = 0
+        self.refused: dict[int, int] = {}
+        self.close_codes_sent: dict[int, int] = {}
+        self.close_codes_received: dict[int, int] = {}
+        self.protocol_errors: dict[int, int] = {}
+
+    def response(self, status: int) -> None:
+        """The handler's answer to an HTTP request went out: 101 is an upgrade."""
+        if status == 101:
+            self.upgrades += 1
+        else:
+            self.refused[status] = self.refused.get(status, 0) + 1
+
+    def wrote(self, frames: int, size: int) -> None:
+        """A batch of ``frames`` queued frames (``size`` bytes) was written to a socket."""
+        self.writes += 1
+        self.frames_written += frames
+        self.bytes_sent += size
+
+    @staticmethod
+    def count(by_code: dict[int, int], code: int) -> None:
+        """Count one ``code`` in one of the by-code counters."""
+        by_code[code] = by_code.get(code, 0) + 1
+
+
+def _frozen_codes(value: Mapping[int, int]) -> Mapping[int, int]:
+    return MappingProxyType({int(k): int(v) for k, v in sorted(value.items())})
+
+
+@attrs.frozen
+class BackplaneStats:
+    """The counters of a handler's :class:`~trio_wshandler.RedisBackplane` at one moment."""
+
+    #: messages this process sent to Redis
+    published: int
+    #: messages from other processes delivered to this one's clients
+    received: int
+    #: messages that could not reach other processes (Redis lost, outbox full)
+    lost: int
+    #: times the connection to Redis was lost and made again
+    reconnects: int
+    #: Redis is reachable now
+    connected: bool
+
+    @classmethod
+    def of(cls, backplane: RedisBackplane) -> BackplaneStats:
+        return cls(
+            published=backplane.published,
+            received=backplane.received,
+            lost=backplane.lost,
+            reconnects=backplane.reconnects,
+            connected=backplane.connected,
+        )
+
+
+@attrs.frozen
+class HandlerStats:
+    """What one handler has done since it was made, and its state now (``handler.stats()``).
+
+    Counters only grow (a restarted process starts again from zero, which Prometheus reads as a
+    counter reset); ``connections``, ``queued_bytes`` and ``largest_queue_bytes`` are the state
+    at the moment of the snapshot.  Byte counts are WebSocket bytes (frames as written and read,
+    after compression and before TLS).
+    """
+
+    #: the handler's ``name`` (the ``handler`` label of its Prometheus metrics)
+    name: str
+    #: live connections now
+    connections: int
+    #: upgrades accepted (101 sent)
+    upgrades: int
+    #: HTTP requests the handler answered with anything but 101, by status (403 origin, 401
+    #: authentication, 503 full or stopped, 400/405/426 not a valid upgrade, ...)
+    refused: Mapping[int, int]
+    #: whole data messages handed to ``got_message`` (or assembled from raw frames)
+    messages_received: int
+    #: bytes read from clients after their upgrade (frames as received, compressed or not)
+    bytes_received: int
+    #: data messages queued for clients: a broadcast to 1,000 clients counts 1,000; a message
+    #: refused by a full queue or a closing connection is not counted
+    messages_sent: int
+    #: bytes written to clients (every frame, control frames too)
+    bytes_sent: int
+    #: ``send_all`` calls made in this process
+    broadcasts: int
+    #: ``publish`` calls made in this process
+    publishes: int
+    #: batches of queued frames written together (one ``write`` when the socket takes them)
+    writes: int
+    #: frames in those batches (``frames_written / writes`` is the coalescing achieved)
+    frames_written: int
+    #: bytes queued and not yet written, over all connections, now
+    queued_bytes: int
+    #: the largest of those queues, now
+    largest_queue_bytes: int
+    #: messages dropped because a client's queue was full (``slow_consumer="drop"``)
+    dropped_messages: int
+    #: connections closed (1008) because their queue was full (``slow_consumer="close"``)
+    slow_consumer_closes: int
+    #: connections dropped because their socket took no byte for ``send_timeout``
+    send_timeouts: int
+    #: Close frames sent, by close code
+    close_codes_sent: Mapping[int, int]
+    #: Close frames received, by close code (1005: a Close without a code)
+    close_codes_received: Mapping[int, int]
+    #: connections failed because the client broke the protocol or a limit, by the close code
+    #: sent (1002 protocol, 1007 invalid data, 1009 too big)
+    protocol_errors: Mapping[int, int]
+    #: connections closed (1011) because a heartbeat Ping got no Pong within ``pong_timeout``
+    heartbeat_timeouts: int
+    #: connections closed (1001) by ``idle_timeout``
+    idle_timeouts: int
+    #: the backplane's counters, or None without one
+    backplane: BackplaneStats | None = None
+
+    @property
+    def frames_per_write(self) -> float:
+        """Frames written per write on average (0.0 before the first write)."""
+        return self.frames_written / self.writes if self.writes else 0.0
+
+    @classmethod
+    def take(
+        cls,
+        name: str,
+        counters: Counters,
+        connections: Iterable[WebSocketConnection],
+        backplane: RedisBackplane | None,
+    ) -> HandlerStats:
+        """The snapshot of ``counters`` and of the live ``connections`` (walked once)."""
+        live = queued = largest = 0
+        for connection in connections:
+            live += 1
+            size = connection._queue.queued_bytes
+            queued += size
+            largest = max(largest, size)
+        values: dict[str, Any] = {field: getattr(counters, field) for field in _INT_COUNTERS}
+        for field in _CODE_COUNTERS:
+            values[field] = _frozen_codes(getattr(counters, field))
+        return cls(
+            name=name,
+            connections=live,
+            queued_bytes=queued,
+            largest_queue_bytes=largest,
+            backplane=None if backplane is None else BackplaneStats.of(backplane),
+            **values,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (str keys, ints and bools) for JSON; :meth:`from_dict` reads it back."""
+        data = attrs.asdict(self, recurse=False)
+        for field in _CODE_COUNTERS:
+            data[field] = {str(code): n for code, n in data[field].items()}
+        data["backplane"] = None if self.backplane is None else attrs.asdict(self.backplane)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HandlerStats:
+        """The snapshot :meth:`to_dict` gave (fields it does not know are ignored)."""
+        known = {field.name for field in attrs.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for field in _CODE_COUNTERS:
+            values[field] = _frozen_codes({int(k): v for k, v in values[field].items()})
+        if values.get("backplane") is not None:
+            values["backplane"] = BackplaneStats(**values["backplane"])
+        return cls(**values)
