@@ -136,13 +136,12 @@ class WebSocketConnection(Subscriber):
         self._state = _NEW
         self._closed: trio.Event | None = None  # made only when somebody waits for the end
         self._ended = False  # the end hooks have run
-        counters = handler._counters
-        self._queue = SendQueue(handler.max_queue, handler.max_queue_bytes, counters)
+        self._queue = SendQueue(handler.max_queue, handler.max_queue_bytes)
         self._protocol = WebSocketProtocol(
             max_message_size=handler.max_message_size,
             max_fragments=handler.max_fragments,
             raw_frames=type(self).got_raw_message is not WebSocketConnection.got_raw_message,
-            counters=counters,
+            counters=handler._counters,
         )
         self._scope: trio.CancelScope | None = None
         self._close_deadline = math.inf
@@ -458,6 +457,9 @@ class WebSocketConnection(Subscriber):
                     handler.log_error(
                         "connection %s: connection_closed() failed", self.id, exc_info=True
                     )
+            # what it wrote joins the handler's totals as it leaves the registry (no checkpoint
+            # in between: a stats() snapshot counts it once, live or retired)
+            handler._counters.retire(queue)
             registry.remove(self)
             self._leave_topics()
             self._ended = True

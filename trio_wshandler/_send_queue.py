@@ -20,8 +20,6 @@ import math
 
 import trio
 
-from ._stats import Counters
-
 __all__ = ["CONTROL_RESERVE", "MAX_PONGS_OWED", "SendQueue"]
 
 #: Channel slots kept for Close and Ping frames beyond ``max_frames`` and the Pongs owed.
@@ -40,7 +38,7 @@ class SendQueue:
         "_progress",
         "_receive",
         "_send",
-        "counters",
+        "bytes_written",
         "draining",
         "enqueued",
         "finished",
@@ -49,13 +47,12 @@ class SendQueue:
         "max_bytes",
         "max_frames",
         "queued_bytes",
+        "writes",
         "written",
     )
 
-    def __init__(self, max_frames: int, max_bytes: int, counters: Counters | None = None) -> None:
+    def __init__(self, max_frames: int, max_bytes: int) -> None:
         self.max_frames = max_frames
-        #: the handler's counters, told of every batch written (``Counters.wrote``)
-        self.counters = counters if counters is not None else Counters()
         self.max_bytes = max_bytes
         # the channel is made on first use: an idle connection never queues anything
         self._send: trio.MemorySendChannel[bytes] | None = None
@@ -67,6 +64,10 @@ class SendQueue:
         #: frames ever queued / ever written; ``flush`` waits for written >= enqueued
         self.enqueued = 0
         self.written = 0
+        #: batches written and their bytes (``handler.stats()`` adds them up: counted here, in
+        #: two int fields, because a handler-wide counter costs more on this hot path)
+        self.writes = 0
+        self.bytes_written = 0
         #: set once the writer can write no more (the connection ended)
         self.finished = False
         #: the connection is on its flusher's list for the next round
@@ -210,7 +211,8 @@ class SendQueue:
         """Account for a written batch and wake ``flush`` and ``wait_for_room`` callers."""
         self.queued_bytes -= size
         self.written += len(frames)
-        self.counters.wrote(len(frames), size)
+        self.writes += 1
+        self.bytes_written += size
         self.wake()
 
     def finish(self) -> None:

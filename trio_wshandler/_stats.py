@@ -2,11 +2,14 @@
 
 Every :class:`~trio_wshandler.WebSocketHandler` owns one :class:`Counters`.  The code that
 reads, queues and writes bumps its fields in place (``counters.messages_received += 1``): no
-allocation, no lock (one Trio thread), no per-connection field, and the costly counts are made
-once per batch rather than once per frame (``messages_sent`` grows by the number of recipients of
-a broadcast, ``bytes_sent`` by a coalesced write).  What is a state rather than an event (live
-connections, queued bytes) is not counted at all: :meth:`WebSocketHandler.stats` reads it from
-the registry when asked, so keeping it costs nothing between two scrapes.
+allocation, no lock (one Trio thread), and the hot paths count in bulk: ``messages_sent`` grows
+once per broadcast by its number of recipients, never once per delivery.  Writes are the one
+count kept per connection: a write already updates its queue (``_send_queue.py``), and two more
+int fields there cost about half of what reaching a handler-wide counter from each write would
+(the figures are in docs/performance.md); a connection's writes join the handler's totals when
+it ends.  What is a state rather than an event (live connections, queued bytes) is not counted
+at all.  :meth:`WebSocketHandler.stats` adds it all up when asked, walking the live connections
+once, so keeping the numbers costs next to nothing between two scrapes.
 
 :class:`HandlerStats` is the snapshot: frozen, made of ints and read-only mappings, safe to hand
 to another task or thread, to log, or to serialize (:meth:`HandlerStats.to_dict`).
@@ -23,6 +26,7 @@ import attrs
 if TYPE_CHECKING:
     from ._backplane import RedisBackplane
     from ._connection import WebSocketConnection
+    from ._send_queue import SendQueue
 
 __all__ = ["BackplaneStats", "Counters", "HandlerStats"]
 
@@ -32,17 +36,16 @@ _INT_COUNTERS = (
     "messages_received",
     "bytes_received",
     "messages_sent",
-    "bytes_sent",
     "broadcasts",
     "publishes",
-    "writes",
-    "frames_written",
     "dropped_messages",
     "slow_consumer_closes",
     "send_timeouts",
     "heartbeat_timeouts",
     "idle_timeouts",
 )
+#: what ended connections wrote: their queues' ``writes``, ``written``, ``bytes_written``
+_RETIRED = ("retired_writes", "retired_frames", "retired_bytes")
 #: the fields of :class:`Counters` that count by a code (HTTP status or close code)
 _CODE_COUNTERS = ("refused", "close_codes_sent", "close_codes_received", "protocol_errors")
 
@@ -54,18 +57,15 @@ class Counters:
     the package reads them through :meth:`WebSocketHandler.stats`.
     """
 
-    __slots__ = (*_INT_COUNTERS, *_CODE_COUNTERS)
+    __slots__ = (*_INT_COUNTERS, *_CODE_COUNTERS, *_RETIRED)
 
     def __init__(self) -> None:
         self.upgrades = 0
         self.messages_received = 0
         self.bytes_received = 0
         self.messages_sent = 0
-        self.bytes_sent = 0
         self.broadcasts = 0
         self.publishes = 0
-        self.writes = 0
-        self.frames_written = 0
         self.dropped_messages = 0
         self.slow_consumer_closes = 0
         self.send_timeouts = 0
@@ -75,6 +75,7 @@ class Counters:
         self.close_codes_sent: dict[int, int] = {}
         self.close_codes_received: dict[int, int] = {}
         self.protocol_errors: dict[int, int] = {}
+        self.retired_writes = self.retired_frames = self.retired_bytes = 0
 
     def response(self, status: int) -> None:
         """The handler's answer to an HTTP request went out: 101 is an upgrade."""
@@ -83,11 +84,12 @@ class Counters:
         else:
             self.refused[status] = self.refused.get(status, 0) + 1
 
-    def wrote(self, frames: int, size: int) -> None:
-        """A batch of ``frames`` queued frames (``size`` bytes) was written to a socket."""
-        self.writes += 1
-        self.frames_written += frames
-        self.bytes_sent += size
+    def retire(self, queue: SendQueue) -> None:
+        """A connection ended: add what its queue wrote to the totals (a live connection's
+        writes are counted on its queue, and added up by ``HandlerStats.take``)."""
+        self.retired_writes += queue.writes
+        self.retired_frames += queue.written
+        self.retired_bytes += queue.bytes_written
 
     @staticmethod
     def count(by_code: dict[int, int], code: int) -> None:
@@ -200,11 +202,20 @@ class HandlerStats:
     ) -> HandlerStats:
         """The snapshot of ``counters`` and of the live ``connections`` (walked once)."""
         live = queued = largest = 0
+        writes, frames, sent = (
+            counters.retired_writes,
+            counters.retired_frames,
+            counters.retired_bytes,
+        )
         for connection in connections:
             live += 1
-            size = connection._queue.queued_bytes
+            queue = connection._queue
+            size = queue.queued_bytes
             queued += size
             largest = max(largest, size)
+            writes += queue.writes
+            frames += queue.written
+            sent += queue.bytes_written
         values: dict[str, Any] = {field: getattr(counters, field) for field in _INT_COUNTERS}
         for field in _CODE_COUNTERS:
             values[field] = _frozen_codes(getattr(counters, field))
@@ -213,6 +224,9 @@ class HandlerStats:
             connections=live,
             queued_bytes=queued,
             largest_queue_bytes=largest,
+            writes=writes,
+            frames_written=frames,
+            bytes_sent=sent,
             backplane=None if backplane is None else BackplaneStats.of(backplane),
             **values,
         )
