@@ -60,8 +60,6 @@ import json
 import os
 import platform
 import selectors
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -72,6 +70,9 @@ from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' redis-server helper
+from redis_server import RedisServer, redis_binary, redis_version  # noqa: E402
+
 SERVERS = [
     "trio_wshandler",
     "websockets_trio",
@@ -137,8 +138,8 @@ def cpu_seconds_of(pid: int) -> float:
 class Process:
     """A child process we talk to in lines over stdin/stdout."""
 
-    def __init__(self, args: list[str]) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    def __init__(self, args: list[str], pythonpath: Path = ROOT) -> None:
+        env = {**os.environ, "PYTHONPATH": str(pythonpath)}
         self.proc = subprocess.Popen(
             [sys.executable, *args],
             stdin=subprocess.PIPE,
@@ -183,9 +184,11 @@ class Process:
 
 
 def start_server(
-    kind: str, deflate: bool = False, args: tuple[str, ...] = ()
+    kind: str, deflate: bool = False, args: tuple[str, ...] = (), pythonpath: Path = ROOT
 ) -> tuple[Process, int]:
-    server = Process([str(HERE / "servers.py"), kind, *(["deflate"] if deflate else []), *args])
+    server = Process(
+        [str(HERE / "servers.py"), kind, *(["deflate"] if deflate else []), *args], pythonpath
+    )
     line = server.readline(30)
     if not line or not line.startswith("port "):
         server.stop()
@@ -436,12 +439,6 @@ def scenario_slow(kind: str, count: int, timeout: float) -> dict[str, Any]:
 # ---------------------------------------------------------------- cross-process fan-out (7)
 
 
-def redis_binary() -> str | None:
-    """The redis-server for the cluster scenario: ``$REDIS_SERVER``, else one on PATH."""
-    found = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
-    return found if found and os.access(found, os.X_OK) else None
-
-
 def cluster_missing() -> str | None:
     """Why the cross-process scenario cannot run here, or None."""
     if importlib.util.find_spec("coredis") is None:
@@ -451,56 +448,6 @@ def cluster_missing() -> str | None:
             return f"REDIS_SERVER={os.environ['REDIS_SERVER']} is not an executable"
         return "no redis-server: set REDIS_SERVER to one, or put redis-server on PATH"
     return None
-
-
-class RedisServer:
-    """A throwaway redis-server on a free loopback port (no persistence), as tests/ start one."""
-
-    def __init__(self, binary: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.binary = binary
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.version = ""
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 10) -> None:
-        version = subprocess.run([self.binary, "--version"], capture_output=True, text=True)
-        self.version = version.stdout.strip()
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-        self.process = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout} s")
-
-    def cpu_seconds(self) -> float:
-        assert self.process is not None
-        return cpu_seconds_of(self.process.pid)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
 
 
 def backplane_stats(server: Process) -> dict[str, Any]:
@@ -657,7 +604,7 @@ def scenario_cluster(
     assert binary is not None
     redis = RedisServer(binary)
     redis.start()
-    results["cluster_redis"] = {"binary": binary, "version": redis.version}
+    results["cluster_redis"] = {"binary": binary, "version": redis_version(binary)}
     try:
         for row in CLUSTER_ROWS:
             try:

@@ -13,12 +13,17 @@ import socket
 import subprocess
 import time
 
-__all__ = ["RedisServer", "redis_binary"]
+__all__ = ["RedisServer", "redis_binary", "redis_version"]
 
 
 def redis_binary() -> str | None:
     found = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
     return found if found and os.access(found, os.X_OK) else None
+
+
+def redis_version(binary: str) -> str:
+    """What ``redis-server --version`` says (for reports)."""
+    return subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
 
 
 def _free_port() -> int:
@@ -67,6 +72,13 @@ class RedisServer:
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout} s")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the running redis-server has used (Linux /proc)."""
+        assert self.process is not None
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
