@@ -117,7 +117,8 @@ def imported_from(pythonpath: Path) -> str:
 
 def spread(values: list[float]) -> float:
     """Half the range of ``values`` relative to their median (the noise of one variant)."""
-    return (max(values) - min(values)) / 2 / statistics.median(values) if values else 0.0
+    middle = statistics.median(values) if values else 0.0
+    return (max(values) - min(values)) / 2 / middle if middle else 0.0
 
 
 def part_counters(n: int, repeats: int, count: int, timeout: float) -> dict[str, Any]:
@@ -404,7 +405,7 @@ def main() -> int:
     timeout = 60.0
     if "counters" in parts:
         n, repeats = (100, 1) if quick else (1000, 6)
-        results["counters"] = part_counters(n, repeats, 20 if quick else 200, timeout)
+        results["counters"] = part_counters(n, repeats, 20 if quick else 1000, timeout)
     if "workers" in parts:
         n, repeats = (100, 1) if quick else (2000, 2)
         results["workers"] = part_workers(n, repeats, 20 if quick else 200, timeout)
