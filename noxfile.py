@@ -107,11 +107,15 @@ BENCH_DEPS = ["-e", ".[bench,redis]"]
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """The side-by-side benchmark (about 15 minutes); ``nox -s bench -- --quick``: smoke run."""
+    """The side-by-side benchmark (about 15 minutes), then the operations benchmark (the
+    counters' cost, 1 and 2 workers: about 5 minutes); ``nox -s bench -- --quick``: smoke run
+    (other arguments go to run.py)."""
     session.install(*BENCH_DEPS)
     binary = redis_server(session)
     env = {"REDIS_SERVER": binary} if binary else {}
     session.run("python", "benchmarks/run.py", *session.posargs, env=env)
+    quick = ["--quick"] if "--quick" in session.posargs else []
+    session.run("python", "benchmarks/operations.py", *quick, env=env)
 
 
 @nox.session(name="bench_smoke", python="3.11")
@@ -123,3 +127,5 @@ def bench_smoke(session: nox.Session) -> None:
     env = {"REDIS_SERVER": binary} if binary else {}
     session.run("python", "benchmarks/run.py", "--quick", "--out", out, env=env)
     session.run("python", "benchmarks/check_results.py", f"{out}/results.json")
+    # exits non-zero if a round lost deliveries
+    session.run("python", "benchmarks/operations.py", "--quick", "--out", f"{out}/ops", env=env)

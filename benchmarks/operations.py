@@ -4,13 +4,13 @@
 
 ``counters``: fan-out with and without the counters behind ``handler.stats()``.  "Without" is
 the package as it was just before they were added (the parent of the commit that added
-``trio_wshandler/_stats.py``, exported with ``git archive``); "with" is this checkout.  Both run
-the same benchmark server (``servers.py trio_wshandler``) at the same time, each with its own
-fleet of N clients, and take turns: rounds of paced and burst broadcasts of 64 B, alternating
-which goes first.  The figure is the server's CPU time per delivery; the overhead is the ratio
-of the medians, and the noise is the spread of each variant's own rounds.  The script prints
-which commits it compares and how many package files differ: the comparison measures the
-counters only while nothing else on the hot path changed since (true when it was added).
+``trio_wshandler/_stats.py``, exported with ``git archive``); "with" is this checkout.
+``counters_harness.py`` loads both in one process, serves each to 1,000 raw clients, and times
+the server's CPU per delivery in rounds of paced and burst broadcasts of 64 B, the two versions
+in turns (see its docstring for why).  The overhead is the median of the pairs' ratios, with a
+95 % bootstrap interval; the per-write accounting is also timed alone.  The report names the
+commits compared and how many package files differ: the comparison measures the counters only
+while nothing else on the hot path changed since (true when they were added).
 
 ``workers``: ``python -m trio_wshandler serve workers_app:make`` (the real command) with 1
 worker, 1 worker and a Redis backplane, and 2 workers sharing the port through Redis; 2,000
@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import queue
+import random
 import signal
 import statistics
 import subprocess
@@ -44,12 +45,10 @@ from typing import Any
 from run import (
     HERE,
     ROOT,
-    Process,
     broadcast_round,
     cluster_missing,
     cpu_seconds_of,
     start_fleets,
-    start_server,
 )
 
 sys.path.insert(0, str(ROOT / "tests"))
@@ -102,26 +101,14 @@ def export_package(commit: str, into: Path) -> None:
         tar.extractall(into, filter="data")
 
 
-def imported_from(pythonpath: Path) -> str:
-    """Where a server started with ``pythonpath`` imports trio_wshandler from."""
-    out = subprocess.run(
-        [sys.executable, "-c", "import trio_wshandler; print(trio_wshandler.__file__)"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=HERE,
-        env={**os.environ, "PYTHONPATH": str(pythonpath)},
-    )
-    return out.stdout.strip()
+def median_interval(ratios: list[float], draws: int = 2000) -> tuple[float, float]:
+    """A 95 % bootstrap interval of the median of ``ratios`` (seeded: the same every run)."""
+    rng = random.Random(12)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(draws))
+    return medians[int(draws * 0.025)], medians[int(draws * 0.975)]
 
 
-def spread(values: list[float]) -> float:
-    """Half the range of ``values`` relative to their median (the noise of one variant)."""
-    middle = statistics.median(values) if values else 0.0
-    return (max(values) - min(values)) / 2 / middle if middle else 0.0
-
-
-def part_counters(n: int, repeats: int, count: int, timeout: float) -> dict[str, Any]:
+def part_counters(n: int, m: int, pairs: int) -> dict[str, Any]:
     found = baseline_commit()
     if isinstance(found, str):
         return {"skipped": found}
@@ -129,57 +116,49 @@ def part_counters(n: int, repeats: int, count: int, timeout: float) -> dict[str,
     changed = git("diff", "--name-only", baseline, head, "--", "trio_wshandler").splitlines()
     result: dict[str, Any] = {
         "clients": n,
-        "messages_per_round": count,
+        "messages_per_round": m,
+        "pairs": pairs,
         "size": 64,
         "baseline": baseline,
         "head": head,
         "package_files_changed": changed,
-        "rounds": [],
     }
     with tempfile.TemporaryDirectory(prefix="counters-baseline-") as tmp:
         export_package(baseline, Path(tmp))
-        variants = {"with": ROOT, "without": Path(tmp)}
-        for name, path in variants.items():
-            where = imported_from(path)
-            if not where.startswith(str(path)):
-                raise RuntimeError(f"the {name} server would import {where}, not from {path}")
-        servers: dict[str, tuple[Process, list[Process]]] = {}
-        try:
-            for name, path in variants.items():
-                server, port = start_server("trio_wshandler", pythonpath=path)
-                servers[name] = (server, [])
-                servers[name][1].extend(start_fleets(port, n, timeout=timeout))
-            time.sleep(1.0)
-            for rep in range(repeats):
-                order = ["with", "without"] if rep % 2 == 0 else ["without", "with"]
-                for mode in ("paced", "burst"):
-                    for name in order:
-                        server, fleets = servers[name]
-                        rnd = broadcast_round(server, fleets, count, 64, mode, timeout)
-                        rnd.update(variant=name, repeat=rep)
-                        result["rounds"].append(rnd)
-        finally:
-            for server, fleets in servers.values():
-                for fleet in fleets:
-                    fleet.stop()
-                server.stop()
+        (Path(tmp) / "trio_wshandler").rename(Path(tmp) / "trio_wshandler_base")
+        out = subprocess.run(
+            [sys.executable, str(HERE / "counters_harness.py"), str(n), str(m), str(pairs)],
+            capture_output=True,
+            text=True,
+            cwd=HERE,
+            env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp}"},
+            timeout=3600,
+        )
+    if out.returncode != 0:
+        raise RuntimeError(f"counters_harness.py failed: {out.stderr[-2000:]}")
+    raw = json.loads(out.stdout.strip().splitlines()[-1])
+    if not raw["files"]["with"].startswith(str(ROOT)):
+        raise RuntimeError(f"'with' was imported from {raw['files']['with']}, not {ROOT}")
+    result["files"] = raw["files"]
+    result["skipped_pairs"] = raw["skipped"]
+    result["wrote_ns"] = raw["wrote_ns"]
     summary = {}
     for mode in ("paced", "burst"):
-        per = {}
-        for name in variants:
-            rounds = [r for r in result["rounds"] if r["variant"] == name and r["mode"] == mode]
-            cpu = [r["server_cpu_s_per_million"] for r in rounds]  # us per delivery
-            per[name] = {
-                "cpu_us_per_delivery": statistics.median(cpu),
-                "noise": spread(cpu),
-                "deliveries_per_s": statistics.median(r["deliveries_per_s"] for r in rounds),
-                "complete": all(r["deliveries"] == r["expected"] for r in rounds),
+        per: dict[str, Any] = {}
+        for i, kind in ((0, "total"), (1, "user")):
+            got = raw[mode]
+            ratios = [p["with"][i] / p["without"][i] for p in got if p["without"][i]]
+            low, high = median_interval(ratios) if ratios else (0.0, 0.0)
+            per[kind] = {
+                "with_us": statistics.median(p["with"][i] for p in got) if got else 0.0,
+                "without_us": statistics.median(p["without"][i] for p in got) if got else 0.0,
+                "overhead": statistics.median(ratios) - 1 if ratios else 0.0,
+                "interval": (low - 1, high - 1),
+                "pairs": len(ratios),
             }
-        per["overhead"] = (
-            per["with"]["cpu_us_per_delivery"] / per["without"]["cpu_us_per_delivery"] - 1
-        )
         summary[mode] = per
     result["summary"] = summary
+    result["pairs_raw"] = raw
     return result
 
 
@@ -187,25 +166,37 @@ def counters_markdown(result: dict[str, Any]) -> list[str]:
     out = ["## The counters' cost: fan-out with and without them", ""]
     if "skipped" in result:
         return [*out, f"skipped: {result['skipped']}", ""]
+    wrote = result["wrote_ns"]
     out += [
-        f"{result['clients']:,} clients, {result['messages_per_round']} messages of 64 B per "
-        f"round; without = {result['baseline'][:10]} (before the counters), with = "
-        f"{result['head'][:10]}; package files changed between them: "
-        f"{len(result['package_files_changed'])}.",
+        f"{result['clients']:,} clients per version in one process, {result['pairs']} pairs of "
+        f"rounds per mode ({result['messages_per_round']} messages of 64 B per round, the two "
+        f"versions in turns); without = {result['baseline'][:10]} (before the counters), with = "
+        f"{result['head'][:10]} ({len(result['package_files_changed'])} package files differ). "
+        "CPU per delivery: medians of the rounds; overhead: median of the pairs' ratios, with a "
+        "95 % bootstrap interval.",
         "",
-        "| mode | CPU us/delivery without | with | overhead | noise (without / with) "
-        "| deliveries/s without | with |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | CPU | us/delivery without | with | overhead | 95 % interval |",
+        "|---|---|---|---|---|---|",
     ]
     for mode, per in result["summary"].items():
-        w, o = per["with"], per["without"]
-        out.append(
-            f"| {mode} | {o['cpu_us_per_delivery']:.3f} | {w['cpu_us_per_delivery']:.3f} "
-            f"| {per['overhead'] * 100:+.1f} % | ±{o['noise'] * 100:.1f} % / "
-            f"±{w['noise'] * 100:.1f} % | {o['deliveries_per_s']:,.0f} "
-            f"| {w['deliveries_per_s']:,.0f} |"
-        )
-    return [*out, ""]
+        for kind, label in (("total", "all"), ("user", "user space")):
+            f = per[kind]
+            low, high = f["interval"]
+            out.append(
+                f"| {mode} | {label} | {f['without_us']:.3f} | {f['with_us']:.3f} "
+                f"| {f['overhead'] * 100:+.1f} % | {low * 100:+.1f} % .. {high * 100:+.1f} % |"
+            )
+    paced = result["summary"]["paced"]["total"]["without_us"]
+    extra = wrote["with"] - wrote["without"]
+    out += [
+        "",
+        f"Per write (`SendQueue.wrote`, timeit, best of 21 runs): {wrote['without']:.0f} ns "
+        f"without, {wrote['with']:.0f} ns with: {extra:+.0f} ns, "
+        + (f"{extra / (paced * 1000) * 100:+.1f} % of a paced delivery's CPU" if paced else "")
+        + " (a paced broadcast writes once per delivery; a burst once per client).",
+        "",
+    ]
+    return out
 
 
 # ---------------------------------------------------------------- workers: 1 and 2
@@ -404,8 +395,7 @@ def main() -> int:
     }
     timeout = 60.0
     if "counters" in parts:
-        n, repeats = (100, 1) if quick else (1000, 6)
-        results["counters"] = part_counters(n, repeats, 20 if quick else 1000, timeout)
+        results["counters"] = part_counters(*((50, 20, 3) if quick else (1000, 60, 100)))
     if "workers" in parts:
         n, repeats = (100, 1) if quick else (2000, 2)
         results["workers"] = part_workers(n, repeats, 20 if quick else 200, timeout)
@@ -426,9 +416,8 @@ def main() -> int:
             for r in row["rounds"]
             if r["deliveries"] != r["expected"]
         ]
-    for r in results.get("counters", {}).get("rounds", []):
-        if r["deliveries"] != r["expected"]:
-            problems.append(f"counters {r['variant']}: {r['deliveries']}/{r['expected']}")
+    if results.get("counters", {}).get("skipped_pairs"):
+        problems.append(f"counters: {results['counters']['skipped_pairs']} pair(s) incomplete")
     for problem in problems:
         print("PROBLEM:", problem, file=sys.stderr)
     return 1 if problems else 0
