@@ -249,10 +249,22 @@ class ServeCommand:
         self.answers: queue.Queue[str] = queue.Queue()
 
     def pids(self) -> list[int]:
+        """The workers' pids: this process with 1 worker, else the supervisor's children (read
+        from every process's parent: Trio starts them from a worker thread, whose own
+        ``/proc/.../children`` list is the only one that names them until it exits)."""
         if self.workers == 1:
             return [self.proc.pid]
-        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        return [int(pid) for pid in path.read_text().split()]
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid:
+                children.append(int(stat.parent.name))
+        if len(children) != self.workers:
+            raise RuntimeError(f"{len(children)} workers running, not {self.workers}")
+        return children
 
     def cpu_seconds(self) -> float:
         return sum(cpu_seconds_of(pid) for pid in self.pids())

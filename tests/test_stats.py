@@ -258,5 +258,7 @@ def test_snapshot_is_frozen_and_round_trips() -> None:
     # a snapshot does not change afterwards
     handler._counters.response(403)
     assert stats.refused == {403: 1} and handler.stats().refused == {403: 2}
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError):
         WebSocketHandler(name="")
+    with pytest.raises(TypeError):
+        WebSocketHandler(name=5)  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """One WebSocket connection: the object user code subclasses, and the task that runs it.
 
-After the upgrade, :meth:`WebSocketConnection._run` runs in the connection's one task, the
+After the upgrade, ``_lifecycle.run_connection`` runs in the connection's one task, the
 **reader** (its loop is ``_reader.py``): it receives bytes, feeds the sans-I/O protocol
 (``_protocol.py``) and dispatches its events to the hooks, one at a time, in order.
 Everything else a connection needs is shared by its listener (``_listener_tasks.py``): the
@@ -24,23 +24,21 @@ from typing import TYPE_CHECKING
 import trio
 
 from ._errors import ConnectionClosedError
-from ._flusher import WriteTimeout, plain_socket_fd, write_last_words
+from ._flusher import WriteTimeout
 from ._protocol import (
     MessageAssembler,
     WebSocketProtocol,
 )
-from ._reader import FrameAction, linger, read
+from ._reader import FrameAction
 from ._send_queue import SendQueue
 from ._topics import Subscriber
 from ._types import CallContext, Request
-from ._writer import tls_writer
 from .codec import CloseCode, DataLike, Frame, Opcode, encode_message
 
 if TYPE_CHECKING:
     from ._extensions import DeflateAgreement
     from ._flusher import Flusher
     from ._handler import WebSocketHandler
-    from ._listener_tasks import ListenerTasks
     from ._timers import Timers
 
 __all__ = ["FrameAction", "WebSocketConnection"]
@@ -393,97 +391,6 @@ class WebSocketConnection(Subscriber):
         self._protocol.use_deflate(agreement)
         if outbound:
             self._deflate_bits = agreement.server_max_window_bits
-
-    async def _run(
-        self, stream: trio.abc.Stream, initial_data: bytes, tasks: ListenerTasks
-    ) -> None:
-        handler = self.handler
-        registry = handler._registry
-        registry.add(self)
-        if self._state is _NEW:
-            self._state = _OPEN
-        self._last_received = self._last_message = opened = trio.current_time()
-        timers = self._timers = tasks.timers
-        queue = self._queue
-        try:
-            with trio.CancelScope(deadline=self._close_deadline) as self._scope:
-                if plain_socket_fd(stream) >= 0:
-                    assert isinstance(stream, trio.SocketStream)
-                    self._sock = stream.socket
-                    self._flusher = tasks.flusher
-                    if queue.in_channel:  # sent before the connection ran
-                        self._schedule()
-                else:  # TLS: a writer task of its own, so that it never holds the flusher
-                    tasks.nursery.start_soon(tls_writer, self, stream, name="trio_wshandler writer")
-                if await self._call_registered():
-                    timers.add(self)
-                failed = await read(self, stream, initial_data)
-                # done reading: what is queued (our Close last) is written within close_timeout
-                self._set_deadline(handler.close_timeout)
-                if self._flusher is None:
-                    queue.close()  # the writer ends once it has written everything
-                await queue.wait_written(queue.enqueued)
-                if failed and not queue.finished:
-                    await linger(stream)
-            if self._scope.cancelled_caught and self.close_code is None:
-                self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "timed out"
-        finally:
-            timers.discard(self)
-            if self._writer_scope is not None:
-                self._writer_scope.cancel()
-            self._state = _CLOSED
-            queue.finish()
-            # ended without the queue written (cancelled from outside, a deadline): what is
-            # queued and a Close 1001, if the socket takes them at once
-            last_close = self._protocol.close(CloseCode.GOING_AWAY, "server is stopping")
-            wrote = write_last_words(queue, stream, last_close)
-            if wrote and last_close and self.close_code is None:
-                self.close_code, self.close_reason = CloseCode.GOING_AWAY, "server is stopping"
-            if self.close_code is None:
-                self.close_code = CloseCode.ABNORMAL_CLOSURE
-            self._sock = self._flusher = None
-            # shielded, so that cancellation of the server still runs the end hooks, and
-            # bounded, so that a hook cannot hold the server's shutdown forever
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + handler.close_timeout
-                await trio.aclose_forcefully(stream)
-                try:
-                    await handler.deregister_connection(self)
-                except Exception:
-                    handler.log_error("deregister_connection(%s) failed", self.id, exc_info=True)
-                try:
-                    await self.connection_closed()
-                except Exception:
-                    handler.log_error(
-                        "connection %s: connection_closed() failed", self.id, exc_info=True
-                    )
-            # what it wrote joins the handler's totals as it leaves the registry (no checkpoint
-            # in between: a stats() snapshot counts it once, live or retired)
-            handler._counters.retire(queue)
-            registry.remove(self)
-            self._leave_topics()
-            self._ended = True
-            if self._closed is not None:
-                self._closed.set()
-            handler.log_info(
-                "connection %s from %s closed: %s%s after %.1f s",
-                self.id,
-                _peer(self.cx),
-                self.close_code,
-                f" {self.close_reason}" if self.close_reason else "",
-                trio.current_time() - opened,
-            )
-
-    async def _call_registered(self) -> bool:
-        try:
-            await self.registered()
-        except Exception:
-            self.handler.log_error(
-                "connection %s: registered() failed; closing", self.id, exc_info=True
-            )
-            self._start_close(CloseCode.INTERNAL_SERVER_ERROR, "registered() failed")
-            return False
-        return True
 
     def _write_timed_out(self, exc: WriteTimeout) -> None:
         """No byte could be written for ``send_timeout`` seconds: drop the peer."""

@@ -18,6 +18,7 @@ from ._backplane import RedisBackplane
 from ._connection import WebSocketConnection, _peer, validate_close_code
 from ._extensions import DeflateOptions, agreement_from_response, negotiate_deflate
 from ._fanout import FanOut
+from ._lifecycle import run_connection
 from ._listener_tasks import ListenerTasks, open_listener_tasks
 from ._options import heartbeat_payload, positive
 from ._origin import OriginCheck, OriginsLike
@@ -127,8 +128,10 @@ class WebSocketHandler:
             raise TypeError(f"logger must be a logging.Logger or None, not {logger!r}")
         if isinstance(subprotocols, str) or not all(isinstance(p, str) for p in subprotocols):
             raise TypeError("subprotocols must be a sequence of str")
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"name must be a non-empty str, not {name!r}")
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {name!r}")
+        if not name:
+            raise ValueError("name must not be empty")
         self.auth = auth
         #: what :meth:`stats` and Prometheus (the ``handler`` label) call this handler
         self.name = name
@@ -352,9 +355,9 @@ class WebSocketHandler:
         try:
             if tasks is None:
                 async with open_listener_tasks() as tasks:
-                    await connection._run(stream, initial_data, tasks)
+                    await run_connection(connection, stream, initial_data, tasks)
             else:
-                await connection._run(stream, initial_data, tasks)
+                await run_connection(connection, stream, initial_data, tasks)
         finally:
             if not self._registry:
                 self._empty.set()

@@ -1,6 +1,6 @@
 """Where received bytes become hook calls: the reader loop of one connection.
 
-The connection's one task (``WebSocketConnection._run``) runs :func:`read`: it receives bytes,
+The connection's one task (``_lifecycle.run_connection``) runs :func:`read`: it receives bytes,
 feeds the sans-I/O protocol (``_protocol.py``) and dispatches its events, one at a time and in
 order, to the hooks (``got_message``, ``got_raw_message``), answering Pings and finishing the
 closing handshake.  It stops reading a peer that does not read (backpressure) and handles at
