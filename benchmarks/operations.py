@@ -266,8 +266,11 @@ class ServeCommand:
             raise RuntimeError(f"{len(children)} workers running, not {self.workers}")
         return children
 
+    def cpu_by_worker(self) -> dict[int, float]:
+        return {pid: cpu_seconds_of(pid) for pid in self.pids()}
+
     def cpu_seconds(self) -> float:
-        return sum(cpu_seconds_of(pid) for pid in self.pids())
+        return sum(self.cpu_by_worker().values())
 
     def send(self, line: str) -> None:
         _, count, size, mode = line.split()
@@ -323,7 +326,13 @@ def part_workers(n: int, repeats: int, count: int, timeout: float) -> dict[str, 
                         for size in (64, 1024):
                             for mode in ("paced", "burst"):
                                 redis0 = redis.cpu_seconds() if redis and with_redis else 0.0
+                                by_worker = serve.cpu_by_worker()
                                 rnd = broadcast_round(serve, fleets, count, size, mode, timeout)  # type: ignore[arg-type]
+                                after = serve.cpu_by_worker()
+                                rnd["worker_cpu_s"] = sorted(
+                                    (after[pid] - by_worker.get(pid, 0.0) for pid in after),
+                                    reverse=True,
+                                )
                                 redis_cpu = (
                                     redis.cpu_seconds() - redis0 if redis and with_redis else 0.0
                                 )
@@ -362,7 +371,7 @@ def workers_markdown(result: dict[str, Any]) -> list[str]:
         out += [f"Redis rows skipped: {result['redis_skipped']}", ""]
     out += [
         "| row | size | mode | deliveries/s | vs 1 worker | workers CPU us/delivery "
-        "| workers CPU share | Redis CPU share | fleets CPU share | all delivered |",
+        "| workers CPU share (each) | Redis CPU share | fleets CPU share | all delivered |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     base: dict[tuple[int, str], float] = {}
@@ -378,12 +387,17 @@ def workers_markdown(result: dict[str, Any]) -> list[str]:
                 versus = f"{rate / base[size, mode]:.2f}x" if (size, mode) in base else ""
                 cpu = statistics.median(r["server_cpu_s_per_million"] for r in rounds)
                 share = statistics.median(r["workers_cpu_share"] for r in rounds)
+                each = " / ".join(
+                    f"{statistics.median(r['worker_cpu_s'][i] / r['seconds'] for r in rounds):.0%}"
+                    for i in range(len(rounds[0]["worker_cpu_s"]))
+                )
                 redis = statistics.median(r["redis_cpu_s"] / r["seconds"] for r in rounds)
                 fleets = statistics.median(r["fleet_cpu_total_share"] for r in rounds)
                 complete = all(r["deliveries"] == r["expected"] for r in rounds)
                 out.append(
                     f"| {row['row']} | {size} B | {mode} | {rate:,.0f} | {versus} | {cpu:.2f} "
-                    f"| {share:.0%} | {redis:.0%} | {fleets:.0%} | {'yes' if complete else 'NO'} |"
+                    f"| {share:.0%} ({each}) | {redis:.0%} | {fleets:.0%} "
+                    f"| {'yes' if complete else 'NO'} |"
                 )
     return [*out, ""]
 
