@@ -15,8 +15,10 @@ while nothing else on the hot path changed since (true when they were added).
 ``workers``: ``python -m trio_wshandler serve workers_app:make`` (the real command) with 1
 worker, 1 worker and a Redis backplane, and 2 workers sharing the port through Redis; 2,000
 clients (two fleet processes) connected to the shared port, broadcasts triggered by an HTTP
-request that one worker answers.  Reported: deliveries/s, the workers' CPU (summed), Redis's
-CPU, and the fleets' share of the machine (they run on the same two cores).
+request that one worker answers; the rows take turns, three times over (each time: a round
+per size and producer), since this machine's speed drifts over minutes.  Reported: medians of
+deliveries/s, the workers' CPU (summed, and each one's), Redis's CPU, and the fleets' share of
+the machine (they run on the same two cores).
 
 Needs the ``bench`` extra; the Redis rows need a redis-server (``$REDIS_SERVER`` or on PATH)
 and coredis, and are skipped, saying why, without them.
@@ -312,8 +314,12 @@ def part_workers(n: int, repeats: int, count: int, timeout: float) -> dict[str, 
         redis.start()
     else:
         result["redis_skipped"] = missing
+    rows: dict[str, dict[str, Any]] = {}
+    # the rows in turns, ``repeats`` times over: this machine's speed drifts over minutes, by
+    # more than the differences measured, so each row gets rounds at several moments
+    plan = [(rep, *row) for rep in range(repeats) for row in WORKER_ROWS]
     try:
-        for label, workers, with_redis in WORKER_ROWS:
+        for rep, label, workers, with_redis in plan:
             if with_redis and redis is None:
                 continue
             serve = ServeCommand(workers, redis.url if with_redis and redis else None)
@@ -322,37 +328,39 @@ def part_workers(n: int, repeats: int, count: int, timeout: float) -> dict[str, 
                 try:
                     time.sleep(1.0)
                     rounds = []
-                    for rep in range(repeats):
-                        for size in (64, 1024):
-                            for mode in ("paced", "burst"):
-                                redis0 = redis.cpu_seconds() if redis and with_redis else 0.0
-                                by_worker = serve.cpu_by_worker()
-                                rnd = broadcast_round(serve, fleets, count, size, mode, timeout)  # type: ignore[arg-type]
-                                after = serve.cpu_by_worker()
-                                rnd["worker_cpu_s"] = sorted(
-                                    (after[pid] - by_worker.get(pid, 0.0) for pid in after),
-                                    reverse=True,
+                    for size in (64, 1024):
+                        for mode in ("paced", "burst"):
+                            redis0 = redis.cpu_seconds() if redis and with_redis else 0.0
+                            by_worker = serve.cpu_by_worker()
+                            rnd = broadcast_round(serve, fleets, count, size, mode, timeout)  # type: ignore[arg-type]
+                            after = serve.cpu_by_worker()
+                            rnd["worker_cpu_s"] = sorted(
+                                (after[pid] - by_worker.get(pid, 0.0) for pid in after),
+                                reverse=True,
+                            )
+                            redis_cpu = (
+                                redis.cpu_seconds() - redis0 if redis and with_redis else 0.0
+                            )
+                            rnd.update(
+                                repeat=rep,
+                                redis_cpu_s=redis_cpu,
+                                workers_cpu_share=rnd["server_cpu_s"] / rnd["seconds"],
+                                fleet_cpu_total_share=sum(
+                                    r.get("cpu_s", 0) for r in rnd["fleet_reports"]
                                 )
-                                redis_cpu = (
-                                    redis.cpu_seconds() - redis0 if redis and with_redis else 0.0
-                                )
-                                rnd.update(
-                                    repeat=rep,
-                                    redis_cpu_s=redis_cpu,
-                                    workers_cpu_share=rnd["server_cpu_s"] / rnd["seconds"],
-                                    fleet_cpu_total_share=sum(
-                                        r.get("cpu_s", 0) for r in rnd["fleet_reports"]
-                                    )
-                                    / rnd["seconds"],
-                                )
-                                rounds.append(rnd)
+                                / rnd["seconds"],
+                            )
+                            rounds.append(rnd)
                 finally:
                     for fleet in fleets:
                         fleet.stop()
             finally:
                 serve.stop()
-            result["rows"].append({"row": label, "workers": workers, "redis": with_redis,
-                                   "rounds": rounds})  # fmt: skip
+            row = rows.setdefault(
+                label, {"row": label, "workers": workers, "redis": with_redis, "rounds": []}
+            )
+            row["rounds"] += rounds
+        result["rows"] = list(rows.values())
     finally:
         if redis is not None:
             redis.stop()
@@ -423,7 +431,7 @@ def main() -> int:
     if "counters" in parts:
         results["counters"] = part_counters(*((50, 20, 3) if quick else (1000, 60, 100)))
     if "workers" in parts:
-        n, repeats = (100, 1) if quick else (2000, 2)
+        n, repeats = (100, 1) if quick else (2000, 3)
         results["workers"] = part_workers(n, repeats, 20 if quick else 200, timeout)
     lines = ["# Operations benchmarks", "", f"`{results['command']}`", ""]
     if "counters" in results:
