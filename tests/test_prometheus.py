@@ -145,3 +145,49 @@ async def test_scrape_under_load_is_bounded() -> None:
             done.set()
     assert samples["trio_wshandler_connections", ()] == 200
     assert samples["trio_wshandler_upgrades_total", ()] == 200
+
+
+def test_application_close_codes_are_grouped() -> None:
+    ws = WebSocketHandler()
+    for code in (1000, 3001, 3002, 4000, 4999):
+        ws._counters.count(ws._counters.close_codes_received, code)
+    text = PrometheusHandler(ws, process_metrics=False).exposition().decode()
+    family = next(
+        f
+        for f in parser.text_string_to_metric_families(text)
+        if f.name == "trio_wshandler_close_codes_received"
+    )
+    assert {s.labels["code"]: s.value for s in family.samples} == {
+        "1000": 1,
+        "3xxx": 2,
+        "4xxx": 2,
+    }
+
+
+def test_worker_metrics_skip_temporary_bad_and_duplicate_files(tmp_path: Any) -> None:
+    import json
+    import time
+
+    from trio_wshandler._worker_metrics import WorkerMetrics
+
+    ws = WebSocketHandler()
+    other = WorkerMetrics(WebSocketHandler(), str(tmp_path), 1)
+    other.write()
+    (tmp_path / ".worker-1.json.tmp").write_text((tmp_path / "worker-1.json").read_text())
+    (tmp_path / "worker-1.tmp.json").write_text((tmp_path / "worker-1.json").read_text())
+    (tmp_path / "worker-2.json").write_text(
+        json.dumps({"worker": 2, "written": time.time(), "process": {}, "stats": {}})
+    )
+    (tmp_path / "worker-3.json").write_text("{half a file")
+    text = WorkerMetrics(ws, str(tmp_path), 0).exposition().decode()
+    samples = [
+        (f.name, tuple(sorted(s.labels.items())))
+        for f in parser.text_string_to_metric_families(text)
+        for s in f.samples
+    ]
+    assert len(samples) == len(set(samples)), "a series appears twice"
+    workers = {
+        dict(labels)["worker"] for name, labels in samples if name == "trio_wshandler_connections"
+    }
+    assert workers == {"0", "1"}
+    assert (tmp_path / "worker-0.json").exists()  # a scrape writes what it served

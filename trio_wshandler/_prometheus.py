@@ -9,7 +9,7 @@ parser are the reference; metric names follow its conventions (``_total`` counte
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._stats import HandlerStats
@@ -197,8 +197,8 @@ class _Collector:
                 values = [labels.get(label, "") for label in base]
                 value = getattr(stats, field)
                 if by:
-                    for code, count in value.items():
-                        metric.add_metric([*values, str(code)], count)
+                    for code, count in _grouped(value, by).items():
+                        metric.add_metric([*values, code], count)
                 else:
                     metric.add_metric(values, value)
             yield metric
@@ -218,3 +218,13 @@ def _label_names(snapshots: list[Snapshot]) -> list[str]:
     for labels, _ in snapshots:
         names += [name for name in labels if name not in names]
     return names
+
+
+def _grouped(by_code: Mapping[int, int], label: str) -> dict[str, int]:
+    """Close codes 3000-4999 are the applications' (a client picks any): exposed as "3xxx" and
+    "4xxx", so that a client cannot make a series per code it sends."""
+    grouped: dict[str, int] = {}
+    for code, count in by_code.items():
+        key = f"{code // 1000}xxx" if label == "code" and 3000 <= code <= 4999 else str(code)
+        grouped[key] = grouped.get(key, 0) + count
+    return grouped

@@ -13,6 +13,7 @@ as a counter reset).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -59,16 +60,17 @@ class WorkerMetrics(PrometheusHandler):
     def _file(self, number: int | str) -> Path:
         return self.directory / f"worker-{number}.json"
 
-    def write(self) -> None:
+    def write(self, snapshot: tuple[int, dict[str, float], HandlerStats] | None = None) -> None:
         """Write this worker's snapshot file (atomically: a reader never sees half of it)."""
+        _, process, stats = snapshot or (self.number, _process_figures(), self.handler.stats())
         data = {
             "worker": self.number,
             "pid": os.getpid(),
             "written": time.time(),
-            "process": _process_figures(),
-            "stats": self.handler.stats().to_dict(),
+            "process": process,
+            "stats": stats.to_dict(),
         }
-        temporary = self._file(f"{self.number}.tmp")
+        temporary = self.directory / f".worker-{self.number}.json.tmp"  # not matched by scrapes
         temporary.write_text(json.dumps(data))
         temporary.replace(self._file(self.number))
 
@@ -88,17 +90,29 @@ class WorkerMetrics(PrometheusHandler):
 
     def _workers(self) -> Iterator[tuple[int, dict[str, float], HandlerStats]]:
         """(number, process figures, stats) of every live worker, this one's live."""
-        yield self.number, _process_figures(), self.handler.stats()
+        mine = (self.number, _process_figures(), self.handler.stats())
+        # what this scrape serves is on disk first: a later scrape answered by another worker
+        # never shows an older value of ours (counters only grow)
+        with contextlib.suppress(OSError):
+            self.write(mine)
+        yield mine
         now = time.time()
-        for path in sorted(self.directory.glob("worker-*.json")):
+        seen = {self.number}
+        for path in sorted(self.directory.glob("worker-[0-9]*.json")):
             try:
                 data: dict[str, Any] = json.loads(path.read_text())
                 number = int(data["worker"])
-                if number == self.number or now - float(data["written"]) > STALE_AFTER:
+                if number in seen or now - float(data["written"]) > STALE_AFTER:
                     continue
-                yield number, data["process"], HandlerStats.from_dict(data["stats"])
-            except (OSError, ValueError, KeyError, TypeError):
+                process = {
+                    "cpu_seconds": float(data["process"]["cpu_seconds"]),
+                    "resident_memory_bytes": float(data["process"]["resident_memory_bytes"]),
+                }
+                stats = HandlerStats.from_dict(data["stats"])
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue  # being replaced, or left by an older version: skip it
+            seen.add(number)
+            yield number, process, stats
 
     def exposition(self) -> bytes:
         self._scraped = list(self._workers())  # once per scrape, for every family
