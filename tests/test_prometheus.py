@@ -8,21 +8,12 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from trio_wshandler import PrometheusHandler, RedisBackplane, WebSocketConnection, WebSocketHandler
+from trio_wshandler import PrometheusHandler, RedisBackplane, WebSocketHandler
+from trio_wshandler._demo import EchoHandler  # the echo server of `python -m trio_wshandler echo`
 
 from .conftest import raw_http, running, wait_for, ws_url
 
 parser = pytest.importorskip("prometheus_client.parser")
-
-
-class Echo(WebSocketConnection):
-    async def got_message(self, message: str | bytes) -> None:
-        self.send(message)
-
-
-class EchoHandler(WebSocketHandler):
-    def get_connection(self, cx: Any, hdr: Any, cid: str) -> WebSocketConnection:
-        return Echo(self, cx, hdr, cid)
 
 
 async def scrape(port: int, path: str = "/metrics") -> tuple[dict[str, Any], dict[str, str]]:

@@ -16,6 +16,7 @@ from trio_wshandler import (
     WebSocketConnection,
     WebSocketHandler,
 )
+from trio_wshandler._demo import EchoHandler  # the echo server of `python -m trio_wshandler echo`
 from trio_wshandler.codec import Opcode
 
 from .conftest import TIMEOUT, RawClient, raw_http, running, upgrade_request, wait_for, ws_url
@@ -53,16 +54,6 @@ class CountingStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.stream.aclose()
-
-
-class Echo(WebSocketConnection):
-    async def got_message(self, message: str | bytes) -> None:
-        self.send(message)
-
-
-class EchoHandler(WebSocketHandler):
-    def get_connection(self, cx: Any, hdr: Any, cid: str) -> WebSocketConnection:
-        return Echo(self, cx, hdr, cid)
 
 
 async def raw_client(port: int) -> tuple[RawClient, CountingStream]:
