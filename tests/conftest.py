@@ -342,6 +342,33 @@ async def read_response(
             buf += chunk
 
 
+#: a scraped sample's key: (metric name, its labels as a sorted tuple)
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+async def scrape_metrics(
+    port: int, path: str = "/metrics"
+) -> tuple[dict[SampleKey, float], dict[str, str], dict[str, str]]:
+    """GET Prometheus metrics and parse them with prometheus-client's own parser: the samples
+    ({(name, labels): value}; a series that appears twice fails), the families' types, and the
+    response headers."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, headers, body = await raw_http(
+        port, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert status == 200, body
+    samples: dict[SampleKey, float] = {}
+    types: dict[str, str] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        types[family.name] = family.type
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            assert key not in samples, f"{key} appears twice"
+            samples[key] = sample.value
+    return samples, types, headers
+
+
 def upgrade_request(path: str = "/", **overrides: str | None) -> bytes:
     """An upgrade request; ``overrides`` change (or with None remove) headers by name."""
     headers: dict[str, str | None] = {

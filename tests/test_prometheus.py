@@ -11,25 +11,9 @@ from trio_websocket import open_websocket_url
 from trio_wshandler import PrometheusHandler, RedisBackplane, WebSocketHandler
 from trio_wshandler._demo import EchoHandler  # the echo server of `python -m trio_wshandler echo`
 
-from .conftest import raw_http, running, wait_for, ws_url
+from .conftest import raw_http, running, scrape_metrics, wait_for, ws_url
 
 parser = pytest.importorskip("prometheus_client.parser")
-
-
-async def scrape(port: int, path: str = "/metrics") -> tuple[dict[str, Any], dict[str, str]]:
-    """GET the metrics; {(name, labels as a sorted tuple): value} and the response headers."""
-    status, headers, body = await raw_http(
-        port, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
-    )
-    assert status == 200, body
-    samples: dict[Any, Any] = {}
-    types: dict[str, str] = {}
-    for family in parser.text_string_to_metric_families(body.decode()):
-        types[family.name] = family.type
-        for sample in family.samples:
-            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
-    samples["__types__"] = types
-    return samples, headers
 
 
 async def test_scrape_one_handler() -> None:
@@ -41,9 +25,8 @@ async def test_scrape_one_handler() -> None:
                 assert await a.get_message() == f"hello {i}"
             ws.send_all("to all")
             assert await a.get_message() == "to all"
-            samples, headers = await scrape(server.port)
+            samples, types, headers = await scrape_metrics(server.port)
             assert headers["content-type"].startswith("text/plain; version=")
-            types = samples["__types__"]
             assert types["trio_wshandler_connections"] == "gauge"
             assert types["trio_wshandler_messages_sent"] == "counter"
             assert samples["trio_wshandler_connections", ()] == 2
@@ -61,7 +44,7 @@ async def test_scrape_one_handler() -> None:
         status, _, _ = await raw_http(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status == 426
         await wait_for(lambda: len(ws) == 0)
-        samples, _ = await scrape(server.port)
+        samples, _, _ = await scrape_metrics(server.port)
         assert samples["trio_wshandler_connections", ()] == 0
         assert samples["trio_wshandler_handshakes_refused_total", (("status", "426"),)] == 1
         assert samples["trio_wshandler_close_codes_received_total", (("code", "1000"),)] == 2
@@ -88,12 +71,12 @@ async def test_several_handlers_are_labelled() -> None:
             await wait_for(lambda: len(feed) == 2)
             feed.send_all(b"tick")
             assert await f1.get_message() == b"tick" and await f2.get_message() == b"tick"
-            samples, _ = await scrape(server.port)
+            samples, _, _ = await scrape_metrics(server.port)
     assert samples["trio_wshandler_connections", (("handler", "chat"),)] == 1
     assert samples["trio_wshandler_connections", (("handler", "feed"),)] == 2
     assert samples["trio_wshandler_messages_sent_total", (("handler", "chat"),)] == 0
     assert samples["trio_wshandler_messages_sent_total", (("handler", "feed"),)] == 2
-    assert not any(name.startswith("process_") for name, *_ in samples if name != "__types__")
+    assert not any(name.startswith("process_") for name, _ in samples)
 
 
 async def test_backplane_metrics_appear_with_a_backplane() -> None:
@@ -132,7 +115,7 @@ async def test_scrape_under_load_is_bounded() -> None:
                 nursery.start_soon(client)
             for _ in range(200):
                 await ready.acquire()
-            samples, _ = await scrape(server.port)
+            samples, _, _ = await scrape_metrics(server.port)
             done.set()
     assert samples["trio_wshandler_connections", ()] == 200
     assert samples["trio_wshandler_upgrades_total", ()] == 200

@@ -22,7 +22,7 @@ import trio
 from websockets.exceptions import ConnectionClosed, InvalidMessage
 from websockets.trio.client import connect
 
-from .conftest import raw_http
+from .conftest import scrape_metrics
 from .redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +71,16 @@ async def open_client(stack: AsyncExitStack, port: int) -> tuple[Any, int]:
     return ws, int(hello[4:])
 
 
+async def clients_on_both_workers(stack: AsyncExitStack, port: int) -> list[tuple[Any, int]]:
+    """At least 4 clients, connected until both workers hold some (bounded)."""
+    clients: list[tuple[Any, int]] = []
+    while len({pid for _, pid in clients}) < 2 or len(clients) < 4:
+        clients.append(await open_client(stack, port))
+        assert len(clients) < 100, "the kernel never spread connections"
+        await trio.sleep(0.1)  # (the second worker may still be starting)
+    return clients
+
+
 async def test_one_process() -> None:
     with serve_command("--port", "0") as (process, port):
         async with AsyncExitStack() as stack:
@@ -86,11 +96,7 @@ async def test_two_workers_with_redis(redis: RedisServer) -> None:
     args = ("--port", "0", "--workers", "2", "--redis", redis.url)
     with serve_command(*args) as (supervisor, port):
         async with AsyncExitStack() as stack:
-            clients: list[tuple[Any, int]] = []
-            while len({pid for _, pid in clients}) < 2 or len(clients) < 4:
-                clients.append(await open_client(stack, port))
-                assert len(clients) < 100, "the kernel never spread connections"
-                await trio.sleep(0.1)  # (the second worker may still be starting)
+            clients = await clients_on_both_workers(stack, port)
             pids = {pid for _, pid in clients}
             assert supervisor.pid not in pids
             # a broadcast from a client of one worker reaches the clients of both
@@ -124,25 +130,12 @@ async def test_two_workers_with_redis(redis: RedisServer) -> None:
         assert "Traceback" not in log, log
 
 
-async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The metrics at /metrics, parsed by prometheus-client: {(name, labels): value}."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    status, _, body = await raw_http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert status == 200, body
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(body.decode())
-        for sample in family.samples
-    }
-
-
 async def test_one_process_metrics_path() -> None:
     pytest.importorskip("prometheus_client")
     with serve_command("--port", "0", "--metrics-path", "/metrics") as (process, port):
         async with AsyncExitStack() as stack:
             await open_client(stack, port)
-            samples = await scrape(port)
+            samples, _, _ = await scrape_metrics(port)
             assert samples["trio_wshandler_connections", ()] == 1
             assert samples["trio_wshandler_upgrades_total", ()] == 1
             assert samples["trio_wshandler_messages_sent_total", ()] == 1  # its pid: line
@@ -160,18 +153,14 @@ async def test_two_workers_metrics_answer_for_both() -> None:
     args = ("--port", "0", "--workers", "2", "--metrics-path", "/metrics")
     with serve_command(*args) as (supervisor, port):
         async with AsyncExitStack() as stack:
-            clients: list[tuple[Any, int]] = []
-            while len({pid for _, pid in clients}) < 2 or len(clients) < 4:
-                clients.append(await open_client(stack, port))
-                assert len(clients) < 100, "the kernel never spread connections"
-                await trio.sleep(0.1)
+            clients = await clients_on_both_workers(stack, port)
             by_pid = {pid: sum(1 for _, p in clients if p == pid) for _, pid in clients}
             # the other worker's file is at most WRITE_INTERVAL (1 s) old: scrape until the
             # figures add up, then check a few more scrapes (reaching either worker)
             consistent = 0
             with trio.fail_after(WAIT):
                 while consistent < 6:
-                    samples = await scrape(port)
+                    samples, _, _ = await scrape_metrics(port)
                     live = {
                         labels: value
                         for (name, labels), value in samples.items()
