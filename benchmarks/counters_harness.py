@@ -94,7 +94,7 @@ class Side:
         drain(self.clients)
 
     def written(self) -> bool:
-        return all(c._queue.queued_bytes == 0 for c in self.handler.registry)
+        return all(c.queued_bytes == 0 for c in self.handler.registry)
 
     async def round(self, m: int, paced: bool) -> tuple[float, float] | None:
         """(total, user) CPU us per delivery of one round; None if a socket backed up."""

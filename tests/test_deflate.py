@@ -340,7 +340,7 @@ async def test_idle_connection_holds_no_zlib_state() -> None:
                 with trio.fail_after(TIMEOUT):
                     assert await ws.recv() == json_text(20, i)
             [connection] = handler.connections
-            assert connection._protocol._inflater._inflater is None
+            assert connection._core.protocol._inflater._inflater is None
 
 
 async def test_client_context_takeover_when_allowed() -> None:
@@ -358,7 +358,7 @@ async def test_client_context_takeover_when_allowed() -> None:
                     assert await ws.recv() == json_text(20, 0)
             [connection] = handler.connections
             assert connection.compression.client_no_context_takeover is False
-            assert connection._protocol._inflater._inflater is not None
+            assert connection._core.protocol._inflater._inflater is not None
 
 
 async def test_one_message_sent_client_by_client_is_compressed_once(

@@ -45,18 +45,18 @@ async def test_inflating_is_done_in_steps() -> None:
     async with running(handler) as server:
         async with deflate_client(server.port, "permessage-deflate") as (client, _):
             [connection] = await handler.wait_connections(1)
-            inflater = connection._protocol._inflater
+            protocol = connection._core.protocol
             stop = trio.Event()
 
             async def ticker() -> None:
                 while not stop.is_set():
-                    seen.append(inflater.inflated_total)
+                    seen.append(protocol.inflated_total)
                     await trio.lowlevel.checkpoint()
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(ticker)
                 await client.send(client_frame(ZEROS_MB, 0x2, rsv=4) * 64)
-                await wait_for(lambda: inflater.inflated_total == 64_000_000)
+                await wait_for(lambda: protocol.inflated_total == 64_000_000)
                 stop.set()
     steps = [b - a for a, b in itertools.pairwise(seen)]
     # one step inflates until it has done more than INFLATE_PER_STEP: two 1 MB messages; all
@@ -72,7 +72,7 @@ async def test_nothing_is_inflated_after_our_close_and_skipped_frames_yield() ->
     async with running(handler) as server:
         async with deflate_client(server.port, "permessage-deflate") as (client, _):
             [connection] = await handler.wait_connections(1)
-            inflater = connection._protocol._inflater
+            protocol = connection._core.protocol
             connection.stop(1000, "bye")
             await client.receive_until(0x8)
             stop = trio.Event()
@@ -91,7 +91,7 @@ async def test_nothing_is_inflated_after_our_close_and_skipped_frames_yield() ->
                 await client.send(client_frame(b"\x03\xe8", 0x8))  # our Close answered
                 await connection.wait_closed()
                 stop.set()
-            assert inflater.inflated_total == 0
+            assert protocol.inflated_total == 0
             assert connection.close_code == 1000
     # 10,000 skipped frames took many steps (about one per 32 frames), not one
     assert ticks - started > 100, ticks - started

@@ -319,7 +319,7 @@ async def test_pongs_owed_to_a_client_that_does_not_read_are_bounded() -> None:
             for _ in range(20):  # 20,000 Pings of 100 bytes, never reading the Pongs
                 await stream.send_all(ping * 1000)
             await trio.sleep(0.2)
-            queue = conn._queue
+            queue = conn._core.queue
             assert queue.queued_frames <= MAX_PONGS_OWED
             assert queue.queued_bytes <= MAX_PONGS_OWED * 102
             assert conn.is_open

@@ -173,7 +173,7 @@ class Flusher(Recorder):
         for i in range(50):
             self.send(f"{i}:" + "y" * 10_000)
         await self.flush()  # from inside a callback
-        self.flushed_with = self._queue.queued_bytes
+        self.flushed_with = self.queued_bytes
         await super().got_message(message)
 
 

@@ -135,19 +135,21 @@ async def test_a_stale_listing_never_writes_to_a_reused_descriptor() -> None:
     async with running(handler) as server:
         async with RawClient.connect(server.port):
             [a] = await handler.wait_connections(1)
-            assert a._sock is not None
-            fd = a._sock.fileno()
-            flusher = a._flusher
+            core = a._core
+            assert core.sock is not None
+            fd = core.sock.fileno()
+            flusher = core.flusher
             assert flusher is not None
         await a.closed.wait()
         async with RawClient.connect(server.port) as b_client:
             await handler.wait_connections(1)
             b = handler.connections[1]
-            assert b._sock is not None and b._sock.fileno() == fd  # the number was reused
+            b_sock = b._core.sock
+            assert b_sock is not None and b_sock.fileno() == fd  # the number was reused
             # a's frames, listed late: exactly what a stale listing would hold
-            a._queue = SendQueue(10, 1 << 20)
-            a._queue.put_data(encode_message("for a only"))
-            flusher.schedule(a)
+            core.queue = SendQueue(10, 1 << 20)
+            core.queue.put_data(encode_message("for a only"))
+            flusher.schedule(core)
             b.send("for b")
             await trio.sleep(0.1)
             assert (await b_client.receive_frame()).payload == b"for b"

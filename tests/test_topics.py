@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 import trio_websocket
 from websockets.trio.client import connect
 
 from trio_wshandler import ConnectionClosedError
+from trio_wshandler._core import ConnectionCore
 from trio_wshandler._topics import MAX_TOPIC_LENGTH
 
-from .conftest import TIMEOUT, Recorder, RecordingHandler, running, wait_for, ws_url
+from .conftest import TIMEOUT, RecordingHandler, running, wait_for, ws_url
 from .test_deflate import deflate_client, json_text
 
 
@@ -79,23 +82,21 @@ async def test_publish_compresses_once_per_window(compressions: list[tuple[int, 
             assert e1.compressed == e2.compressed == [True] and e3.compressed == []
 
 
-class Counting(Recorder):
-    """Counts the frames offered to it (publish's cost is one _enqueue per subscriber)."""
-
+async def test_publish_costs_in_proportion_to_subscribers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A topic of 2 among 300 connections: publish offers the frame to 2, not 300 (fan-out's
+    cost is one ``enqueue`` per recipient)."""
     offered = 0
+    enqueue = ConnectionCore.enqueue
 
-    def _enqueue(self, frame: bytes) -> bool:
-        Counting.offered += 1
-        return super()._enqueue(frame)
+    def counting(core: ConnectionCore[Any], frame: bytes) -> bool:
+        nonlocal offered
+        offered += 1
+        return enqueue(core, frame)
 
-
-class CountingHandler(RecordingHandler):
-    connection_class = Counting
-
-
-async def test_publish_costs_in_proportion_to_subscribers() -> None:
-    """A topic of 2 among 300 connections: publish offers the frame to 2, not 300."""
-    handler = CountingHandler()
+    monkeypatch.setattr(ConnectionCore, "enqueue", counting)
+    handler = RecordingHandler()
     async with running(handler) as server, trio.open_nursery() as nursery:
         done = trio.Event()
 
@@ -108,11 +109,11 @@ async def test_publish_costs_in_proportion_to_subscribers() -> None:
         connections = await handler.wait_connections(300)
         connections[5].subscribe("small")
         connections[200].subscribe("small")
-        Counting.offered = 0
+        offered = 0
         assert handler.publish("small", "hi") == 2
-        assert Counting.offered == 2
+        assert offered == 2
         assert handler.send_all("all") == 300
-        assert Counting.offered == 302
+        assert offered == 302
         done.set()
 
 

@@ -24,25 +24,21 @@ from __future__ import annotations
 
 import logging
 import ssl
-import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import trio
 
-from ._backplane_wire import Envelope, Kind, Names, decode, encode
-from ._errors import UnknownConnectionError, WebSocketHandlerError
+from ._backplane_core import BackplaneCore
+from ._backplane_wire import Envelope, Kind, Names, text
+from ._errors import WebSocketHandlerError
 from ._ids import new_connection_id
 from ._options import positive
 
 if TYPE_CHECKING:
-    from ._handler import WebSocketHandler
+    from ._hub import Hub
 
 __all__ = ["BackplaneError", "RedisBackplane", "redact_url"]
-
-#: At most one warning about lost messages per this many seconds (with the count).
-LOG_INTERVAL = 10.0
 
 
 class BackplaneError(WebSocketHandlerError):
@@ -57,19 +53,20 @@ def redact_url(url: str) -> str:
         port = parts.port
     except ValueError:
         return "(an invalid URL)"
+    netloc, query = parts.netloc, parts.query
     if parts.password is not None:
         user = parts.username or ""
         host = parts.hostname or ""
         if ":" in host:
             host = f"[{host}]"
-        parts = parts._replace(netloc=f"{user}:***@{host}" + (f":{port}" if port else ""))
-    if parts.query:
-        query = [
+        netloc = f"{user}:***@{host}" + (f":{port}" if port else "")
+    if query:
+        pairs = [
             (k, "***" if k.lower() == "password" else v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+            for k, v in parse_qsl(query, keep_blank_values=True)
         ]
-        parts = parts._replace(query=urlencode(query, safe="*"))
-    return urlunsplit(parts)
+        query = urlencode(pairs, safe="*")
+    return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class RedisBackplane:
@@ -157,7 +154,6 @@ class RedisBackplane:
         self.names = Names(prefix)
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
-        self._pending_bytes = 0
         self.batch = batch
         self.command_timeout = command_timeout
         self.heartbeat = heartbeat
@@ -167,89 +163,105 @@ class RedisBackplane:
         self.logger = logger or logging.getLogger("trio_wshandler.backplane")
         #: this process's id in the cluster
         self.node_id = new_connection_id()
-        self.published = self.received = self.lost = self.misses = self.reconnects = 0
-        self.round_trips = 0
-        self._handler: WebSocketHandler | None = None
+        self._core = BackplaneCore(
+            names=self.names,
+            node_id=self.node_id,
+            max_pending=max_pending,
+            max_pending_bytes=max_pending_bytes,
+            safe_url=self.safe_url,
+            logger=self.logger,
+        )
         self._client: Any = None  # coredis.Redis while running
-        self._outbox: deque[tuple[int, str, Any]] = deque()  # (op, channel or key, value)
-        self._wake = trio.Event()
-        self._subscriptions: deque[tuple[bool, str]] = deque()  # (subscribe?, channel)
-        self._subscriptions_wake = trio.Event()
-        self._up = trio.Event()  # set while Redis answers
-        self._remote: dict[str, str] = {}  # connection id -> node, for other nodes
-        self._pubsub: Any = None  # coredis PubSub while running
-        self._lost_logged = 0
-        self._next_lost_log = 0.0
         self.running = False
 
     # ---------------------------------------------------------------- the handler's side
 
-    def attach(self, handler: WebSocketHandler) -> None:
-        """Called by the handler that owns this backplane (once)."""
-        if self._handler is not None and self._handler is not handler:
+    def attach(self, hub: Hub) -> None:
+        """Called by the handler that owns this backplane (once), with its hub."""
+        core = self._core
+        if core.hub is not None and core.hub is not hub:
             raise BackplaneError("a RedisBackplane serves one handler; make one per handler")
-        self._handler = handler
+        core.hub = hub
 
     @property
     def connected(self) -> bool:
         """Redis answered the last command (False while it is unreachable)."""
-        return self._up.is_set()
+        return self._core.up
+
+    # the counters, as plain ints (see the class docstring)
+
+    @property
+    def published(self) -> int:
+        return self._core.published
+
+    @property
+    def received(self) -> int:
+        return self._core.received
+
+    @property
+    def lost(self) -> int:
+        return self._core.lost
+
+    @property
+    def misses(self) -> int:
+        return self._core.misses
+
+    @property
+    def reconnects(self) -> int:
+        return self._core.reconnects
+
+    @property
+    def round_trips(self) -> int:
+        return self._core.round_trips
 
     def publish_all(self, payload: bytes, opcode: int) -> None:
         """send_all for the other processes (queued; the publisher sends it)."""
-        self._publish(self.names.all, Envelope(Kind.ALL, self.node_id, opcode, "", payload))
+        envelope = Envelope(Kind.ALL, self.node_id, opcode, "", payload)
+        self._core.publish(self.names.all, envelope)
 
     def publish_topic(self, topic: str, payload: bytes, opcode: int) -> None:
         """publish for the other processes."""
         envelope = Envelope(Kind.TOPIC, self.node_id, opcode, topic, payload)
-        self._publish(self.names.topic(topic), envelope)
+        self._core.publish(self.names.topic(topic), envelope)
 
     def subscribed(self, topic: str) -> bool:
         """Redis delivers ``topic`` to this process now: what other processes publish to it
         from here on arrives.  (A topic's first local subscriber makes this process subscribe
         in Redis, which takes a round trip: a message published elsewhere meanwhile does not
         reach it.)"""
-        pubsub = self._pubsub
-        return pubsub is not None and self.names.topic(topic).encode() in pubsub.channels
+        return self._core.subscribed_channel(self.names.topic(topic))
 
     def knows(self, cid: str) -> bool:
         """Another process holds connection ``cid``, as far as this one knows now."""
-        return cid in self._remote
+        return self._core.knows(cid)
 
     def send_to(self, cid: str, payload: bytes, opcode: int) -> None:
         """send_one to a connection of another process (:raises UnknownConnectionError:)."""
-        node = self._node_of(cid)
-        self._publish(self.names.node(node), Envelope(Kind.ONE, self.node_id, opcode, cid, payload))
+        node = self._core.node_of(cid)
+        envelope = Envelope(Kind.ONE, self.node_id, opcode, cid, payload)
+        self._core.publish(self.names.node(node), envelope)
 
     def stop_remote(self, cid: str, code: int, reason: str) -> None:
         """stop_one of a connection of another process (:raises UnknownConnectionError:)."""
-        node = self._node_of(cid)
+        node = self._core.node_of(cid)
         envelope = Envelope(Kind.STOP, self.node_id, code, cid, reason.encode("utf-8"))
-        self._publish(self.names.node(node), envelope)
+        self._core.publish(self.names.node(node), envelope)
 
     def joined(self, cid: str) -> None:
         """A connection of this process registered: others learn it now (and from the set)."""
-        self._put(_SADD, self.names.connections(self.node_id), cid)
-        self._publish(self.names.presence, Envelope(Kind.JOIN, self.node_id, 0, cid))
+        self._core.joined(cid)
 
     def left(self, cid: str) -> None:
         """A connection of this process ended."""
-        self._put(_SREM, self.names.connections(self.node_id), cid)
-        self._publish(self.names.presence, Envelope(Kind.LEAVE, self.node_id, 0, cid))
+        self._core.left(cid)
 
     def topic_added(self, topic: str) -> None:
-        """The first local subscriber of ``topic``: receive it from Redis too.  (Without a
-        pub/sub connection nothing is queued: the next one subscribes to the topics of its
-        moment.)"""
-        if self._pubsub is not None:
-            self._subscriptions.append((True, self.names.topic(topic)))
-            self._subscriptions_wake.set()
+        """The first local subscriber of ``topic``: receive it from Redis too."""
+        self._core.topic_changed(True, topic)
 
     def topic_removed(self, topic: str) -> None:
         """The last local subscriber of ``topic`` left."""
-        if self._pubsub is not None:
-            self._subscriptions.append((False, self.names.topic(topic)))
-            self._subscriptions_wake.set()
+        self._core.topic_changed(False, topic)
 
     async def cluster_connection_count(self) -> int:
         """Connections held by every live process, this one included (asks Redis)."""
@@ -261,43 +273,6 @@ class RedisBackplane:
         for count in counts:
             total += await count
         return total
-
-    def _node_of(self, cid: str) -> str:
-        try:
-            return self._remote[cid]
-        except KeyError:
-            raise UnknownConnectionError(cid) from None
-
-    def _publish(self, channel: str, envelope: Envelope) -> None:
-        self._put(_PUBLISH, channel, encode(envelope))
-
-    def _put(self, op: int, name: str, value: Any) -> None:
-        size = len(value)
-        if (
-            not self._up.is_set()
-            or len(self._outbox) >= self.max_pending
-            or self._pending_bytes + size > self.max_pending_bytes
-        ):
-            if op == _PUBLISH:
-                self._count_lost(1)
-            return  # presence is rewritten whole once Redis is back
-        self._outbox.append((op, name, value))
-        self._pending_bytes += size
-        self._wake.set()
-
-    def _count_lost(self, n: int) -> None:
-        self.lost += n
-        now = time.monotonic()
-        if now >= self._next_lost_log:
-            self.logger.warning(
-                "backplane %s: %d message(s) could not reach other processes (%s); %d lost in all",
-                self.safe_url,
-                self.lost - self._lost_logged,
-                "Redis unreachable" if not self._up.is_set() else "outbox full",
-                self.lost,
-            )
-            self._lost_logged = self.lost
-            self._next_lost_log = now + LOG_INTERVAL
 
     def _new_client(self) -> Any:
         import coredis
@@ -340,36 +315,37 @@ class RedisBackplane:
 
     async def run(
         self,
-        handler: WebSocketHandler | None = None,
+        handler: Any = None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Connect to Redis and run until cancelled; started once Redis answered.
 
+        ``handler``: the :class:`WebSocketHandler` it serves, if it was not given as its
+        ``backplane=`` (``handler.use_backplane(self)`` is then called).
+
         :raises BackplaneError: Redis did not answer within ``connect_timeout``.
         """
         from ._backplane_tasks import BackplaneTasks
 
-        if handler is not None:
-            self.attach(handler)
-        if self._handler is None:
+        if handler is not None and handler.backplane is not self:
+            handler.use_backplane(self)
+        core = self._core
+        if core.hub is None:
             raise BackplaneError("the backplane has no handler: pass it as backplane=")
         if self.running:
             raise BackplaneError("the backplane is running already")
         await self.check()
         async with self._new_client() as client:
             self._client = client
-            self._up.set()
+            core.mark_up()
             self.running = True
             try:
-                await BackplaneTasks(self, self._handler, client).run(task_status)
+                await BackplaneTasks(self, core, client).run(task_status)
             finally:
                 self.running = False
                 self._client = None
-                self._up = trio.Event()
-
-
-_PUBLISH, _SADD, _SREM = 0, 1, 2
+                core.mark_down()
 
 
 async def live_nodes(client: Any, names: Names) -> list[str]:
@@ -378,12 +354,4 @@ async def live_nodes(client: Any, names: Names) -> list[str]:
 
     now = (await client.time()).timestamp()  # Redis's clock, as presence is scored by
     nodes = await client.zrange(names.nodes, now, "+inf", sortby=PureToken.BYSCORE)
-    return [_text(node) for node in nodes]
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def envelope_of(data: bytes | str) -> Envelope | None:
-    return decode(data.encode("latin-1") if isinstance(data, str) else data)
+    return [text(node) for node in nodes]

@@ -15,9 +15,26 @@ import struct
 
 import attrs
 
-__all__ = ["Envelope", "Kind", "Names", "decode", "encode"]
+from .codec import is_sendable_close_code
+
+__all__ = [
+    "PUBLISH",
+    "SADD",
+    "SREM",
+    "Envelope",
+    "Kind",
+    "Names",
+    "decode",
+    "encode",
+    "envelope_of",
+    "refusal",
+    "text",
+]
 
 NODE_ID_LENGTH = 26  # a ULID, as connection ids (``_ids.py``)
+
+#: The commands a backplane's outbox holds for Redis.
+PUBLISH, SADD, SREM = 0, 1, 2
 
 
 class Kind:
@@ -67,6 +84,28 @@ def decode(data: bytes) -> Envelope | None:
         )
     except UnicodeDecodeError:
         return None
+
+
+def envelope_of(data: bytes | str) -> Envelope | None:
+    """The envelope of a pub/sub message's data, or None if it is not one of ours."""
+    return decode(data.encode("latin-1") if isinstance(data, str) else data)
+
+
+def refusal(envelope: Envelope) -> str | None:
+    """Why a message from another process must not be acted on (a peer process with a bug, or
+    someone else publishing on our channels), or None: only Text and Binary messages cross, and
+    a STOP carries a code a Close may carry."""
+    if envelope.kind == Kind.STOP:
+        if not is_sendable_close_code(envelope.opcode):
+            return f"STOP with invalid code {envelope.opcode}"
+    elif envelope.kind not in (Kind.JOIN, Kind.LEAVE) and envelope.opcode not in (1, 2):
+        return f"message with opcode {envelope.opcode}"
+    return None
+
+
+def text(value: str | bytes) -> str:
+    """A Redis reply as text (the client is made with ``decode_responses=False``)."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @attrs.frozen

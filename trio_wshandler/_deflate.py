@@ -20,6 +20,7 @@ while a compressed message is being received.
 from __future__ import annotations
 
 import zlib
+from typing import Protocol
 
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
@@ -27,6 +28,26 @@ from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opc
 from ._extensions import EXTENSION_NAME, DeflateAgreement, DeflateOptions
 
 __all__ = ["Deflater", "Inflater"]
+
+
+class _Compressor(Protocol):
+    """What is used of a zlib compression object (``zlib.compressobj``)."""
+
+    def compress(self, data: bytes, /) -> bytes: ...
+
+    def flush(self, mode: int = ..., /) -> bytes: ...
+
+
+class _Decompressor(Protocol):
+    """What is used of a zlib decompression object (``zlib.decompressobj``)."""
+
+    @property
+    def eof(self) -> bool: ...
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes, max_length: int = ..., /) -> bytes: ...
+
 
 #: What every flushed deflate stream ends with, removed by the sender and put back by the
 #: receiver (RFC 7692 section 7.2.1 and 7.2.2).
@@ -45,7 +66,7 @@ class Deflater:
 
     def __init__(self, options: DeflateOptions) -> None:
         self.options = options
-        self._compressors: dict[int, zlib._Compress] = {}
+        self._compressors: dict[int, _Compressor] = {}
 
     def worth_it(self, size: int) -> bool:
         """Whether a message of ``size`` bytes is compressed (``threshold``,
@@ -91,7 +112,7 @@ class Inflater(Extension):
         self.max_size = max_size
         self._bits = max(agreement.client_max_window_bits, 9)  # clients using zlib use >= 9
         self._keep_context = not agreement.client_no_context_takeover
-        self._inflater: zlib._Decompress | None = None
+        self._inflater: _Decompressor | None = None
         self._message = False  # the current data message is compressed
         self._frame = False  # the current frame is a compressed message's data frame
         self._inflated = 0

@@ -7,22 +7,34 @@ its compression context, ``_extensions.py``).  :meth:`FanOut.send` therefore enc
 once, compresses it at most once per window size among the recipients, and queues the very
 same ``bytes`` object on all of them: the cost of a broadcast is one encoding (and compression)
 plus one queue append per client, never one encoding per client.
+
+What fan-out needs of a recipient is :class:`Recipient` (a connection's state,
+``_core.ConnectionCore``): the window it was agreed, and a way to queue a frame.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ._deflate import Deflater
 from ._extensions import DeflateOptions
 from ._stats import Counters
 from .codec import DataLike, encode_message, message_payload
 
-if TYPE_CHECKING:
-    from ._connection import WebSocketConnection
+__all__ = ["FanOut", "Recipient"]
 
-__all__ = ["FanOut"]
+
+class Recipient(Protocol):
+    """What a message is fanned out to (a connection)."""
+
+    @property
+    def deflate_bits(self) -> int:
+        """The server window of compressed messages to it (permessage-deflate); 0: none."""
+
+    def enqueue(self, frame: bytes) -> bool:
+        """Queue a data frame (never waiting); False if it was not queued (closing, or the
+        slow-consumer policy refused it)."""
 
 
 class FanOut:
@@ -36,7 +48,7 @@ class FanOut:
         # the last message compressed by frame_for(): (message, window bits, frame)
         self._last: tuple[str | bytes, int, bytes] | None = None
 
-    def send(self, connections: Iterable[WebSocketConnection], data: DataLike) -> int:
+    def send(self, connections: Iterable[Recipient], data: DataLike) -> int:
         """Queue ``data`` on every connection of ``connections``; how many took it.
 
         Iterated synchronously: nothing may add or remove a connection meanwhile.
@@ -44,26 +56,24 @@ class FanOut:
         payload, opcode = message_payload(data)
         return self.send_payload(connections, payload, opcode)
 
-    def send_payload(
-        self, connections: Iterable[WebSocketConnection], payload: bytes, opcode: int
-    ) -> int:
+    def send_payload(self, connections: Iterable[Recipient], payload: bytes, opcode: int) -> int:
         """:meth:`send` for a message given as its payload bytes and opcode (Text: UTF-8)."""
         frame = encode_message(payload, opcode)
         queued = 0
         deflater = self._deflater
         if deflater is None or not deflater.worth_it(len(payload)):
             for connection in connections:
-                if connection._enqueue(frame):
+                if connection.enqueue(frame):
                     queued += 1
             self._counters.messages_sent += queued
             return queued
         frames = {0: frame}  # by server window bits; 0: uncompressed
         for connection in connections:
-            bits = connection._deflate_bits
+            bits = connection.deflate_bits
             framed = frames.get(bits)
             if framed is None:
                 framed = frames[bits] = self._compressed(payload, opcode, bits, frame)
-            if connection._enqueue(framed):
+            if connection.enqueue(framed):
                 queued += 1
         self._counters.messages_sent += queued
         return queued

@@ -18,27 +18,29 @@ keep a writer task of their own (``_writer.py``) so that one slow TLS client nev
 flusher.
 
 Never write to a closed socket's number: the kernel reuses descriptor numbers at once, so the
-flusher holds the socket object, checks the connection's state and reads ``fileno()`` at write
-time, with no checkpoint between that and the write.
+flusher holds the socket object, checks that the connection's queue is not finished (it is
+finished when the connection ends) and reads ``fileno()`` at write time, with no checkpoint
+between that and the write.
+
+What the flusher needs of a connection is :class:`Writable`: its queue and socket to read, and
+the methods that tell it a write failed and that a task of its own writes it.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import trio
 
 from ._send_queue import SendQueue
 
-if TYPE_CHECKING:
-    from ._connection import WebSocketConnection
-
 __all__ = [
     "COALESCE_BYTES",
     "WRITES_PER_STEP",
     "Flusher",
+    "Writable",
     "WriteTimeout",
     "WriterSettings",
     "plain_socket_fd",
@@ -61,6 +63,34 @@ def join(frames: list[bytes]) -> bytes:
     return frames[0] if len(frames) == 1 else b"".join(frames)
 
 
+class WriterSettings(Protocol):
+    """Where a writer reads ``send_timeout`` at each wait (the handler)."""
+
+    @property
+    def send_timeout(self) -> float | None: ...
+
+
+class Writable(Protocol):
+    """What a writer (the flusher, a drain task, a TLS writer) needs of a connection."""
+
+    @property
+    def queue(self) -> SendQueue: ...
+    @property
+    def sock(self) -> trio.socket.SocketType | None:
+        """The plain TCP socket to write to; None before it runs and once it has ended."""
+
+    @property
+    def settings(self) -> WriterSettings: ...
+
+    def write_failed(self, exc: BaseException, task: str) -> None:
+        """Writing failed (``exc``; in the writer ``task``): the connection ends."""
+
+    def writer_started(self, scope: trio.CancelScope) -> None:
+        """A task of its own (a drain or TLS writer, in ``scope``) writes it from now on."""
+
+    def writer_stopped(self) -> None: ...
+
+
 class Flusher:
     """Writes the queued frames of a listener's plain-TCP connections.  Run :meth:`run` in the
     listener's nursery; drain tasks are started in ``nursery``."""
@@ -69,13 +99,13 @@ class Flusher:
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
-        self._pending: list[WebSocketConnection] = []
+        self._pending: list[Writable] = []
         self._task: trio.lowlevel.Task | None = None
         self._sleeping = False
 
-    def schedule(self, connection: WebSocketConnection) -> None:
+    def schedule(self, connection: Writable) -> None:
         """List ``connection`` for the next round (its queue just became non-empty)."""
-        connection._queue.listed = True
+        connection.queue.listed = True
         self._pending.append(connection)
         if self._sleeping:
             self._sleeping = False
@@ -97,29 +127,20 @@ class Flusher:
                     await trio.lowlevel.checkpoint()
                 try:
                     self.write(connection)
-                except Exception:  # a bug must cost one connection, not the listener
-                    connection.handler.log_error(
-                        "connection %s: write failed", connection.id, exc_info=True
-                    )
-                    connection._abort()
+                except Exception as exc:  # a bug must cost one connection, not the listener
+                    connection.write_failed(exc, "write")
 
     def _abort(self, raise_cancel: Any) -> trio.lowlevel.Abort:
         self._sleeping = False
         return trio.lowlevel.Abort.SUCCEEDED
 
-    def write(self, connection: WebSocketConnection) -> None:
+    def write(self, connection: Writable) -> None:
         """One non-blocking write of what ``connection`` has queued (also called on overflow,
         to see whether the socket takes the data before the slow-consumer policy applies)."""
-        queue = connection._queue
+        queue = connection.queue
         queue.listed = False
-        sock = connection._sock
-        if (
-            queue.draining
-            or queue.finished
-            or not queue.in_channel
-            or sock is None
-            or connection._state == 3
-        ):
+        sock = connection.sock
+        if queue.draining or queue.finished or not queue.in_channel or sock is None:
             return  # a drain task has it, nothing to write, or the connection has ended
         fd = sock.fileno()
         if fd < 0:
@@ -130,8 +151,8 @@ class Flusher:
             sent = os.write(fd, data)
         except BlockingIOError:
             sent = 0
-        except OSError:  # EPIPE, ECONNRESET: the peer is gone
-            connection._abort()
+        except OSError as exc:  # EPIPE, ECONNRESET: the peer is gone
+            connection.write_failed(exc, "write")
             return
         if sent == size:
             queue.wrote(frames, size)
@@ -144,36 +165,22 @@ class Flusher:
         )
 
     async def _drain(
-        self, connection: WebSocketConnection, frames: list[bytes], size: int, rest: memoryview
+        self, connection: Writable, frames: list[bytes], size: int, rest: memoryview
     ) -> None:
-        queue = connection._queue
         try:
-            with trio.CancelScope() as connection._writer_scope:
-                sock = connection._sock
+            with trio.CancelScope() as scope:
+                connection.writer_started(scope)
+                sock = connection.sock
                 if sock is None:  # ended before this task first ran
                     return
-                await drain(queue, sock, frames, size, rest, connection.handler)
-        except WriteTimeout as exc:
-            connection._write_timed_out(exc)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            connection._abort()
-        except Exception:  # a bug must cost one connection, not the listener
-            connection.handler.log_error(
-                "connection %s: drain failed", connection.id, exc_info=True
-            )
-            connection._abort()
+                await drain(connection.queue, sock, frames, size, rest, connection.settings)
+        except Exception as exc:  # a bug too must cost one connection, not the listener
+            connection.write_failed(exc, "drain")
         finally:
-            connection._writer_scope = None
+            connection.writer_stopped()
         # only a drain that wrote everything hands back to the flusher: after a failure a
         # taken batch is lost, and nothing queued behind it may be written (``draining`` stays
         # set, and the connection is ending)
-
-
-class WriterSettings(Protocol):
-    """Where a writer reads ``send_timeout`` at each wait (the handler)."""
-
-    @property
-    def send_timeout(self) -> float | None: ...
 
 
 async def drain(

@@ -1,46 +1,44 @@
 """The handler: upgrade validation, the registry of live connections, and fan-out.
 
-:class:`WebSocketHandler` is the seed's ``WebSocketHandler``.  It owns no task of its own: each
-upgraded connection runs in its listener's nursery (``_server.py``), inside
-:meth:`WebSocketHandler.start`, and the handler reaches it through the registry.
+:class:`WebSocketHandler` is the seed's ``WebSocketHandler``: its options, the checks of the
+upgrade, and the public API of sending and stopping.  What it shares with its connections and
+its backplane (the registry, the topics, fan-out, the counters, the route to other processes)
+is its ``_hub.Hub``.  It owns no task of its own: each upgraded connection runs in its
+listener's nursery (``_server.py``), inside :meth:`WebSocketHandler.start`
+(``_lifecycle.py``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import trio
 
 from ._auth import AbstractAuthenticator
 from ._backplane import RedisBackplane
-from ._connection import WebSocketConnection, _peer, validate_close_code
-from ._extensions import DeflateOptions, agreement_from_response, negotiate_deflate
-from ._fanout import FanOut
-from ._lifecycle import run_connection
-from ._listener_tasks import ListenerTasks, open_listener_tasks
-from ._options import heartbeat_payload, positive
+from ._connection import WebSocketConnection
+from ._extensions import DeflateOptions, negotiate_deflate
+from ._hub import Hub
+from ._lifecycle import refuse_after_101, start_connection
+from ._listener_tasks import ListenerTasks
+from ._options import ConnectionLimits, HandlerSettings, SlowConsumerPolicy, positive
 from ._origin import OriginCheck, OriginsLike
 from ._registry import ConnectionRegistry
-from ._stats import Counters, HandlerStats
-from ._topics import TopicMap, check_topic
+from ._stats import HandlerStats
+from ._topics import check_topic
 from ._types import CallContext, Request, Response
-from ._upgrade import check_upgrade
-from .codec import (
-    CloseCode,
-    DataLike,
-    Opcode,
-    encode_message,
-    message_payload,
-)
+from ._upgrade import check_upgrade, switching_protocols
+from .codec import CloseCode, DataLike, validate_close_code
 
 __all__ = ["WebSocketHandler"]
 
-SlowConsumerPolicy = Literal["close", "drop"]
+#: the defaults of the connection limits are :class:`ConnectionLimits`'s
+_DEFAULT_LIMITS = ConnectionLimits()
 
 
-class WebSocketHandler:
+class WebSocketHandler(HandlerSettings):
     """Accepts WebSocket upgrades and keeps the registry of live connections.
 
     Options (all keyword-only; a bad value raises ``TypeError``/``ValueError`` naming it):
@@ -53,14 +51,11 @@ class WebSocketHandler:
         the heartbeat Ping's payload.
     ``pong_timeout`` (20.0 s)
         close with 1011 when a heartbeat Ping is not answered within this time.
-    ``max_message_size`` (1 MiB)
-        largest incoming message, all fragments together; bigger closes with 1009.
-    ``max_fragments`` (4096)
-        most frames one incoming message may have; more closes with 1009.  Reassembly joins
-        fragments into one buffer as they arrive, so memory stays near the message's size; this
-        bound is on the work a client can cause with empty or tiny fragments.
-    ``max_queue`` (4096 frames) and ``max_queue_bytes`` (1 MiB)
-        bounds of each connection's send queue.
+    ``max_message_size``, ``max_fragments``, ``max_queue``, ``max_queue_bytes``
+        the bounds each connection is made with: its largest incoming message (1 MiB; 1009
+        beyond), the most frames in one incoming message (4096; 1009 beyond), and its send
+        queue's bounds (4096 frames, 1 MiB); see :class:`ConnectionLimits`, where they are
+        checked and documented (``handler.limits``).
     ``slow_consumer`` ("close")
         what happens when a message does not fit in a client's send queue: ``"close"`` closes
         that client with 1008 "slow consumer"; ``"drop"`` drops the message for that client
@@ -103,10 +98,10 @@ class WebSocketHandler:
         heartbeat: float | None = 20.0,
         heartbeat_message: str | bytes = "heartbeat",
         pong_timeout: float = 20.0,
-        max_message_size: int = 1 << 20,
-        max_fragments: int = 4096,
-        max_queue: int = 4096,
-        max_queue_bytes: int = 1 << 20,
+        max_message_size: int = _DEFAULT_LIMITS.max_message_size,
+        max_fragments: int = _DEFAULT_LIMITS.max_fragments,
+        max_queue: int = _DEFAULT_LIMITS.max_queue,
+        max_queue_bytes: int = _DEFAULT_LIMITS.max_queue_bytes,
         slow_consumer: SlowConsumerPolicy = "close",
         send_timeout: float | None = 30.0,
         close_timeout: float = 5.0,
@@ -122,8 +117,6 @@ class WebSocketHandler:
     ) -> None:
         if auth is not None and not isinstance(auth, AbstractAuthenticator):
             raise TypeError(f"auth must be an AbstractAuthenticator or None, not {auth!r}")
-        if slow_consumer not in ("close", "drop"):
-            raise ValueError(f"slow_consumer must be 'close' or 'drop', got {slow_consumer!r}")
         if logger is not None and not isinstance(logger, logging.Logger):
             raise TypeError(f"logger must be a logging.Logger or None, not {logger!r}")
         if isinstance(subprotocols, str) or not all(isinstance(p, str) for p in subprotocols):
@@ -132,21 +125,24 @@ class WebSocketHandler:
             raise TypeError(f"name must be a str, not {name!r}")
         if not name:
             raise ValueError("name must not be empty")
+        super().__init__(
+            heartbeat=heartbeat,
+            heartbeat_message=heartbeat_message,
+            pong_timeout=pong_timeout,
+            limits=ConnectionLimits(
+                max_message_size=max_message_size,
+                max_fragments=max_fragments,
+                max_queue=max_queue,
+                max_queue_bytes=max_queue_bytes,
+            ),
+            slow_consumer=slow_consumer,
+            send_timeout=send_timeout,
+            close_timeout=close_timeout,
+            idle_timeout=idle_timeout,
+        )
         self.auth = auth
         #: what :meth:`stats` and Prometheus (the ``handler`` label) call this handler
         self.name = name
-        self._counters = Counters()
-        self._heartbeat: float | None = positive("heartbeat", heartbeat, allow_none=True)
-        self._heartbeat_message = heartbeat_payload(heartbeat_message)
-        self._pong_timeout: float = positive("pong_timeout", pong_timeout)
-        self.max_message_size: int = positive("max_message_size", max_message_size, integer=True)
-        self.max_fragments: int = positive("max_fragments", max_fragments, integer=True)
-        self.max_queue: int = positive("max_queue", max_queue, integer=True)
-        self.max_queue_bytes: int = positive("max_queue_bytes", max_queue_bytes, integer=True)
-        self.slow_consumer: SlowConsumerPolicy = slow_consumer
-        self.send_timeout: float | None = positive("send_timeout", send_timeout, allow_none=True)
-        self.close_timeout: float = positive("close_timeout", close_timeout)
-        self._idle_timeout: float | None = positive("idle_timeout", idle_timeout, allow_none=True)
         self.max_connections: int | None = positive(
             "max_connections", max_connections, allow_none=True, integer=True
         )
@@ -154,19 +150,18 @@ class WebSocketHandler:
         if compression is not None and not isinstance(compression, DeflateOptions):
             raise TypeError(f"compression must be a DeflateOptions or None, not {compression!r}")
         self._compression = compression
-        self._fanout = FanOut(compression, self._counters)
-        self._topics = TopicMap()
         if origins is None and require_origin:
             raise ValueError("require_origin needs origins (the origins to allow)")
         self._origins = None if origins is None else OriginCheck.build(origins, require_origin)
         self.logger = logger if logger is not None else logging.getLogger("trio_wshandler")
-        self._registry = ConnectionRegistry()
+        self._hub = Hub(self, compression)
+        self._counters = self._hub.counters
+        self._registry: ConnectionRegistry[WebSocketConnection] = self._hub.registry
         #: the :class:`RedisBackplane` that connects this handler to other processes, or None
         self.backplane: RedisBackplane | None = None
         if backplane is not None:
             self.use_backplane(backplane)
         self._stopped = False
-        self._empty = trio.Event()
 
     def use_backplane(self, backplane: RedisBackplane) -> None:
         """Connect this handler to other processes (as ``backplane=`` does); call it before
@@ -176,23 +171,10 @@ class WebSocketHandler:
             raise TypeError(f"backplane must be a RedisBackplane, not {backplane!r}")
         if self.backplane is not None or self._registry:
             raise RuntimeError("a backplane is set before the handler serves, and only once")
-        backplane.attach(self)
+        self._hub.connect(backplane)
         self.backplane = backplane
-        self._registry.on_add, self._registry.on_remove = backplane.joined, backplane.left
-        self._topics.on_first = backplane.topic_added
-        self._topics.on_last = backplane.topic_removed
 
     # ---------------------------------------------------------------- settings
-
-    @property
-    def heartbeat(self) -> float | None:
-        """Seconds without input before a Ping; setting it applies to live connections."""
-        return self._heartbeat
-
-    @heartbeat.setter
-    def heartbeat(self, value: float | None) -> None:
-        self._heartbeat = positive("heartbeat", value, allow_none=True)
-        self._settings_changed()
 
     @property
     def compression(self) -> DeflateOptions | None:
@@ -200,38 +182,9 @@ class WebSocketHandler:
         them, and the handler's compressors are built from them)."""
         return self._compression
 
-    @property
-    def heartbeat_message(self) -> bytes:
-        """The heartbeat Ping payload (bytes; a str set here is UTF-8 encoded)."""
-        return self._heartbeat_message
-
-    @heartbeat_message.setter
-    def heartbeat_message(self, value: str | bytes) -> None:
-        self._heartbeat_message = heartbeat_payload(value)
-
-    @property
-    def idle_timeout(self) -> float | None:
-        """Seconds without a message before a connection is closed; applies to live ones."""
-        return self._idle_timeout
-
-    @idle_timeout.setter
-    def idle_timeout(self, value: float | None) -> None:
-        self._idle_timeout = positive("idle_timeout", value, allow_none=True)
-        self._settings_changed()
-
-    @property
-    def pong_timeout(self) -> float:
-        """Seconds a heartbeat Ping may wait for its Pong; setting it applies at once."""
-        return self._pong_timeout
-
-    @pong_timeout.setter
-    def pong_timeout(self, value: float) -> None:
-        self._pong_timeout = positive("pong_timeout", value)
-        self._settings_changed()  # applies to a Ping already waiting for its Pong too
-
     def _settings_changed(self) -> None:
-        for connection in self._registry:
-            connection._settings_changed()
+        for entry in self._registry.entries():
+            entry.settings_changed()
 
     # ---------------------------------------------------------------- the upgrade
 
@@ -273,14 +226,14 @@ class WebSocketHandler:
         accept = check_upgrade(hdr)
         if isinstance(accept, Response):
             return accept
-        headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept}
         protocol = self.select_subprotocol(hdr.header_tokens("sec-websocket-protocol"))
-        if protocol is not None:
-            headers["Sec-WebSocket-Protocol"] = protocol
         deflate = negotiate_deflate(hdr.header("sec-websocket-extensions"), self._compression)
-        if deflate is not None:
-            headers["Sec-WebSocket-Extensions"] = deflate[1]
-        return Response(101, b"", headers)
+        return switching_protocols(accept, protocol, None if deflate is None else deflate[1])
+
+    def response_sent(self, status: int) -> None:
+        """The server sent this handler's answer to a request (101: the upgrade went out):
+        counted in :meth:`stats` (``upgrades``, ``refused``)."""
+        self._counters.response(status)
 
     def select_subprotocol(self, offered: list[str]) -> str | None:
         """The subprotocol to accept among those the client offered (first of ours it offers)."""
@@ -328,39 +281,22 @@ class WebSocketHandler:
                     f"get_connection() must return a WebSocketConnection, not {connection!r}"
                 )
         except Exception:
-            # the client has its 101 already: tell it why it is dropped (1011), then close
             self.log_error("get_connection() failed for %s", cx.peer, exc_info=True)
-            close = encode_message(
-                CloseCode.INTERNAL_SERVER_ERROR.to_bytes(2, "big") + b"internal error",
-                Opcode.CLOSE,
-            )
-            with trio.move_on_after(self.close_timeout):
-                await stream.send_all(close)
-            await trio.aclose_forcefully(stream)
+            await refuse_after_101(stream, self.close_timeout)
             return
-        connection._bind(cx, hdr, cx.id)
-        if extensions is None:
-            negotiated = negotiate_deflate(
-                hdr.header("sec-websocket-extensions"), self._compression
-            )
-            agreement = negotiated[0] if negotiated is not None else None
-        else:
-            agreement = agreement_from_response(extensions) if extensions else None
-        if agreement is not None:
-            connection._use_deflate(agreement, self._compression is not None)
-        if self._stopped or stopping is not None:
-            connection.stop(CloseCode.GOING_AWAY, stopping or "server is stopping")
-        self.log_info("connection %s from %s opened: %s", connection.id, _peer(cx), hdr.raw_target)
-        self._empty = trio.Event() if self._empty.is_set() else self._empty
-        try:
-            if tasks is None:
-                async with open_listener_tasks() as tasks:
-                    await run_connection(connection, stream, initial_data, tasks)
-            else:
-                await run_connection(connection, stream, initial_data, tasks)
-        finally:
-            if not self._registry:
-                self._empty.set()
+        # the one place the handler reaches into a connection: from the user's object to the
+        # state that the package runs (``_core.ConnectionCore``)
+        core = connection._core
+        await start_connection(
+            core,
+            cx,
+            hdr,
+            stream,
+            initial_data=initial_data,
+            stopping=stopping,
+            tasks=tasks,
+            extensions=extensions,
+        )
 
     # ---------------------------------------------------------------- sending
 
@@ -376,11 +312,7 @@ class WebSocketHandler:
         encodes it once for its own clients); the count is of this process's clients.
         """
         self._counters.broadcasts += 1
-        if self.backplane is None:
-            return self._fanout.send(self._registry, data)
-        payload, opcode = message_payload(data)
-        self.backplane.publish_all(payload, opcode)
-        return self._fanout.send_payload(self._registry, payload, opcode)
+        return self._hub.send_all(data)
 
     def publish(self, topic: str, data: DataLike) -> int:
         """Send a message to the connections subscribed to ``topic``; returns how many it was
@@ -388,21 +320,17 @@ class WebSocketHandler:
         to the topic's subscribers.  A topic nobody subscribes to is not an error.  With a
         backplane it also goes to the topic's subscribers in every other process; the count
         is of this process's."""
-        subscribers = self._topics.subscribers(check_topic(topic))
+        check_topic(topic)
         self._counters.publishes += 1
-        if self.backplane is None:
-            return self._fanout.send(subscribers, data)
-        payload, opcode = message_payload(data)
-        self.backplane.publish_topic(topic, payload, opcode)
-        return self._fanout.send_payload(subscribers, payload, opcode)
+        return self._hub.publish(topic, data)
 
     def topic_size(self, topic: str) -> int:
         """How many connections of this process are subscribed to ``topic``."""
-        return self._topics.size(topic)
+        return self._hub.topics.size(topic)
 
     def topics(self) -> list[str]:
         """The topics with at least one subscriber in this process."""
-        return self._topics.topics()
+        return self._hub.topic_names()
 
     def send_one(self, cid: str, data: DataLike) -> None:
         """Send a message to the connection with id ``cid``.
@@ -413,18 +341,14 @@ class WebSocketHandler:
             no process, as far as this one knows: see docs/scaling.md for the window).
         :raises ConnectionClosedError: it is closing, or its queue is full (``"close"`` policy).
         """
-        if cid in self._registry or self.backplane is None:
-            self._registry.get(cid).send(data)
-            return
-        payload, opcode = message_payload(data)
-        self.backplane.send_to(cid, payload, opcode)
+        self._hub.send_one(cid, data)
 
     def connection(self, cid: str) -> WebSocketConnection:
         """The live connection with id ``cid`` (raises :class:`UnknownConnectionError`)."""
         return self._registry.get(cid)
 
     @property
-    def registry(self) -> ConnectionRegistry:
+    def registry(self) -> ConnectionRegistry[WebSocketConnection]:
         """The live connections by id, in registration order (iterate, ``len``, ``in``)."""
         return self._registry
 
@@ -442,18 +366,16 @@ class WebSocketHandler:
         live connections here, so a call costs in proportion to them (about a millisecond per
         10,000 connections): call it when asked (a scrape), not per message.
         """
-        return HandlerStats.take(self.name, self._counters, self._registry, self.backplane)
+        queues = (entry.queue for entry in self._registry.entries())
+        return HandlerStats.take(self.name, self._counters, queues, self.backplane)
 
     # ---------------------------------------------------------------- stopping
 
     def stop_one(self, cid: str, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
         """Close one connection (Close ``code``, default 1001), in any process with a
         backplane (:raises UnknownConnectionError: as :meth:`send_one`)."""
-        if cid in self._registry or self.backplane is None:
-            self._registry.get(cid).stop(code, reason)
-            return
         validate_close_code(code)
-        self.backplane.stop_remote(cid, code, reason)
+        self._hub.stop_one(cid, code, reason)
 
     async def cluster_connection_count(self) -> int:
         """Live connections in every process (asks Redis); without a backplane, ``len(self)``."""
@@ -481,8 +403,7 @@ class WebSocketHandler:
 
     async def wait_stopped(self) -> None:
         """Wait until no connection is left (each within ``close_timeout`` of its stop)."""
-        while self._registry:
-            await self._empty.wait()
+        await self._registry.wait_empty()
 
     async def aclose(self) -> None:
         """``stop()`` and wait until every connection has ended."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import http
 import ssl
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
@@ -28,13 +28,59 @@ import trio
 
 from ._types import CallContext, Request, Response
 
-__all__ = ["HttpHandler", "HttpLimits", "Upgrade", "serve_http"]
+if TYPE_CHECKING:
+    from ._listener_tasks import ListenerTasks
+
+__all__ = ["HttpHandler", "HttpLimits", "Service", "Upgrade", "UpgradeHandler", "serve_http"]
 
 
 class HttpHandler(Protocol):
     """Anything that answers requests: a :class:`WebSocketHandler` or a plain HTTP handler."""
 
     async def handle_request(self, cx: CallContext, hdr: Request, body: bytes) -> Response: ...
+
+
+class Service(Protocol):
+    """A task a handler needs running before it serves (its backplane)."""
+
+    @property
+    def running(self) -> bool: ...
+
+    async def check(self) -> None:
+        """Fail now, with a clear error, if it cannot run."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+
+@runtime_checkable
+class UpgradeHandler(HttpHandler, Protocol):
+    """A handler that takes over a stream after its 101 (a :class:`WebSocketHandler`): what
+    the server needs of it."""
+
+    @property
+    def close_timeout(self) -> float: ...
+    @property
+    def backplane(self) -> Service | None: ...
+
+    async def start(
+        self,
+        listener_id: str,
+        cx: CallContext,
+        hdr: Request,
+        stream: trio.abc.Stream,
+        *,
+        initial_data: bytes = ...,
+        stopping: str | None = ...,
+        tasks: ListenerTasks | None = ...,
+        extensions: str | None = ...,
+    ) -> None:
+        """Run the upgraded stream until the connection ends."""
+
+    def stop_listener(self, listener_id: str) -> None:
+        """Close the connections accepted by listener ``listener_id`` (1001)."""
+
+    def response_sent(self, status: int) -> None:
+        """The server sent its answer to a request (101: the upgrade went out)."""
 
 
 @attrs.frozen
@@ -56,7 +102,7 @@ class HttpLimits:
 class Upgrade:
     """A request that a handler accepted with 101: run ``handler.start`` on the stream."""
 
-    handler: HttpHandler
+    handler: UpgradeHandler
     request: Request
     cx: CallContext
     trailing: bytes
@@ -176,12 +222,11 @@ async def serve_http(
     limits: HttpLimits,
     on_error: Callable[[str], None],
     on_debug: Callable[[str], None] = lambda message: None,
-    on_response: Callable[[HttpHandler, int], None] = lambda handler, status: None,
 ) -> Upgrade | None:
     """Answer requests on ``stream`` until one is upgraded (returned) or the connection ends
     (None; the caller closes the stream).  ``on_error`` logs a failure of ours (with the
-    traceback), ``on_debug`` a refused client, ``on_response`` is told the status of each
-    answer a handler gave (101 once it is sent)."""
+    traceback), ``on_debug`` a refused client; an :class:`UpgradeHandler` is told the status of
+    each answer it gave (``response_sent``; 101 once it is sent)."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
     while True:
         try:
@@ -227,7 +272,7 @@ async def serve_http(
                 on_error(f"handle_request failed for {request.method} {request.path}")
                 response = Response(500, "internal server error", close=True)
         if response.code == 101 and not response.close:
-            if not hasattr(handler, "start"):
+            if not isinstance(handler, UpgradeHandler):
                 on_error(f"handler for {request.path} answered 101 but cannot start a connection")
                 response = Response(500, "internal server error", close=True)
             else:
@@ -245,8 +290,7 @@ async def serve_http(
                 else:
                     assert data is not None
                     await stream.send_all(data)
-                    assert handler is not None
-                    on_response(handler, 101)
+                    handler.response_sent(101)
                     extensions = next(
                         (v for k, v in response.headers.items() if k.lower() == _EXTENSIONS), ""
                     )
@@ -255,8 +299,8 @@ async def serve_http(
             response = Response(
                 403, response.body or "upgrade refused", response.headers, close=True
             )
-        if handler is not None:
-            on_response(handler, response.code)
+        if isinstance(handler, UpgradeHandler):
+            handler.response_sent(response.code)
         if not await _send_response(stream, conn, response, request.method == "HEAD", on_error):
             return None
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:

@@ -1,122 +1,149 @@
 """Where a connection is registered, run and removed: the life of a connection's one task.
 
-:func:`run_connection` is what :meth:`WebSocketHandler.start` awaits after the 101: it adds the
-connection to the registry, hands its socket to the listener's flusher (or starts its TLS
-writer), calls ``registered()``, runs the reader (``_reader.py``) until the peer is done, waits
-within ``close_timeout`` for what is queued to be written, and then, whatever way it ended,
-writes its last words if it can, closes the socket, runs ``deregister_connection`` and
+:func:`start_connection` is the body of :meth:`WebSocketHandler.start`, which the server awaits
+after the 101: the connection gets its request and its extensions, and runs in the listener's
+shared tasks (or a pair of its own outside a listener).  :func:`run_connection` then adds it to
+the registry, hands its socket to the listener's flusher (or starts its TLS writer), calls
+``registered()``, runs the reader (``_reader.py``) until the peer is done, waits within
+``close_timeout`` for what is queued to be written, and then, whatever way it ended, writes its
+last words if it can, closes the socket, runs ``deregister_connection`` and
 ``connection_closed`` once (shielded and bounded), adds what it wrote to the handler's totals
 and removes it from the registry and its topics.
+
+Every change to the connection's state is a method of its ``ConnectionCore``; this module says
+in which order they happen.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._connection import _CLOSED, _NEW, _OPEN, _peer
-from ._flusher import plain_socket_fd, write_last_words
-from ._reader import linger, read
+from ._extensions import agreement_from_response, negotiate_deflate
+from ._listener_tasks import ListenerTasks, open_listener_tasks
+from ._reader import Reader, linger
 from ._writer import tls_writer
-from .codec import CloseCode
+from .codec import CloseCode, Opcode, encode_message
 
 if TYPE_CHECKING:
-    from ._connection import WebSocketConnection
-    from ._listener_tasks import ListenerTasks
+    from ._core import ConnectionCore
+    from ._types import CallContext, Request
 
-__all__ = ["run_connection"]
+__all__ = ["refuse_after_101", "run_connection", "start_connection"]
+
+
+def peer_text(cx: CallContext) -> str:
+    host, port = cx.peer
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def refuse_after_101(stream: trio.abc.Stream, close_timeout: float) -> None:
+    """No connection could be made for an upgraded stream: the client has its 101 already, so
+    tell it why it is dropped (1011), then close."""
+    close = encode_message(
+        CloseCode.INTERNAL_SERVER_ERROR.to_bytes(2, "big") + b"internal error", Opcode.CLOSE
+    )
+    with trio.move_on_after(close_timeout):
+        await stream.send_all(close)
+    await trio.aclose_forcefully(stream)
+
+
+async def start_connection(
+    core: ConnectionCore[Any],
+    cx: CallContext,
+    hdr: Request,
+    stream: trio.abc.Stream,
+    *,
+    initial_data: bytes,
+    stopping: str | None,
+    tasks: ListenerTasks | None,
+    extensions: str | None,
+) -> None:
+    """Run a connection made for an upgraded ``stream`` (see ``WebSocketHandler.start``)."""
+    host = core.settings
+    core.bind(cx, hdr, cx.id)
+    if extensions is None:  # called from outside a listener: what handle_request would answer
+        negotiated = negotiate_deflate(hdr.header("sec-websocket-extensions"), host.compression)
+        agreement = negotiated[0] if negotiated is not None else None
+    else:
+        agreement = agreement_from_response(extensions) if extensions else None
+    if agreement is not None:
+        core.use_deflate(agreement, host.compression is not None)
+    if host.stopped or stopping is not None:
+        core.stop(CloseCode.GOING_AWAY, stopping or "server is stopping")
+    host.log_info("connection %s from %s opened: %s", core.id, peer_text(cx), hdr.raw_target)
+    if tasks is None:
+        async with open_listener_tasks() as tasks:
+            await run_connection(core, stream, initial_data, tasks)
+    else:
+        await run_connection(core, stream, initial_data, tasks)
 
 
 async def run_connection(
-    conn: WebSocketConnection, stream: trio.abc.Stream, initial_data: bytes, tasks: ListenerTasks
+    core: ConnectionCore[Any],
+    stream: trio.abc.Stream,
+    initial_data: bytes,
+    tasks: ListenerTasks,
 ) -> None:
     """Run an upgraded connection in its one task until it has ended and its hooks have run."""
-    handler = conn.handler
-    registry = handler._registry
-    registry.add(conn)
-    if conn._state is _NEW:
-        conn._state = _OPEN
-    conn._last_received = conn._last_message = opened = trio.current_time()
-    timers = conn._timers = tasks.timers
-    queue = conn._queue
+    hub, host, queue = core.hub, core.settings, core.queue
+    hub.registry.add(core)
+    opened = core.open(tasks.timers)
     try:
-        with trio.CancelScope(deadline=conn._close_deadline) as conn._scope:
-            if plain_socket_fd(stream) >= 0:
-                assert isinstance(stream, trio.SocketStream)
-                conn._sock = stream.socket
-                conn._flusher = tasks.flusher
-                if queue.in_channel:  # sent before the connection ran
-                    conn._schedule()
-            else:  # TLS: a writer task of its own, so that it never holds the flusher
-                tasks.nursery.start_soon(tls_writer, conn, stream, name="trio_wshandler writer")
-            if await _call_registered(conn):
-                timers.add(conn)
-            failed = await read(conn, stream, initial_data)
+        with core.cancel_scope() as scope:
+            if not core.write_with(stream, tasks.flusher):
+                # TLS: a writer task of its own, so that it never holds the flusher
+                tasks.nursery.start_soon(tls_writer, core, stream, name="trio_wshandler writer")
+            if await _call_registered(core):
+                tasks.timers.add(core)
+            failed = await Reader(core, stream).run(initial_data)
             # done reading: what is queued (our Close last) is written within close_timeout
-            conn._set_deadline(handler.close_timeout)
-            if conn._flusher is None:
+            core.set_deadline(host.close_timeout)
+            if core.flusher is None:
                 queue.close()  # the writer ends once it has written everything
             await queue.wait_written(queue.enqueued)
             if failed and not queue.finished:
                 await linger(stream)
-        if conn._scope.cancelled_caught and conn.close_code is None:
-            conn.close_code, conn.close_reason = CloseCode.ABNORMAL_CLOSURE, "timed out"
+        if scope.cancelled_caught:
+            core.timed_out()
     finally:
-        timers.discard(conn)
-        if conn._writer_scope is not None:
-            conn._writer_scope.cancel()
-        conn._state = _CLOSED
-        queue.finish()
-        # ended without the queue written (cancelled from outside, a deadline): what is
-        # queued and a Close 1001, if the socket takes them at once
-        last_close = conn._protocol.close(CloseCode.GOING_AWAY, "server is stopping")
-        wrote = write_last_words(queue, stream, last_close)
-        if wrote and last_close and conn.close_code is None:
-            conn.close_code, conn.close_reason = CloseCode.GOING_AWAY, "server is stopping"
-        if conn.close_code is None:
-            conn.close_code = CloseCode.ABNORMAL_CLOSURE
-        conn._sock = conn._flusher = None
+        core.end(stream)
         # shielded, so that cancellation of the server still runs the end hooks, and
         # bounded, so that a hook cannot hold the server's shutdown forever
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + handler.close_timeout
+        with trio.CancelScope(shield=True) as shield:
+            shield.deadline = trio.current_time() + host.close_timeout
             await trio.aclose_forcefully(stream)
             try:
-                await handler.deregister_connection(conn)
+                await host.deregister_connection(core.connection)
             except Exception:
-                handler.log_error("deregister_connection(%s) failed", conn.id, exc_info=True)
+                host.log_error("deregister_connection(%s) failed", core.id, exc_info=True)
             try:
-                await conn.connection_closed()
+                await core.connection.connection_closed()
             except Exception:
-                handler.log_error(
-                    "connection %s: connection_closed() failed", conn.id, exc_info=True
-                )
+                host.log_error("connection %s: connection_closed() failed", core.id, exc_info=True)
         # what it wrote joins the handler's totals as it leaves the registry (no checkpoint
         # in between: a stats() snapshot counts it once, live or retired)
-        handler._counters.retire(queue)
-        registry.remove(conn)
-        conn._leave_topics()
-        conn._ended = True
-        if conn._closed is not None:
-            conn._closed.set()
-        handler.log_info(
+        hub.counters.retire(queue)
+        hub.registry.remove(core)
+        core.leave()
+        host.log_info(
             "connection %s from %s closed: %s%s after %.1f s",
-            conn.id,
-            _peer(conn.cx),
-            conn.close_code,
-            f" {conn.close_reason}" if conn.close_reason else "",
+            core.id,
+            peer_text(core.cx),
+            core.close_code,
+            f" {core.close_reason}" if core.close_reason else "",
             trio.current_time() - opened,
         )
 
 
-async def _call_registered(conn: WebSocketConnection) -> bool:
+async def _call_registered(core: ConnectionCore[Any]) -> bool:
     try:
-        await conn.registered()
+        await core.connection.registered()
     except Exception:
-        conn.handler.log_error(
-            "connection %s: registered() failed; closing", conn.id, exc_info=True
+        core.settings.log_error(
+            "connection %s: registered() failed; closing", core.id, exc_info=True
         )
-        conn._start_close(CloseCode.INTERNAL_SERVER_ERROR, "registered() failed")
+        core.start_close(CloseCode.INTERNAL_SERVER_ERROR, "registered() failed")
         return False
     return True

@@ -1,14 +1,30 @@
 """Where the handler's options are checked: a bad value raises ``TypeError``/``ValueError``
-naming the option, at construction (or when a live setting is changed), never later."""
+naming the option, at construction (or when a live setting is changed), never later.
+
+:class:`ConnectionLimits` is the bounds every connection of a handler is made with (its
+protocol's size limits, its send queue's bounds): fixed for a connection's life, checked here
+once, and documented here once (the guide's table is checked against these defaults by
+``tests/test_docs.py``).
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
+
+import attrs
 
 from .codec import MAX_CONTROL_PAYLOAD
 
-__all__ = ["heartbeat_payload", "positive"]
+__all__ = [
+    "ConnectionLimits",
+    "HandlerSettings",
+    "SlowConsumerPolicy",
+    "heartbeat_payload",
+    "positive",
+]
+
+SlowConsumerPolicy = Literal["close", "drop"]
 
 
 def positive(name: str, value: Any, *, allow_none: bool = False, integer: bool = False) -> Any:
@@ -36,3 +52,124 @@ def heartbeat_payload(value: Any) -> bytes:
             f"heartbeat_message must be at most {MAX_CONTROL_PAYLOAD} bytes, got {len(payload)}"
         )
     return payload
+
+
+def _positive_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    positive(attribute.name, value, integer=True)
+
+
+@attrs.frozen
+class ConnectionLimits:
+    """The bounds of each connection of a handler, set when the connection is made.
+
+    Pass them to :class:`~trio_wshandler.WebSocketHandler` as options of the same names
+    (``WebSocketHandler(max_message_size=...)``); ``handler.limits`` is the value in force.
+    Changing one on the handler (``handler.max_queue = 100``) applies to connections made after.
+    """
+
+    #: Largest incoming message, all fragments together (compressed: once inflated); checked on
+    #: each frame *header*, so a frame that only declares a larger length is refused (1009)
+    #: before any of its payload is read.
+    max_message_size: int = attrs.field(default=1 << 20, validator=_positive_int)
+    #: Most frames one incoming message may have (1009 beyond).  Reassembly joins fragments into
+    #: one buffer as they arrive, so memory stays near the message's size; this bounds the work a
+    #: client can cause with empty or tiny fragments.
+    max_fragments: int = attrs.field(default=4096, validator=_positive_int)
+    #: Frames a send queue holds (control frames have slots of their own beyond it).
+    max_queue: int = attrs.field(default=4096, validator=_positive_int)
+    #: Bytes a send queue holds; a single larger frame is still taken into an empty queue.
+    max_queue_bytes: int = attrs.field(default=1 << 20, validator=_positive_int)
+
+
+class HandlerSettings:
+    """What a handler's connections read of it: the limits they are made with, the policies and
+    timeouts they apply, and the timers (``heartbeat``, ``heartbeat_message``, ``pong_timeout``,
+    ``idle_timeout``) whose change applies to live connections at once.  A base class of
+    :class:`~trio_wshandler.WebSocketHandler`, whose docstring documents each option."""
+
+    def __init__(
+        self,
+        *,
+        heartbeat: float | None,
+        heartbeat_message: str | bytes,
+        pong_timeout: float,
+        limits: ConnectionLimits,
+        slow_consumer: SlowConsumerPolicy,
+        send_timeout: float | None,
+        close_timeout: float,
+        idle_timeout: float | None,
+    ) -> None:
+        if slow_consumer not in ("close", "drop"):
+            raise ValueError(f"slow_consumer must be 'close' or 'drop', got {slow_consumer!r}")
+        self._heartbeat: float | None = positive("heartbeat", heartbeat, allow_none=True)
+        self._heartbeat_message = heartbeat_payload(heartbeat_message)
+        self._pong_timeout: float = positive("pong_timeout", pong_timeout)
+        self._limits = limits
+        self.slow_consumer: SlowConsumerPolicy = slow_consumer
+        self.send_timeout: float | None = positive("send_timeout", send_timeout, allow_none=True)
+        self.close_timeout: float = positive("close_timeout", close_timeout)
+        self._idle_timeout: float | None = positive("idle_timeout", idle_timeout, allow_none=True)
+
+    def _settings_changed(self) -> None:
+        """A timer setting changed (the handler has its live connections follow it)."""
+
+    @property
+    def limits(self) -> ConnectionLimits:
+        """The bounds every connection is made with (:class:`ConnectionLimits`); the four
+        properties below read them."""
+        return self._limits
+
+    @property
+    def max_message_size(self) -> int:
+        return self._limits.max_message_size
+
+    @property
+    def max_fragments(self) -> int:
+        return self._limits.max_fragments
+
+    @property
+    def max_queue(self) -> int:
+        return self._limits.max_queue
+
+    @property
+    def max_queue_bytes(self) -> int:
+        return self._limits.max_queue_bytes
+
+    @property
+    def heartbeat(self) -> float | None:
+        """Seconds without input before a Ping; setting it applies to live connections."""
+        return self._heartbeat
+
+    @heartbeat.setter
+    def heartbeat(self, value: float | None) -> None:
+        self._heartbeat = positive("heartbeat", value, allow_none=True)
+        self._settings_changed()
+
+    @property
+    def heartbeat_message(self) -> bytes:
+        """The heartbeat Ping payload (bytes; a str set here is UTF-8 encoded)."""
+        return self._heartbeat_message
+
+    @heartbeat_message.setter
+    def heartbeat_message(self, value: str | bytes) -> None:
+        self._heartbeat_message = heartbeat_payload(value)
+
+    @property
+    def idle_timeout(self) -> float | None:
+        """Seconds without a message before a connection is closed; applies to live ones."""
+        return self._idle_timeout
+
+    @idle_timeout.setter
+    def idle_timeout(self, value: float | None) -> None:
+        self._idle_timeout = positive("idle_timeout", value, allow_none=True)
+        self._settings_changed()
+
+    @property
+    def pong_timeout(self) -> float:
+        """Seconds a heartbeat Ping may wait for its Pong; setting it applies at once."""
+        return self._pong_timeout
+
+    @pong_timeout.setter
+    def pong_timeout(self, value: float) -> None:
+        self._pong_timeout = positive("pong_timeout", value)
+        self._settings_changed()  # applies to a Ping already waiting for its Pong too

@@ -6,8 +6,9 @@ clock (``TIME``) plus ``presence_ttl``, so the machines' clocks need not agree. 
 ``heartbeat`` seconds it pushes both forward and removes the nodes whose time has passed; a
 node that crashed therefore drops out within ``presence_ttl`` + ``heartbeat``.
 
-Each process also keeps a map of the *other* nodes' connection ids (``RedisBackplane._remote``),
-so that ``send_one`` knows synchronously where a connection is.  It reads a node's whole set
+Each process also keeps a map of the *other* nodes' connection ids (the remote map of
+``_backplane_core.BackplaneCore``), so that ``send_one`` knows synchronously where a connection
+is.  It reads a node's whole set
 once, when the node first appears (or after Redis was lost), and follows the JOIN/LEAVE
 messages after that; a node that vanishes has its ids dropped at once.  JOIN/LEAVE messages
 that arrive while a set is being read are applied again on top of what was read, so a read
@@ -19,15 +20,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-from ._backplane import _text
-
-if TYPE_CHECKING:
-    from ._backplane import RedisBackplane
-    from ._handler import WebSocketHandler
+from ._backplane_core import BackplaneCore, BackplaneOptions
+from ._backplane_wire import text
 
 __all__ = ["FULL_READ_EVERY", "Presence", "redis_errors"]
 
@@ -56,44 +54,39 @@ class Presence:
 
     def __init__(
         self,
-        backplane: RedisBackplane,
-        handler: WebSocketHandler,
+        options: BackplaneOptions,
+        core: BackplaneCore,
         client: Any,
         down: Callable[[BaseException], None],
     ) -> None:
-        self.bp = backplane
-        self.handler = handler
+        self.options = options
+        self.core = core
         self.client = client
         self.down = down
         self.errors = redis_errors()
-        self.stopping = False
         self._nodes: set[str] = set()  # the other live nodes whose sets have been read
         self._changes: list[tuple[bool, str, str]] | None = None  # JOIN/LEAVE during a read
 
     async def start(self) -> None:
-        with trio.fail_after(self.bp.command_timeout * 2):
+        with trio.fail_after(self.options.command_timeout * 2):
             await self._write()
             await self._read(full=True)
 
     def change(self, joined: bool, cid: str, node: str) -> None:
         """A JOIN or LEAVE from another node."""
-        remote = self.bp._remote
-        if joined:
-            remote[cid] = node
-        elif remote.get(cid) == node:
-            del remote[cid]
+        self.core.presence_changed(joined, cid, node)
         if self._changes is not None:
             self._changes.append((joined, cid, node))
 
     async def heartbeat(self) -> None:
-        bp = self.bp
+        core, options = self.core, self.options
         delay = 0.05
         beats = 0
         while True:
-            await trio.sleep(bp.heartbeat if bp._up.is_set() else delay)
+            await trio.sleep(options.heartbeat if core.up else delay)
             try:
-                with trio.fail_after(bp.command_timeout):
-                    if bp._up.is_set():
+                with trio.fail_after(options.command_timeout):
+                    if core.up:
                         beats += 1
                         await self._refresh()
                         await self._read(full=beats % FULL_READ_EVERY == 0)
@@ -102,22 +95,25 @@ class Presence:
                         delay = 0.05
             except self.errors as exc:
                 self.down(exc)
-                delay = min(delay * 2, bp.reconnect_max)
+                delay = min(delay * 2, options.reconnect_max)
+
+    def _local_ids(self) -> set[str]:
+        assert self.core.hub is not None
+        return set(self.core.hub.connection_ids())
 
     async def _reconnect(self) -> None:
-        bp = self.bp
+        core = self.core
         await self.client.ping()
         written = await self._write()
-        bp.reconnects += 1
-        bp._up.set()
+        core.reconnected()
         # connections that came or went while the presence was written: their SADD/SREM
         # were dropped (Redis counted as lost then); queue them now
-        now = set(self.handler._registry.ids())
+        now = self._local_ids()
         for cid in now - written:
-            bp.joined(cid)
+            core.joined(cid)
         for cid in written - now:
-            bp.left(cid)
-        bp.logger.warning("backplane %s: Redis reachable again", bp.safe_url)
+            core.left(cid)
+        self.options.logger.warning("backplane %s: Redis reachable again", self.options.safe_url)
         self._nodes.clear()
         await self._read(full=True)
 
@@ -128,39 +124,38 @@ class Presence:
 
     async def _write(self) -> set[str]:
         """This node's whole presence: its connection ids and its expiry."""
-        bp = self.bp
-        key = bp.names.connections(bp.node_id)
-        cids = set(self.handler._registry.ids())
+        names, node, ttl = self.core.names, self.core.node_id, self.options.presence_ttl
+        key = names.connections(node)
+        cids = self._local_ids()
         now = await self._now()
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.delete([key])
             if cids:
                 pipe.sadd(key, list(cids))
-                pipe.expire(key, int(bp.presence_ttl) + 1)
-            pipe.zadd(bp.names.nodes, {bp.node_id: now + bp.presence_ttl})
+                pipe.expire(key, int(ttl) + 1)
+            pipe.zadd(names.nodes, {node: now + ttl})
         return cids
 
     async def _refresh(self) -> None:
-        bp = self.bp
+        names, node, ttl = self.core.names, self.core.node_id, self.options.presence_ttl
         now = await self._now()
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zadd(bp.names.nodes, {bp.node_id: now + bp.presence_ttl})
-            pipe.expire(bp.names.connections(bp.node_id), int(bp.presence_ttl) + 1)
-            pipe.zremrangebyscore(bp.names.nodes, -math.inf, now)
+            pipe.zadd(names.nodes, {node: now + ttl})
+            pipe.expire(names.connections(node), int(ttl) + 1)
+            pipe.zremrangebyscore(names.nodes, -math.inf, now)
 
     async def _read(self, full: bool) -> None:
         """Follow the other nodes: drop the vanished, read the sets of the new (all, if
         ``full``), keeping the JOIN/LEAVE messages that arrive meanwhile."""
-        bp = self.bp
-        client = self.client
+        core, client = self.core, self.client
         from coredis.tokens import PureToken
 
         now = await self._now()
-        live = await client.zrange(bp.names.nodes, now, "+inf", sortby=PureToken.BYSCORE)
-        others = {_text(n) for n in live} - {bp.node_id}
+        live = await client.zrange(core.names.nodes, now, "+inf", sortby=PureToken.BYSCORE)
+        others = {text(n) for n in live} - {core.node_id}
         vanished = self._nodes - others
         if vanished:
-            bp._remote = {c: n for c, n in bp._remote.items() if n not in vanished}
+            core.forget_nodes(vanished)
         to_read = others if full else others - self._nodes
         self._nodes = others
         if not to_read:
@@ -169,30 +164,25 @@ class Presence:
         self._changes = []
         try:
             async with client.pipeline(transaction=False) as pipe:
-                members = [pipe.smembers(bp.names.connections(n)) for n in nodes]
+                members = [pipe.smembers(core.names.connections(n)) for n in nodes]
             read: dict[str, str] = {}
             for node, result in zip(nodes, members, strict=True):
                 for cid in await result:
-                    read[_text(cid)] = node
-            remote = {c: n for c, n in bp._remote.items() if n not in to_read}
-            remote.update(read)
+                    read[text(cid)] = node
+            core.replace_nodes(to_read, read)
             for joined, cid, node in self._changes:  # what arrived while reading wins
-                if joined:
-                    remote[cid] = node
-                elif remote.get(cid) == node:
-                    del remote[cid]
-            bp._remote = remote
+                core.presence_changed(joined, cid, node)
         finally:
             self._changes = None
 
     async def withdraw(self) -> None:
         """Stopping: leave the cluster's view at once (best effort, bounded by the caller)."""
-        bp = self.bp
-        if not bp._up.is_set():
+        core = self.core
+        if not core.up:
             return
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.zrem(bp.names.nodes, [bp.node_id])
-                pipe.delete([bp.names.connections(bp.node_id)])
+                pipe.zrem(core.names.nodes, [core.node_id])
+                pipe.delete([core.names.connections(core.node_id)])
         except Exception:  # best effort: the presence expires anyway
             pass

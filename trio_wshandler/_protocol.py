@@ -28,6 +28,7 @@ from wsproto.frame_protocol import Opcode as WsOpcode
 
 from ._deflate import Inflater
 from ._extensions import DeflateAgreement
+from ._state import CLOSE_DONE, CLOSE_RECEIVED, CLOSE_SENT, NO_CLOSE
 from ._stats import Counters
 from .codec import CloseCode, Opcode, encode_message
 
@@ -291,12 +292,6 @@ class MessageAssembler:
 
 # ---------------------------------------------------------------- the protocol
 
-# The states of the closing handshake (plain ints: checked for every frame).
-_OPEN = 0
-_LOCAL_CLOSING = 1  # we sent a Close, waiting for the peer's
-_REMOTE_CLOSING = 2  # the peer sent a Close, ours is the answer
-_CLOSED = 3
-
 
 class WebSocketProtocol:
     """The protocol state of one server-side connection after a successful upgrade.
@@ -334,7 +329,7 @@ class WebSocketProtocol:
         self._counters = counters if counters is not None else Counters()
         self._limits = _InboundLimits(max_message_size, max_fragments)
         self._proto = FrameProtocol(False, [self._limits])
-        self._state = _OPEN
+        self._state = NO_CLOSE  # of the closing handshake (``_state.HandshakeState``)
         self.raw_frames = raw_frames
         self._assembler = MessageAssembler()  # pieces of a message (or, raw, of one frame)
         self._in_message = False
@@ -351,19 +346,26 @@ class WebSocketProtocol:
     @property
     def closing(self) -> bool:
         """A Close was sent or received: no more data frames may be sent."""
-        return self._state != _OPEN
+        return self._state is not NO_CLOSE
+
+    @property
+    def inflated_total(self) -> int:
+        """Bytes inflated on this connection so far (permessage-deflate; the reader's
+        per-step budget), 0 without compression."""
+        inflater = self._inflater
+        return 0 if inflater is None else inflater.inflated_total
 
     def receive_data(self, data: bytes) -> None:
         self._counters.bytes_received += len(data)
-        if self._state in (_OPEN, _LOCAL_CLOSING):  # after the peer's Close: ignored
+        if self._state <= CLOSE_SENT:  # after the peer's Close: ignored
             self._proto.receive_bytes(data)
 
     def close(self, code: int, reason: str = "") -> bytes:
         """Start the closing handshake: the Close frame to send, or b"" if one was sent already."""
         state = self._state
-        if state not in (_OPEN, _REMOTE_CLOSING):
+        if state is not NO_CLOSE and state is not CLOSE_RECEIVED:
             return b""
-        self._state = _LOCAL_CLOSING if state == _OPEN else _CLOSED
+        self._state = CLOSE_SENT if state is NO_CLOSE else CLOSE_DONE
         if self._inflater is not None:
             self._inflater.discard()  # what the peer still sends is dropped, not inflated
         Counters.count(self._counters.close_codes_sent, code)
@@ -373,7 +375,7 @@ class WebSocketProtocol:
 
     def pong(self, payload: bytes) -> bytes:
         """The Pong answering a Ping, or b"" once closing (no frames may follow our Close)."""
-        if self._state != _OPEN:
+        if self._state is not NO_CLOSE:
             return b""
         return encode_message(payload, Opcode.PONG)
 
@@ -382,7 +384,7 @@ class WebSocketProtocol:
             for frame in self._proto.received_frames():
                 opcode = frame.opcode
                 if opcode is WsOpcode.TEXT or opcode is WsOpcode.BINARY:
-                    if self._state != _OPEN:
+                    if self._state is not NO_CLOSE:
                         yield SKIPPED  # counted by the reader's per-step budget
                         continue
                     if self.raw_frames:
@@ -420,10 +422,10 @@ class WebSocketProtocol:
         if peer_code is not None and code == _STAND_IN:  # wsproto was shown a stand-in
             code = peer_code
         Counters.count(self._counters.close_codes_received, code)
-        if self._state == _LOCAL_CLOSING:
-            self._state = _CLOSED
+        if self._state is CLOSE_SENT:
+            self._state = CLOSE_DONE
             return CloseCompleted(code, reason)
-        self._state = _REMOTE_CLOSING
+        self._state = CLOSE_RECEIVED
         return CloseReceived(code, reason, self.close(code, reason))
 
     def _failed(self, code: int, reason: str) -> ProtocolFailed:
@@ -436,5 +438,5 @@ class WebSocketProtocol:
         elif code == CloseCode.MESSAGE_TOO_BIG:
             reason = f"message over max_message_size ({limits.max_size} bytes)"
         Counters.count(self._counters.protocol_errors, code)
-        reply = self.close(code, reason) if self._state == _OPEN else b""
+        reply = self.close(code, reason) if self._state is NO_CLOSE else b""
         return ProtocolFailed(code, reason, reply)

@@ -1,17 +1,21 @@
-"""Where received bytes become hook calls: the reader loop of one connection.
+"""Where received bytes become hook calls: the reader of one connection.
 
-The connection's one task (``_lifecycle.run_connection``) runs :func:`read`: it receives bytes,
-feeds the sans-I/O protocol (``_protocol.py``) and dispatches its events, one at a time and in
-order, to the hooks (``got_message``, ``got_raw_message``), answering Pings and finishing the
-closing handshake.  It stops reading a peer that does not read (backpressure) and handles at
+The connection's one task (``_lifecycle.run_connection``) runs :meth:`Reader.run`: it receives
+bytes, feeds the sans-I/O protocol (``_protocol.py``) and dispatches its events, one at a time
+and in order, to the hooks (``got_message``, ``got_raw_message``), answering Pings and finishing
+the closing handshake.  It stops reading a peer that does not read (backpressure) and handles at
 most ``EVENTS_PER_STEP`` events per task step (fairness).
+
+What the reader needs of a connection is :class:`Readable` (the connection's state,
+``_core.ConnectionCore``, provides it): the reader reads its state and calls its methods, and
+changes none of it itself.  What it needs of the user's object is :class:`Hooks`.
 """
 
 from __future__ import annotations
 
 import enum
 import os
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import trio
 
@@ -27,11 +31,11 @@ from ._protocol import (
     PingReceived,
     PongReceived,
     ProtocolFailed,
+    WebSocketProtocol,
 )
+from ._send_queue import SendQueue
+from ._state import OPEN, ConnectionState
 from .codec import CloseCode, Frame, Opcode
-
-if TYPE_CHECKING:
-    from ._connection import WebSocketConnection
 
 __all__ = [
     "EVENTS_PER_STEP",
@@ -40,8 +44,10 @@ __all__ = [
     "LINGER_QUIET",
     "RECEIVE_BYTES",
     "FrameAction",
+    "Hooks",
+    "Readable",
+    "Reader",
     "linger",
-    "read",
 ]
 
 #: Bytes asked of the socket per receive.
@@ -66,10 +72,6 @@ INFLATE_PER_STEP = 1 << 20
 LINGER_BYTES = 4 << 20
 LINGER_QUIET = 0.25
 
-# the connection states of ``_connection.py`` this module looks at
-_OPEN_STATE = 1
-_CLOSING_STATE = 2
-
 
 class FrameAction(enum.Enum):
     """What :meth:`WebSocketConnection.got_raw_message` wants done with a frame."""
@@ -82,100 +84,241 @@ class FrameAction(enum.Enum):
     BREAK = "break"
 
 
-async def read(
-    conn: WebSocketConnection, stream: trio.abc.ReceiveStream, initial_data: bytes
-) -> bool:
-    """Receive and dispatch until the connection is done reading; True if it was failed
-    (the peer broke the protocol or a limit, and may still be sending: see :func:`linger`).
+class Hooks(Protocol):
+    """What the reader calls on the user's connection object."""
 
-    On a plain TCP stream the socket is read with a non-blocking ``read(2)`` after exactly
-    one yield: a wait for readability when the last read drained the socket, else a plain
-    checkpoint, so a flooding client cannot starve other tasks.  Trio's ``receive_some``
-    costs a second scheduling round and a second system call per read.  At most
-    ``EVENTS_PER_STEP`` events are handled per task step.
+    async def got_message(self, message: str | bytes) -> None: ...
 
-    Backpressure: while this connection's own send queue is more than half full (its peer
-    does not read what it is sent, e.g. the echoes of what it floods us with), nothing more
-    is read from it, so a peer cannot make us queue without bound by sending.
-    """
-    protocol = conn._protocol
-    queue = conn._queue
-    data: bytes = initial_data
-    fd = plain_socket_fd(stream)
-    while True:
-        drained = len(data) < RECEIVE_BYTES  # the last read emptied the socket
-        if data:
-            protocol.receive_data(data)
-            data = b""  # an idle connection holds no bytes it has read (nor, as the events
-            # are handled in a frame of their own, its last message)
-            done = await _handle_events(conn)
-            if done is not None:
-                return done
-        if queue.over_half():
-            # the peer is not reading what it is sent: stop reading it until it has.  Its
-            # Pongs and messages wait unread meanwhile, so the timers leave it alone
-            # (send_timeout drops a peer that reads nothing at all)
-            conn._paused = True
-            try:
-                await queue.wait_below_half()
-            finally:
-                conn._paused = False
-            # the time we did not read it does not count against it (heartbeat, idle)
-            conn._last_received = conn._last_message = trio.current_time()
-            conn._ping_sent = 0.0
-        if fd >= 0:
-            # one yield before every read: wait when the last read drained the socket,
-            # else just let other tasks run (a flooding client cannot starve them)
-            if drained:
-                await trio.lowlevel.wait_readable(fd)
+    def got_raw_message(self, frame: Frame) -> FrameAction: ...
+
+
+class _Log(Protocol):
+    def log_debug(self, msg: str, *args: object) -> None: ...
+
+    def log_info(self, msg: str, *args: object) -> None: ...
+
+    def log_error(self, msg: str, *args: object, exc_info: bool = ...) -> None: ...
+
+
+class Readable(Protocol):
+    """What the reader needs of a connection: its state to read, and the methods that change
+    it (each one named for what happened)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def state(self) -> ConnectionState: ...
+    @property
+    def protocol(self) -> WebSocketProtocol: ...
+    @property
+    def queue(self) -> SendQueue: ...
+    @property
+    def connection(self) -> Hooks:
+        """The user's object."""
+
+    @property
+    def settings(self) -> _Log: ...
+
+    def received(self, now: float) -> None:
+        """Data arrived (the heartbeat counts from here)."""
+
+    def message_received(self, now: float) -> None:
+        """A whole message arrived (the idle timeout counts from here)."""
+
+    def pong_received(self) -> None: ...
+
+    def pause(self) -> None:
+        """The reader stops reading: its peer does not read what it is sent."""
+
+    def resume(self, now: float) -> None: ...
+
+    def lost(self) -> None:
+        """The peer closed its side without a Close frame."""
+
+    def put_control(self, frame: bytes, *, pong: bool = False) -> bool: ...
+
+    def start_close(self, code: int, reason: str) -> None: ...
+
+    def finish_protocol(self, code: int, reason: str, reply: bytes) -> None: ...
+
+    def fail(self, code: int, reason: str, reply: bytes) -> None:
+        """The peer broke the protocol or a limit: close with ``code``."""
+
+
+class Reader:
+    """Receives and dispatches for one connection; :meth:`run` is its task's loop."""
+
+    __slots__ = ("_assembler", "_core", "_stream")
+
+    def __init__(self, core: Readable, stream: trio.abc.ReceiveStream) -> None:
+        self._core = core
+        self._stream = stream
+        self._assembler: MessageAssembler | None = None  # raw mode only: one frame's pieces
+
+    async def run(self, initial_data: bytes) -> bool:
+        """Receive and dispatch until the connection is done reading; True if it was failed
+        (the peer broke the protocol or a limit, and may still be sending: see :func:`linger`).
+
+        On a plain TCP stream the socket is read with a non-blocking ``read(2)`` after exactly
+        one yield: a wait for readability when the last read drained the socket, else a plain
+        checkpoint, so a flooding client cannot starve other tasks.  Trio's ``receive_some``
+        costs a second scheduling round and a second system call per read.  At most
+        ``EVENTS_PER_STEP`` events are handled per task step.
+
+        Backpressure: while this connection's own send queue is more than half full (its peer
+        does not read what it is sent, e.g. the echoes of what it floods us with), nothing more
+        is read from it, so a peer cannot make us queue without bound by sending.
+        """
+        core = self._core
+        protocol = core.protocol
+        queue = core.queue
+        stream = self._stream
+        data: bytes = initial_data
+        fd = plain_socket_fd(stream)
+        while True:
+            drained = len(data) < RECEIVE_BYTES  # the last read emptied the socket
+            if data:
+                protocol.receive_data(data)
+                data = b""  # an idle connection holds no bytes it has read (nor, as the
+                # events are handled in a frame of their own, its last message)
+                done = await self._handle_events()
+                if done is not None:
+                    return done
+            if queue.over_half():
+                # the peer is not reading what it is sent: stop reading it until it has.  Its
+                # Pongs and messages wait unread meanwhile, so the timers leave it alone
+                # (send_timeout drops a peer that reads nothing at all)
+                core.pause()
+                try:
+                    await queue.wait_below_half()
+                finally:
+                    core.resume(trio.current_time())
+            if fd >= 0:
+                # one yield before every read: wait when the last read drained the socket,
+                # else just let other tasks run (a flooding client cannot starve them)
+                if drained:
+                    await trio.lowlevel.wait_readable(fd)
+                else:
+                    await trio.lowlevel.checkpoint()
+                try:
+                    data = os.read(fd, RECEIVE_BYTES)
+                except BlockingIOError:  # a spurious wake-up: wait again
+                    data = b""
+                    continue
+                except OSError:  # ECONNRESET and the like: the peer is gone
+                    data = b""
             else:
+                try:
+                    data = cast(bytes, await stream.receive_some(RECEIVE_BYTES))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+            if not data:  # the peer closed (or half-closed) without a Close frame
+                core.lost()
+                return False
+            core.received(trio.current_time())
+
+    async def _handle_events(self) -> bool | None:
+        """Dispatch the events of the bytes received so far: None to read on, else whether the
+        connection was failed.  At most ``EVENTS_PER_STEP`` events and ``INFLATE_PER_STEP``
+        inflated bytes per task step."""
+        protocol = self._core.protocol
+        handled = 0
+        inflated = protocol.inflated_total
+        for event in protocol.events():
+            if await self.dispatch(event):
+                return isinstance(event, ProtocolFailed)
+            handled += 1
+            if (
+                handled == EVENTS_PER_STEP or protocol.inflated_total - inflated > INFLATE_PER_STEP
+            ):  # let other connections have their turn
+                handled = 0
                 await trio.lowlevel.checkpoint()
-            try:
-                data = os.read(fd, RECEIVE_BYTES)
-            except BlockingIOError:  # a spurious wake-up: wait again
-                data = b""
-                continue
-            except OSError:  # ECONNRESET and the like: the peer is gone
-                data = b""
-        else:
-            try:
-                data = cast(bytes, await stream.receive_some(RECEIVE_BYTES))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-        if not data:  # the peer closed (or half-closed) without a Close frame
-            if conn.close_code is None:
-                conn.close_code, conn.close_reason = (
-                    CloseCode.ABNORMAL_CLOSURE,
-                    "connection lost",
-                )
-            conn._state = max(conn._state, _CLOSING_STATE)
-            # a half-closed peer may still read: tell it why (1006 is never sent)
-            close = protocol.close(CloseCode.GOING_AWAY, "")
-            if close:
-                conn._put_control(close)
+                inflated = protocol.inflated_total
+        return None
+
+    async def dispatch(self, event: object) -> bool:
+        """Act on one protocol event; True when the connection is done reading."""
+        core = self._core
+        if event is SKIPPED:
             return False
-        conn._last_received = trio.current_time()
+        if isinstance(event, MessageReceived):
+            if core.state is OPEN:
+                await self._deliver(event.data)
+            return False
+        if isinstance(event, DataFrame):
+            await self._raw_data_frame(event)
+            return False
+        if isinstance(event, PingReceived):
+            if self._raw(Frame(Opcode.PING, event.payload)) is FrameAction.PROCESS:
+                pong = core.protocol.pong(event.payload)
+                if pong:
+                    core.put_control(pong, pong=True)  # not beyond MAX_PONGS_OWED unwritten
+            return False
+        if isinstance(event, PongReceived):
+            if self._raw(Frame(Opcode.PONG, event.payload)) is FrameAction.PROCESS:
+                core.pong_received()  # the heartbeat is answered
+            return False
+        if isinstance(event, CloseReceived):
+            self._raw(Frame(Opcode.CLOSE, b"", close_code=event.code, close_reason=event.reason))
+            core.finish_protocol(event.code, event.reason, event.reply)
+            return True
+        if isinstance(event, CloseCompleted):
+            core.finish_protocol(event.code, event.reason, b"")
+            return True
+        assert isinstance(event, ProtocolFailed)
+        core.settings.log_info(
+            "connection %s: protocol error %d: %s", core.id, event.code, event.reason
+        )
+        core.fail(event.code, event.reason, event.reply)
+        return True
 
+    async def _deliver(self, message: str | bytes) -> None:
+        core = self._core
+        core.message_received(trio.current_time())
+        try:
+            await core.connection.got_message(message)
+        except Exception as exc:
+            log = core.settings
+            if isinstance(exc, ConnectionClosedError) and core.state > OPEN:
+                # this connection began closing while the hook ran (e.g. a slow consumer), so
+                # its send() raised: expected, not a bug in the hook
+                log.log_debug("connection %s: closing; got_message() could not send", core.id)
+                return
+            log.log_error("connection %s: got_message() failed; closing", core.id, exc_info=True)
+            core.start_close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
 
-async def _handle_events(conn: WebSocketConnection) -> bool | None:
-    """Dispatch the events of the bytes received so far: None to read on, else whether the
-    connection was failed.  At most ``EVENTS_PER_STEP`` events and ``INFLATE_PER_STEP``
-    inflated bytes per task step."""
-    protocol = conn._protocol
-    inflater = protocol._inflater
-    handled = 0
-    inflated = inflater.inflated_total if inflater is not None else 0
-    for event in protocol.events():
-        if await dispatch(conn, event):
-            return isinstance(event, ProtocolFailed)
-        handled += 1
-        if handled == EVENTS_PER_STEP or (
-            inflater is not None and inflater.inflated_total - inflated > INFLATE_PER_STEP
-        ):  # let other connections have their turn
-            handled = 0
-            await trio.lowlevel.checkpoint()
-            inflated = inflater.inflated_total if inflater is not None else 0
-    return None
+    async def _raw_data_frame(self, event: DataFrame) -> None:
+        if self._core.state is not OPEN:
+            return
+        if self._assembler is None:
+            self._assembler = MessageAssembler()
+        action = self._raw(Frame(event.opcode, event.data, event.fin))
+        if action is FrameAction.BREAK:
+            return
+        message = (
+            self._assembler.add(event.data, event.fin)
+            if action is FrameAction.PROCESS
+            else self._assembler.skip(event.fin)
+        )
+        if message is not None:
+            await self._deliver(message)
+
+    def _raw(self, frame: Frame) -> FrameAction:
+        """Run ``got_raw_message`` (when overridden); BREAK starts a normal close."""
+        core = self._core
+        if not core.protocol.raw_frames:
+            return FrameAction.PROCESS
+        try:
+            action = core.connection.got_raw_message(frame)
+        except Exception:
+            core.settings.log_error(
+                "connection %s: got_raw_message() failed; closing", core.id, exc_info=True
+            )
+            core.start_close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
+            return FrameAction.CONTINUE
+        if action is FrameAction.BREAK:
+            core.start_close(CloseCode.NORMAL_CLOSURE, "")
+        return action if isinstance(action, FrameAction) else FrameAction.PROCESS
 
 
 async def linger(stream: trio.abc.Stream) -> None:
@@ -198,89 +341,3 @@ async def linger(stream: trio.abc.Stream) -> None:
             discarded += len(data)
             continue
         return  # quiet
-
-
-async def dispatch(conn: WebSocketConnection, event: object) -> bool:
-    """Act on one protocol event; True when the connection is done reading."""
-    if event is SKIPPED:
-        return False
-    if isinstance(event, MessageReceived):
-        if conn._state == _OPEN_STATE:
-            await deliver(conn, event.data)
-        return False
-    if isinstance(event, DataFrame):
-        await raw_data_frame(conn, event)
-        return False
-    if isinstance(event, PingReceived):
-        if raw(conn, Frame(Opcode.PING, event.payload)) is FrameAction.PROCESS:
-            pong = conn._protocol.pong(event.payload)
-            if pong:
-                conn._put_control(pong, pong=True)  # not beyond MAX_PONGS_OWED unwritten
-        return False
-    if isinstance(event, PongReceived):
-        if raw(conn, Frame(Opcode.PONG, event.payload)) is FrameAction.PROCESS:
-            conn._ping_sent = 0.0  # the heartbeat is answered
-        return False
-    if isinstance(event, CloseReceived):
-        raw(conn, Frame(Opcode.CLOSE, b"", close_code=event.code, close_reason=event.reason))
-        conn._finish_protocol(event.code, event.reason, event.reply)
-        return True
-    if isinstance(event, CloseCompleted):
-        conn._finish_protocol(event.code, event.reason, b"")
-        return True
-    assert isinstance(event, ProtocolFailed)
-    conn.handler.log_info("connection %s: protocol error %d: %s", conn.id, event.code, event.reason)
-    conn.close_code, conn.close_reason = event.code, event.reason
-    conn._finish_protocol(event.code, event.reason, event.reply)
-    return True
-
-
-async def deliver(conn: WebSocketConnection, message: str | bytes) -> None:
-    conn._last_message = trio.current_time()
-    conn.handler._counters.messages_received += 1
-    try:
-        await conn.got_message(message)
-    except Exception as exc:
-        if isinstance(exc, ConnectionClosedError) and not conn.is_open:
-            # this connection began closing while the hook ran (e.g. a slow consumer), so
-            # its send() raised: expected, not a bug in the hook
-            conn.handler.log_debug("connection %s: closing; got_message() could not send", conn.id)
-            return
-        conn.handler.log_error(
-            "connection %s: got_message() failed; closing", conn.id, exc_info=True
-        )
-        conn._start_close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
-
-
-async def raw_data_frame(conn: WebSocketConnection, event: DataFrame) -> None:
-    if conn._state != _OPEN_STATE:
-        return
-    if conn._assembler is None:
-        conn._assembler = MessageAssembler()
-    action = raw(conn, Frame(event.opcode, event.data, event.fin))
-    if action is FrameAction.BREAK:
-        return
-    message = (
-        conn._assembler.add(event.data, event.fin)
-        if action is FrameAction.PROCESS
-        else conn._assembler.skip(event.fin)
-    )
-    if message is not None:
-        await deliver(conn, message)
-
-
-def raw(conn: WebSocketConnection, frame: Frame) -> FrameAction:
-    """Run ``got_raw_message`` (when overridden); BREAK starts a normal close."""
-    if not conn._protocol.raw_frames:
-        return FrameAction.PROCESS
-    try:
-        action = conn.got_raw_message(frame)
-    except Exception:
-        conn.handler.log_error(
-            "connection %s: got_raw_message() failed; closing", conn.id, exc_info=True
-        )
-        conn._start_close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
-        return FrameAction.CONTINUE
-    if action is FrameAction.BREAK:
-        conn._start_close(CloseCode.NORMAL_CLOSURE, "")
-    return action if isinstance(action, FrameAction) else FrameAction.PROCESS

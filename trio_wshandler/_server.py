@@ -3,7 +3,7 @@
 Task tree::
 
     serve()                      the server's nursery
-    └── Listener._run            one per listener: its own cancel scope and nursery
+    └── Listener.run             one per listener: its own cancel scope and nursery
         ├── flusher, timers      shared by its connections (``_listener_tasks.py``), drain
         │                        tasks for backed-up sockets, TLS connections' writer tasks
         ├── accept loops         one per socket, in the accept scope
@@ -25,13 +25,11 @@ import itertools
 import logging
 import math
 import ssl
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
 
 import trio
 
-from ._handler import WebSocketHandler
-from ._http import HttpHandler, HttpLimits, Upgrade, serve_http
+from ._http import HttpHandler, HttpLimits, Upgrade, UpgradeHandler, serve_http
 from ._ids import new_connection_id
 from ._listener_tasks import ListenerTasks, open_listener_tasks
 from ._types import CallContext, Request
@@ -47,12 +45,6 @@ ACCEPT_ERROR_LOG_INTERVAL = 10.0
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 _listener_numbers = itertools.count(1)
-
-
-def _count_response(handler: HttpHandler, status: int) -> None:
-    """A handler answered a request: a WebSocketHandler counts it (``stats().refused``)."""
-    if isinstance(handler, WebSocketHandler):
-        handler._counters.response(status)
 
 
 def _address(sockaddr: object) -> tuple[str, int]:
@@ -87,8 +79,11 @@ class Listener:
         listener_id: str,
         listeners: list[trio.SocketListener],
         ssl_context: ssl.SSLContext | None,
+        *,
+        on_closed: Callable[[str], None] = lambda listener_id: None,
     ) -> None:
         self.server = server
+        self._on_closed = on_closed  # told this listener's id once it has closed
         self.id = listener_id
         self.ssl = ssl_context is not None
         self._ssl_context = ssl_context
@@ -106,7 +101,8 @@ class Listener:
     def __repr__(self) -> str:
         return f"<Listener {self.id} {'wss' if self.ssl else 'ws'}://{self.host}:{self.port}>"
 
-    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept and serve until stopped (:meth:`Server.add_listener` runs it)."""
         try:
             with self._scope:
                 # the flusher and timers outlive the connections, which need them to the end
@@ -122,7 +118,7 @@ class Listener:
         finally:
             for sock in self._sockets:
                 await trio.aclose_forcefully(sock)
-            self.server._listeners.pop(self.id, None)
+            self._on_closed(self.id)
             self.closed.set()
 
     async def _accept(
@@ -188,8 +184,7 @@ class Listener:
             if upgrade is not None:
                 # the client has its 101: from here on it is a WebSocket connection, closed
                 # with a Close frame (1001 if this listener stopped meanwhile), never dropped
-                handler: Any = upgrade.handler  # serve_http checked that it has start()
-                await handler.start(
+                await upgrade.handler.start(
                     self.id,
                     upgrade.cx,
                     upgrade.request,
@@ -238,7 +233,6 @@ class Listener:
                     limits=server.limits,
                     on_error=lambda message: logger.error("%s: %s", cid, message, exc_info=True),
                     on_debug=lambda message: logger.debug("%s from %s: %s", cid, peer, message),
-                    on_response=_count_response,
                 )
             finally:
                 self._handshakes.discard(handshake)
@@ -254,10 +248,9 @@ class Listener:
             handshake.cancel()
         grace = 1.0
         for handler in self.server.handlers():
-            stop_listener = getattr(handler, "stop_listener", None)
-            if stop_listener is not None:
-                stop_listener(self.id)
-            grace = max(grace, getattr(handler, "close_timeout", 0) * 2 + 1)
+            if isinstance(handler, UpgradeHandler):
+                handler.stop_listener(self.id)
+                grace = max(grace, handler.close_timeout * 2 + 1)
         self._scope.deadline = trio.current_time() + grace
 
 
@@ -326,10 +319,13 @@ class Server:
             sockets = await _reuse_port_listeners(host, port)
         else:
             sockets = await trio.open_tcp_listeners(port, host=host)
-        listener = Listener(self, lid, sockets, ssl_context)
+        listener = Listener(self, lid, sockets, ssl_context, on_closed=self._forget)
         self._listeners[lid] = listener
-        await self._nursery.start(listener._run)
+        await self._nursery.start(listener.run)
         return listener
+
+    def _forget(self, listener_id: str) -> None:
+        self._listeners.pop(listener_id, None)
 
     def stop_listener(self, listener_id: str) -> None:
         """Stop one listener and close the WebSocket connections it accepted (1001)."""
@@ -359,16 +355,17 @@ class Server:
         already: when Redis is unreachable this fails before any connection is accepted.
         """
         to_start = [
-            (handler, backplane)
+            backplane
             for handler in self.handlers()
-            if (backplane := getattr(handler, "backplane", None)) is not None
+            if isinstance(handler, UpgradeHandler)
+            and (backplane := handler.backplane) is not None
             and not backplane.running
         ]
-        for _, backplane in to_start:  # outside any nursery: its error is raised as it is
+        for backplane in to_start:  # outside any nursery: its error is raised as it is
             await backplane.check()
         async with trio.open_nursery() as backplanes:
-            for handler, backplane in to_start:
-                await backplanes.start(backplane.run, handler)
+            for backplane in to_start:
+                await backplanes.start(backplane.run)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await self.add_listener(host, port, ssl_context=ssl_context, reuse_port=reuse_port)

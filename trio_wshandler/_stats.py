@@ -19,16 +19,40 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 
-if TYPE_CHECKING:
-    from ._backplane import RedisBackplane
-    from ._connection import WebSocketConnection
-    from ._send_queue import SendQueue
+__all__ = ["BackplaneStats", "Counters", "HandlerStats", "QueueFigures"]
 
-__all__ = ["BackplaneStats", "Counters", "HandlerStats"]
+
+class QueueFigures(Protocol):
+    """What the numbers need of a connection's send queue (``_send_queue.SendQueue``)."""
+
+    @property
+    def queued_bytes(self) -> int: ...
+    @property
+    def writes(self) -> int: ...
+    @property
+    def written(self) -> int: ...
+    @property
+    def bytes_written(self) -> int: ...
+
+
+class BackplaneFigures(Protocol):
+    """What the numbers need of a backplane (``RedisBackplane``)."""
+
+    @property
+    def published(self) -> int: ...
+    @property
+    def received(self) -> int: ...
+    @property
+    def lost(self) -> int: ...
+    @property
+    def reconnects(self) -> int: ...
+    @property
+    def connected(self) -> bool: ...
+
 
 #: the fields of :class:`Counters` that are plain ints, in the order of :class:`HandlerStats`
 _INT_COUNTERS = (
@@ -84,7 +108,7 @@ class Counters:
         else:
             self.refused[status] = self.refused.get(status, 0) + 1
 
-    def retire(self, queue: SendQueue) -> None:
+    def retire(self, queue: QueueFigures) -> None:
         """A connection ended: add what its queue wrote to the totals (a live connection's
         writes are counted on its queue, and added up by ``HandlerStats.take``)."""
         self.retired_writes += queue.writes
@@ -117,7 +141,7 @@ class BackplaneStats:
     connected: bool
 
     @classmethod
-    def of(cls, backplane: RedisBackplane) -> BackplaneStats:
+    def of(cls, backplane: BackplaneFigures) -> BackplaneStats:
         return cls(
             published=backplane.published,
             received=backplane.received,
@@ -197,19 +221,18 @@ class HandlerStats:
         cls,
         name: str,
         counters: Counters,
-        connections: Iterable[WebSocketConnection],
-        backplane: RedisBackplane | None,
+        queues: Iterable[QueueFigures],
+        backplane: BackplaneFigures | None,
     ) -> HandlerStats:
-        """The snapshot of ``counters`` and of the live ``connections`` (walked once)."""
+        """The snapshot of ``counters`` and of the live connections' ``queues`` (walked once)."""
         live = queued = largest = 0
         writes, frames, sent = (
             counters.retired_writes,
             counters.retired_frames,
             counters.retired_bytes,
         )
-        for connection in connections:
+        for queue in queues:
             live += 1
-            queue = connection._queue
             size = queue.queued_bytes
             queued += size
             largest = max(largest, size)

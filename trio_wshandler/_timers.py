@@ -18,21 +18,21 @@ For each open connection, at each sweep:
 
 None of them fires while the connection's reader is paused because its peer does not read (its
 Pongs and messages then wait unread); ``send_timeout`` covers a peer that reads nothing.
+
+The sweep decides *when*; what happens then (the Ping queued, the Close, the counters and the
+log line) is a method of the connection (:class:`Timed`), which owns that state.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
-from .codec import CloseCode, Opcode, encode_message
+from ._state import OPEN, ConnectionState
 
-if TYPE_CHECKING:
-    from ._connection import WebSocketConnection
-
-__all__ = ["MAX_TICK", "MIN_TICK", "SWEEP_PER_STEP", "Timers"]
+__all__ = ["MAX_TICK", "MIN_TICK", "SWEEP_PER_STEP", "Timed", "TimerSettings", "Timers"]
 
 #: Longest time between two sweeps while any timer is set.
 MAX_TICK = 1.0
@@ -42,20 +42,66 @@ MIN_TICK = 0.005
 SWEEP_PER_STEP = 1024
 
 
+class TimerSettings(Protocol):
+    """The timer settings of a connection's handler, read at every sweep (so a change applies
+    to live connections)."""
+
+    @property
+    def heartbeat(self) -> float | None: ...
+    @property
+    def idle_timeout(self) -> float | None: ...
+    @property
+    def pong_timeout(self) -> float: ...
+
+
+class Timed(Protocol):
+    """What the sweep needs of a connection: its clocks to read, and what to do when a timer
+    fires."""
+
+    @property
+    def state(self) -> ConnectionState: ...
+    @property
+    def settings(self) -> TimerSettings: ...
+    @property
+    def paused(self) -> bool:
+        """Its reader waits for its peer to read: no timer fires."""
+
+    @property
+    def last_received(self) -> float:
+        """When data last arrived."""
+
+    @property
+    def last_message(self) -> float:
+        """When a whole message last arrived."""
+
+    @property
+    def ping_sent(self) -> float:
+        """When the unanswered heartbeat Ping went out; 0 when none is unanswered."""
+
+    def send_heartbeat(self, now: float) -> None: ...
+
+    def idle_timed_out(self, idle: float) -> None: ...
+
+    def pong_timed_out(self, timeout: float) -> None: ...
+
+    def timer_failed(self) -> None:
+        """A bug in the sweep: end this connection, not the listener."""
+
+
 class Timers:
     """The timer sweep of one listener's connections; run :meth:`run` in its nursery."""
 
     __slots__ = ("_connections", "_sleep")
 
     def __init__(self) -> None:
-        self._connections: set[WebSocketConnection] = set()
+        self._connections: set[Timed] = set()
         self._sleep: trio.CancelScope | None = None
 
-    def add(self, connection: WebSocketConnection) -> None:
+    def add(self, connection: Timed) -> None:
         self._connections.add(connection)
         self.wake()
 
-    def discard(self, connection: WebSocketConnection) -> None:
+    def discard(self, connection: Timed) -> None:
         self._connections.discard(connection)
 
     def wake(self) -> None:
@@ -77,44 +123,35 @@ class Timers:
         for done, connection in enumerate(list(self._connections), 1):
             if done % SWEEP_PER_STEP == 0:  # thousands of connections: let the others run
                 await trio.lowlevel.checkpoint()
-            if connection._state != 1:  # only open connections
+            if connection.state is not OPEN:  # only open connections
                 continue
             try:
                 shortest = min(shortest, self._fire(connection, now))
             except Exception:  # a bug must cost one connection, not the listener
-                connection.handler.log_error(
-                    "connection %s: timer failed", connection.id, exc_info=True
-                )
-                connection._abort()
+                connection.timer_failed()
         return min(MAX_TICK, max(MIN_TICK, shortest / 8)) if shortest < math.inf else math.inf
 
     @staticmethod
-    def _fire(connection: WebSocketConnection, now: float) -> float:
+    def _fire(connection: Timed, now: float) -> float:
         """Fire ``connection``'s due timers; returns its shortest interval (``inf``: none)."""
-        handler = connection.handler
-        heartbeat, idle = handler.heartbeat, handler.idle_timeout
+        settings = connection.settings
+        heartbeat, idle = settings.heartbeat, settings.idle_timeout
         if heartbeat is None and idle is None:
             return math.inf
-        if connection._paused:  # its Pongs and messages wait unread: see _connection._read
+        if connection.paused:  # its Pongs and messages wait unread: see Reader.run
             return min(t for t in (heartbeat, idle) if t is not None)
-        if idle is not None and now >= connection._last_message + idle:
-            handler.log_info("connection %s: no message for %s s; closing", connection.id, idle)
-            handler._counters.idle_timeouts += 1
-            connection._start_close(CloseCode.GOING_AWAY, "idle timeout")
+        if idle is not None and now >= connection.last_message + idle:
+            connection.idle_timed_out(idle)
             return idle
         shortest = math.inf if idle is None else idle
-        pong_timeout = handler.pong_timeout
-        if connection._ping_sent:
-            if now >= connection._ping_sent + pong_timeout:
-                handler.log_warning(
-                    "connection %s: no Pong within %s s; closing", connection.id, pong_timeout
-                )
-                handler._counters.heartbeat_timeouts += 1
-                connection._start_close(CloseCode.INTERNAL_SERVER_ERROR, "pong timeout")
+        pong_timeout = settings.pong_timeout
+        ping_sent = connection.ping_sent
+        if ping_sent:
+            if now >= ping_sent + pong_timeout:
+                connection.pong_timed_out(pong_timeout)
             return min(shortest, pong_timeout)
         if heartbeat is not None:
-            if now >= connection._last_received + heartbeat:
-                connection._ping_sent = now
-                connection._put_control(encode_message(handler.heartbeat_message, Opcode.PING))
+            if now >= connection.last_received + heartbeat:
+                connection.send_heartbeat(now)
             return min(shortest, heartbeat, pong_timeout)
         return shortest

@@ -4,27 +4,23 @@ A topic is a name (any non-empty ``str`` of at most ``MAX_TOPIC_LENGTH`` charact
 connections subscribe to; :meth:`WebSocketHandler.publish` sends a message to its subscribers
 only.  Each topic maps to an insertion-ordered dict of its connections, so publishing costs in
 proportion to the topic's subscribers, not to all connections, and subscribing or leaving is one
-dict operation.  A connection keeps the set of its own topics (made on its first subscription:
-a connection without topics pays one empty slot) so that it leaves them all when it ends.
+dict operation.  A connection keeps the set of its own topics (``_core.ConnectionCore.topics``,
+made on its first subscription: a connection without topics pays one empty slot) so that it
+leaves them all when it ends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING
 
-from ._errors import ConnectionClosedError
+from ._fanout import Recipient
 
-if TYPE_CHECKING:
-    from ._connection import WebSocketConnection
-    from ._handler import WebSocketHandler
-
-__all__ = ["MAX_TOPIC_LENGTH", "Subscriber", "TopicMap", "check_topic"]
+__all__ = ["MAX_TOPIC_LENGTH", "TopicMap", "check_topic"]
 
 #: Longest topic name, in characters (a topic is also a Redis channel name with a backplane).
 MAX_TOPIC_LENGTH = 1024
 
-_EMPTY: dict[WebSocketConnection, None] = {}
+_EMPTY: dict[Recipient, None] = {}
 
 
 def check_topic(topic: object) -> str:
@@ -49,11 +45,16 @@ class TopicMap:
     __slots__ = ("_subscribers", "on_first", "on_last")
 
     def __init__(self) -> None:
-        self._subscribers: dict[str, dict[WebSocketConnection, None]] = {}
+        self._subscribers: dict[str, dict[Recipient, None]] = {}
         self.on_first: Callable[[str], None] | None = None
         self.on_last: Callable[[str], None] | None = None
 
-    def add(self, topic: str, connection: WebSocketConnection) -> None:
+    def watch(self, on_first: Callable[[str], None], on_last: Callable[[str], None]) -> None:
+        """Call ``on_first(topic)`` when a topic gains its first subscriber, ``on_last(topic)``
+        when it loses its last one (a backplane follows the topics of this process)."""
+        self.on_first, self.on_last = on_first, on_last
+
+    def add(self, topic: str, connection: Recipient) -> None:
         subscribers = self._subscribers.get(topic)
         if subscribers is None:
             subscribers = self._subscribers[topic] = {}
@@ -61,7 +62,7 @@ class TopicMap:
                 self.on_first(topic)
         subscribers[connection] = None
 
-    def discard(self, topic: str, connection: WebSocketConnection) -> None:
+    def discard(self, topic: str, connection: Recipient) -> None:
         subscribers = self._subscribers.get(topic)
         if subscribers is None or subscribers.pop(connection, _EMPTY) is _EMPTY:
             return
@@ -70,7 +71,7 @@ class TopicMap:
             if self.on_last is not None:
                 self.on_last(topic)
 
-    def subscribers(self, topic: str) -> Collection[WebSocketConnection]:
+    def subscribers(self, topic: str) -> Collection[Recipient]:
         """The connections subscribed to ``topic`` (a live view: iterate without awaiting)."""
         return self._subscribers.get(topic, _EMPTY).keys()
 
@@ -80,51 +81,3 @@ class TopicMap:
     def topics(self) -> list[str]:
         """The topics with at least one subscriber in this process."""
         return list(self._subscribers)
-
-
-class Subscriber:
-    """The topic methods of :class:`WebSocketConnection` (a base class of it)."""
-
-    __slots__ = ("_topics",)
-
-    def __init__(self) -> None:
-        self._topics: set[str] | None = None  # made on the first subscribe()
-
-    if TYPE_CHECKING:
-        handler: WebSocketHandler
-
-        @property
-        def is_open(self) -> bool: ...
-
-        def _not_sent_reason(self) -> str: ...
-
-    @property
-    def topics(self) -> frozenset[str]:
-        """The topics this connection is subscribed to."""
-        return frozenset(self._topics or ())
-
-    def subscribe(self, topic: str) -> None:
-        """Receive what :meth:`WebSocketHandler.publish` sends to ``topic`` (again: no-op).
-
-        :raises ConnectionClosedError: the connection is closing or closed.
-        """
-        check_topic(topic)
-        if not self.is_open:
-            raise ConnectionClosedError(self._not_sent_reason())
-        if self._topics is None:
-            self._topics = set()
-        if topic not in self._topics:
-            self._topics.add(topic)
-            self.handler._topics.add(topic, self)  # type: ignore[arg-type]
-
-    def unsubscribe(self, topic: str) -> None:
-        """Stop receiving ``topic`` (not subscribed: no-op)."""
-        if self._topics is not None and topic in self._topics:
-            self._topics.discard(topic)
-            self.handler._topics.discard(topic, self)  # type: ignore[arg-type]
-
-    def _leave_topics(self) -> None:
-        """The connection ended: it leaves every topic."""
-        topics, self._topics = self._topics, None
-        for topic in topics or ():
-            self.handler._topics.discard(topic, self)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ import binascii
 from ._types import Request, Response
 from .codec import response_key
 
-__all__ = ["check_upgrade"]
+__all__ = ["check_upgrade", "switching_protocols"]
 
 
 def check_upgrade(hdr: Request) -> Response | str:
@@ -53,3 +53,14 @@ def check_upgrade(hdr: Request) -> Response | str:
     if not valid:
         return Response(400, "invalid Sec-WebSocket-Key: must be 16 bytes in base64")
     return response_key(key)
+
+
+def switching_protocols(accept: str, subprotocol: str | None, extensions: str | None) -> Response:
+    """The 101 that accepts an upgrade: its ``Sec-WebSocket-Accept`` value, the subprotocol
+    and the extensions (``Sec-WebSocket-Extensions``) agreed, if any."""
+    headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept}
+    if subprotocol is not None:
+        headers["Sec-WebSocket-Protocol"] = subprotocol
+    if extensions is not None:
+        headers["Sec-WebSocket-Extensions"] = extensions
+    return Response(101, b"", headers)

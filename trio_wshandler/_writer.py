@@ -12,19 +12,13 @@ own, with the flusher's guarantees of order and coalescing up to ``COALESCE_BYTE
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import trio
 
-from ._flusher import COALESCE_BYTES, WriterSettings, WriteTimeout, join
+from ._flusher import COALESCE_BYTES, Writable, WriterSettings, WriteTimeout, join
 from ._send_queue import SendQueue
 
-if TYPE_CHECKING:
-    from ._connection import WebSocketConnection
-
 __all__ = ["TIMED_CHUNK", "tls_writer", "write_loop"]
-
-_CLOSED = 3  # the connection state of ``_connection.py`` after it ended
 
 #: With a ``send_timeout``, a stream write is cut into pieces of this size, each of which must
 #: complete within the timeout: a peer that reads slowly but steadily keeps making progress.
@@ -63,19 +57,16 @@ async def write_loop(
         queue.wrote(frames, size)
 
 
-async def tls_writer(conn: WebSocketConnection, stream: trio.abc.SendStream) -> None:
-    """The writer task of a TLS connection (in the listener's nursery); its scope is the
-    connection's ``_writer_scope``, cancelled when the connection ends."""
+async def tls_writer(connection: Writable, stream: trio.abc.SendStream) -> None:
+    """The writer task of a TLS connection (in the listener's nursery); its scope is handed to
+    the connection (``writer_started``), which cancels it when it ends."""
     try:
-        with trio.CancelScope() as conn._writer_scope:
-            if conn._state != _CLOSED:  # not ended before this task first ran
-                await write_loop(conn._queue, stream, conn.handler)
-    except WriteTimeout as exc:
-        conn._write_timed_out(exc)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        conn._abort()
-    except Exception:  # a bug must cost this connection, not the listener
-        conn.handler.log_error("connection %s: writer failed", conn.id, exc_info=True)
-        conn._abort()
+        with trio.CancelScope() as scope:
+            connection.writer_started(scope)
+            queue = connection.queue
+            if not queue.finished:  # not ended before this task first ran
+                await write_loop(queue, stream, connection.settings)
+    except Exception as exc:  # a bug too must cost this connection, not the listener
+        connection.write_failed(exc, "writer")
     finally:
-        conn._writer_scope = None
+        connection.writer_stopped()

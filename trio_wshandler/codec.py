@@ -22,14 +22,17 @@ import trio
 from wsproto.frame_protocol import FrameDecoder, ParseFailed
 
 __all__ = [
+    "SENDABLE_CLOSE_CODES",
     "CloseCode",
     "Frame",
     "FrameError",
     "Opcode",
     "encode_message",
+    "is_sendable_close_code",
     "message_payload",
     "read_message",
     "response_key",
+    "validate_close_code",
 ]
 
 #: The GUID of RFC 6455 section 1.3, appended to the client's key.
@@ -91,6 +94,23 @@ _CLOSE_TEXTS = {
     CloseCode.INTERNAL_SERVER_ERROR: "Internal Server Error",
     CloseCode.TLS_HANDSHAKE: "TLS Handshake",
 }
+
+
+#: Close codes an endpoint may send (RFC 6455 section 7.4, IANA registry), besides 3000-4999.
+SENDABLE_CLOSE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+)
+
+
+def is_sendable_close_code(code: int) -> bool:
+    """Whether a Close frame may carry ``code`` (1000-1003, 1007-1014 or 3000-4999)."""
+    return code in SENDABLE_CLOSE_CODES or 3000 <= code <= 4999
+
+
+def validate_close_code(code: int) -> None:
+    """:raises ValueError: a Close frame may not carry ``code``."""
+    if not is_sendable_close_code(code):
+        raise ValueError(f"close code {code} cannot be sent; use 1000-1003, 1007-1014 or 3000-4999")
 
 
 class FrameError(ValueError):
