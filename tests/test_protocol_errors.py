@@ -15,38 +15,39 @@ from trio_wshandler.codec import Opcode
 
 from .conftest import RawClient, Recorder, RecordingHandler, client_frame, running, wait_for, ws_url
 
+#: RFC 6455 violations and the close code each gets: the integration test here sends them over a
+#: socket, tests/test_protocol.py feeds them to the sans-I/O protocol.
+PROTOCOL_VIOLATIONS = [
+    ("unmasked frame", [client_frame(b"hi", Opcode.TEXT, masked=False)], 1002),
+    ("RSV1 without extension", [client_frame(b"hi", Opcode.TEXT, rsv=4)], 1002),
+    ("RSV3", [client_frame(b"hi", Opcode.BINARY, rsv=1)], 1002),
+    ("reserved data opcode", [client_frame(b"hi", 0x3)], 1002),
+    ("reserved control opcode", [client_frame(b"", 0xB)], 1002),
+    ("continuation without start", [client_frame(b"x", Opcode.CONTINUATION)], 1002),
+    (
+        "new message inside a fragmented one",
+        [client_frame(b"a", Opcode.TEXT, fin=False), client_frame(b"b", Opcode.TEXT)],
+        1002,
+    ),
+    ("fragmented control frame", [client_frame(b"p", Opcode.PING, fin=False)], 1002),
+    ("control frame over 125 bytes", [client_frame(b"p" * 126, Opcode.PING)], 1002),
+    ("invalid UTF-8", [client_frame(b"\xff\xfe", Opcode.TEXT)], 1007),
+    (
+        "invalid UTF-8 split across fragments",
+        [
+            client_frame(b"\xe2\x82", Opcode.TEXT, fin=False),
+            client_frame(b"\x28", Opcode.CONTINUATION),
+        ],
+        1007,
+    ),
+    ("close with 1-byte payload", [client_frame(b"\x03", Opcode.CLOSE)], 1002),
+    ("close with invalid code", [client_frame(b"\x03\xe7", Opcode.CLOSE)], 1002),  # 999
+    ("close with reserved code 1005", [client_frame(b"\x03\xed", Opcode.CLOSE)], 1002),
+    ("close reason not UTF-8", [client_frame(b"\x03\xe8\xff", Opcode.CLOSE)], 1007),
+]
 
-@pytest.mark.parametrize(
-    ("name", "frames", "code"),
-    [
-        ("unmasked frame", [client_frame(b"hi", Opcode.TEXT, masked=False)], 1002),
-        ("RSV1 without extension", [client_frame(b"hi", Opcode.TEXT, rsv=4)], 1002),
-        ("RSV3", [client_frame(b"hi", Opcode.BINARY, rsv=1)], 1002),
-        ("reserved data opcode", [client_frame(b"hi", 0x3)], 1002),
-        ("reserved control opcode", [client_frame(b"", 0xB)], 1002),
-        ("continuation without start", [client_frame(b"x", Opcode.CONTINUATION)], 1002),
-        (
-            "new message inside a fragmented one",
-            [client_frame(b"a", Opcode.TEXT, fin=False), client_frame(b"b", Opcode.TEXT)],
-            1002,
-        ),
-        ("fragmented control frame", [client_frame(b"p", Opcode.PING, fin=False)], 1002),
-        ("control frame over 125 bytes", [client_frame(b"p" * 126, Opcode.PING)], 1002),
-        ("invalid UTF-8", [client_frame(b"\xff\xfe", Opcode.TEXT)], 1007),
-        (
-            "invalid UTF-8 split across fragments",
-            [
-                client_frame(b"\xe2\x82", Opcode.TEXT, fin=False),
-                client_frame(b"\x28", Opcode.CONTINUATION),
-            ],
-            1007,
-        ),
-        ("close with 1-byte payload", [client_frame(b"\x03", Opcode.CLOSE)], 1002),
-        ("close with invalid code", [client_frame(b"\x03\xe7", Opcode.CLOSE)], 1002),  # 999
-        ("close with reserved code 1005", [client_frame(b"\x03\xed", Opcode.CLOSE)], 1002),
-        ("close reason not UTF-8", [client_frame(b"\x03\xe8\xff", Opcode.CLOSE)], 1007),
-    ],
-)
+
+@pytest.mark.parametrize(("name", "frames", "code"), PROTOCOL_VIOLATIONS)
 async def test_protocol_violation_closes_with_code(
     name: str, frames: list[bytes], code: int
 ) -> None:

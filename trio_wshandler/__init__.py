@@ -21,6 +21,7 @@ from ._errors import (
 from ._extensions import DeflateAgreement, DeflateOptions
 from ._handler import WebSocketHandler
 from ._http import HttpHandler, HttpLimits
+from ._options import ConnectionLimits
 from ._prometheus import PrometheusHandler
 from ._registry import ConnectionRegistry
 from ._server import Listener, Server, serve
@@ -39,6 +40,7 @@ __all__ = [
     "CallContext",
     "CloseCode",
     "ConnectionClosedError",
+    "ConnectionLimits",
     "ConnectionRegistry",
     "DeflateAgreement",
     "DeflateOptions",

@@ -20,14 +20,18 @@ from typing import TYPE_CHECKING
 
 from ._core import ConnectionCore
 from ._reader import FrameAction
+from ._state import OPEN
 from ._types import CallContext, Request
-from .codec import CloseCode, DataLike, Frame
+from .codec import CloseCode, DataLike, Frame, Opcode, encode_message
 
 if TYPE_CHECKING:
     from ._extensions import DeflateAgreement
     from ._handler import WebSocketHandler
 
 __all__ = ["FrameAction", "WebSocketConnection"]
+
+#: the opcodes whose final frame (fin) ends a data message
+_DATA_OPCODES = frozenset({Opcode.TEXT, Opcode.BINARY, Opcode.CONTINUATION})
 
 
 class WebSocketConnection:
@@ -131,7 +135,7 @@ class WebSocketConnection:
     @property
     def is_open(self) -> bool:
         """True while messages can be sent (before and after registration, until closing)."""
-        return self._core.is_open
+        return self._core.state <= OPEN
 
     @property
     def listener_id(self) -> str:
@@ -166,7 +170,10 @@ class WebSocketConnection:
         """Queue one frame of any kind but Close: a fragment (Text or Binary with
         ``fin=False``, then ``Opcode.CONTINUATION`` frames) or a server Ping.  Frames sent
         this way are never compressed (RFC 7692 lets a sender send any message uncompressed)."""
-        self._core.send_frame(data, opcode, fin)
+        if opcode == Opcode.CLOSE:
+            raise ValueError("use stop(code, reason) to close a connection")
+        ends_message = fin and opcode in _DATA_OPCODES  # the last frame of a message
+        self._core.send_encoded(encode_message(data, opcode, fin=fin), ends_message)
 
     def send_encoded(self, frame: bytes) -> None:
         """Queue a frame already encoded with :func:`trio_wshandler.codec.encode_message`

@@ -42,9 +42,6 @@ __all__ = ["ConnectionCore"]
 #: gets ConnectionClosedError rather than the cancellation that ends the connection.
 FLUSH_MARGIN = 0.05
 
-#: the opcodes whose final frame (fin) ends a data message
-_DATA_OPCODES = frozenset({Opcode.TEXT, Opcode.BINARY, Opcode.CONTINUATION})
-
 H = TypeVar("H", bound="Hooks")
 
 
@@ -127,25 +124,13 @@ class ConnectionCore(Generic[H]):
         self._writer_scope: trio.CancelScope | None = None  # of its drain or TLS writer task
         self._closed: trio.Event | None = None  # made only when somebody waits for the end
 
-    @property
-    def is_open(self) -> bool:
-        return self.state <= OPEN
-
     # ---------------------------------------------------------------- sending
 
     def send(self, data: DataLike) -> None:
         self.send_encoded(self.hub.fanout.frame_for(data, self.deflate_bits))
 
-    def send_frame(self, data: DataLike, opcode: int, fin: bool) -> None:
-        if opcode == Opcode.CLOSE:
-            raise ValueError("use stop(code, reason) to close a connection")
-        ends_message = fin and opcode in _DATA_OPCODES  # the last frame of a message
-        self._send(encode_message(data, opcode, fin=fin), ends_message)
-
-    def send_encoded(self, frame: bytes) -> None:
-        self._send(frame, True)
-
-    def _send(self, frame: bytes, message: bool) -> None:
+    def send_encoded(self, frame: bytes, message: bool = True) -> None:
+        """Queue ``frame``, counted as a message if it is one's last frame (``message``)."""
         if self.enqueue(frame):
             self.counters.messages_sent += message
         elif self.state > OPEN:
