@@ -21,8 +21,8 @@ from ._backplane import RedisBackplane
 from ._connection import WebSocketConnection
 from ._extensions import DeflateOptions, negotiate_deflate
 from ._hub import Hub
-from ._lifecycle import refuse_after_101, start_connection
-from ._listener_tasks import ListenerTasks
+from ._lifecycle import prepare_connection, refuse_after_101, run_connection
+from ._listener_tasks import ListenerTasks, open_listener_tasks
 from ._options import ConnectionLimits, HandlerSettings, SlowConsumerPolicy, positive
 from ._origin import OriginCheck, OriginsLike
 from ._registry import ConnectionRegistry
@@ -287,16 +287,12 @@ class WebSocketHandler(HandlerSettings):
         # the one place the handler reaches into a connection: from the user's object to the
         # state that the package runs (``_core.ConnectionCore``)
         core = connection._core
-        await start_connection(
-            core,
-            cx,
-            hdr,
-            stream,
-            initial_data=initial_data,
-            stopping=stopping,
-            tasks=tasks,
-            extensions=extensions,
-        )
+        prepare_connection(core, cx, hdr, stopping=stopping, extensions=extensions)
+        if tasks is None:
+            async with open_listener_tasks() as tasks:
+                await run_connection(core, stream, initial_data, tasks)
+        else:
+            await run_connection(core, stream, initial_data, tasks)
 
     # ---------------------------------------------------------------- sending
 

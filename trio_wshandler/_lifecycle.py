@@ -1,14 +1,14 @@
 """Where a connection is registered, run and removed: the life of a connection's one task.
 
-:func:`start_connection` is the body of :meth:`WebSocketHandler.start`, which the server awaits
-after the 101: the connection gets its request and its extensions, and runs in the listener's
-shared tasks (or a pair of its own outside a listener).  :func:`run_connection` then adds it to
-the registry, hands its socket to the listener's flusher (or starts its TLS writer), calls
-``registered()``, runs the reader (``_reader.py``) until the peer is done, waits within
-``close_timeout`` for what is queued to be written, and then, whatever way it ended, writes its
-last words if it can, closes the socket, runs ``deregister_connection`` and
-``connection_closed`` once (shielded and bounded), adds what it wrote to the handler's totals
-and removes it from the registry and its topics.
+:meth:`WebSocketHandler.start`, which the server awaits after the 101, makes the connection, has
+:func:`prepare_connection` give it its request and its extensions, and awaits
+:func:`run_connection` in the listener's shared tasks (or a pair of its own outside a
+listener).  That adds it to the registry, hands its socket to the listener's flusher (or starts
+its TLS writer), calls ``registered()``, runs the reader (``_reader.py``) until the peer is
+done, waits within ``close_timeout`` for what is queued to be written, and then, whatever way
+it ended, writes its last words if it can, closes the socket, runs ``deregister_connection``
+and ``connection_closed`` once (shielded and bounded), adds what it wrote to the handler's
+totals and removes it from the registry and its topics.
 
 Every change to the connection's state is a method of its ``ConnectionCore``; this module says
 in which order they happen.
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._extensions import agreement_from_response, negotiate_deflate
-from ._listener_tasks import ListenerTasks, open_listener_tasks
+from ._listener_tasks import ListenerTasks
 from ._reader import Reader, linger
 from ._writer import tls_writer
 from .codec import CloseCode, Opcode, encode_message
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ._core import ConnectionCore
     from ._types import CallContext, Request
 
-__all__ = ["refuse_after_101", "run_connection", "start_connection"]
+__all__ = ["prepare_connection", "refuse_after_101", "run_connection"]
 
 
 def peer_text(cx: CallContext) -> str:
@@ -49,18 +49,17 @@ async def refuse_after_101(stream: trio.abc.Stream, close_timeout: float) -> Non
     await trio.aclose_forcefully(stream)
 
 
-async def start_connection(
+def prepare_connection(
     core: ConnectionCore[Any],
     cx: CallContext,
     hdr: Request,
-    stream: trio.abc.Stream,
     *,
-    initial_data: bytes,
     stopping: str | None,
-    tasks: ListenerTasks | None,
     extensions: str | None,
 ) -> None:
-    """Run a connection made for an upgraded ``stream`` (see ``WebSocketHandler.start``)."""
+    """Give a connection made for an upgrade its request and extensions, before it runs (see
+    ``WebSocketHandler.start``; not a coroutine: each connection's task keeps the frames of
+    what it awaits for its whole life)."""
     host = core.settings
     core.bind(cx, hdr, cx.id)
     if extensions is None:  # called from outside a listener: what handle_request would answer
@@ -73,11 +72,6 @@ async def start_connection(
     if host.stopped or stopping is not None:
         core.stop(CloseCode.GOING_AWAY, stopping or "server is stopping")
     host.log_info("connection %s from %s opened: %s", core.id, peer_text(cx), hdr.raw_target)
-    if tasks is None:
-        async with open_listener_tasks() as tasks:
-            await run_connection(core, stream, initial_data, tasks)
-    else:
-        await run_connection(core, stream, initial_data, tasks)
 
 
 async def run_connection(
