@@ -16,7 +16,15 @@ import nox
 
 PYTHONS = ["3.11", "3.12", "3.13"]
 
-nox.options.sessions = ["tests", "lint", "typecheck", "docs", "conformance", "bench_smoke"]
+nox.options.sessions = [
+    "tests",
+    "tests_pure",
+    "lint",
+    "typecheck",
+    "docs",
+    "conformance",
+    "bench_smoke",
+]
 nox.options.error_on_missing_interpreters = False  # "where present"
 nox.options.reuse_existing_virtualenvs = True
 
@@ -56,15 +64,30 @@ def redis_server(session: nox.Session) -> str | None:
     return os.path.abspath(binary)
 
 
-@nox.session(python=PYTHONS)
-def tests(session: nox.Session) -> None:
-    """The test suite, over real loopback sockets (and a real redis-server it starts)."""
-    session.install("-e", ".[test]", "trustme")
-    env = {}
+def run_tests(session: nox.Session, *, compiled: bool) -> None:
+    session.install("-e", ".[test]", "trustme")  # builds the compiled unmask (_speedups.c)
+    # test_unmask.py checks that the run uses the unmask it should
+    env = {"TRIO_WSHANDLER_EXPECT_COMPILED": "1" if compiled else "0"}
+    if not compiled:
+        env["TRIO_WSHANDLER_NO_SPEEDUPS"] = "1"
     binary = redis_server(session)
     if binary:
         env["REDIS_SERVER"] = binary
     session.run("pytest", *session.posargs, env=env)
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The test suite, over real loopback sockets (and a real redis-server it starts), with the
+    compiled unmask."""
+    run_tests(session, compiled=True)
+
+
+@nox.session(python="3.12")
+def tests_pure(session: nox.Session) -> None:
+    """The test suite again with the pure-Python unmask (what a user without a C compiler
+    gets; test_unmask.py also builds the package with no compiler)."""
+    run_tests(session, compiled=False)
 
 
 @nox.session(python="3.11")

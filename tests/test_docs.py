@@ -15,7 +15,7 @@ import pytest
 
 import trio_wshandler
 from trio_wshandler import ConnectionLimits, HttpLimits, WebSocketHandler
-from trio_wshandler._protocol import compressed_slack
+from trio_wshandler._limits import compressed_slack
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = (ROOT / "docs" / "guide.md").read_text()

@@ -22,7 +22,7 @@ from websockets.trio.client import connect
 
 from trio_wshandler import Server, WebSocketHandler, serve
 from trio_wshandler._demo import EchoHandler
-from trio_wshandler._protocol import MessageAssembler
+from trio_wshandler._events import MessageAssembler
 from trio_wshandler._send_queue import MAX_PONGS_OWED
 from trio_wshandler.codec import Opcode
 

@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from trio_wshandler._protocol import (
+from trio_wshandler._events import (
     SKIPPED,
     CloseCompleted,
     CloseReceived,
@@ -20,9 +20,9 @@ from trio_wshandler._protocol import (
     PingReceived,
     PongReceived,
     ProtocolFailed,
-    WebSocketProtocol,
-    compressed_slack,
 )
+from trio_wshandler._limits import compressed_slack
+from trio_wshandler._protocol import WebSocketProtocol
 from trio_wshandler._stats import Counters
 from trio_wshandler.codec import Opcode
 

@@ -48,36 +48,14 @@ H = TypeVar("H", bound="Hooks")
 class ConnectionCore(Generic[H]):
     """The state of one connection (``connection`` is the user's object, with the hooks)."""
 
+    # fmt: off
     __slots__ = (
-        "_close_deadline",
-        "_closed",
-        "_scope",
-        "_writer_scope",
-        "close_code",
-        "close_reason",
-        "connection",
-        "counters",
-        "cx",
-        "deflate",
-        "deflate_bits",
-        "dropped_messages",
-        "ended",
-        "flusher",
-        "hdr",
-        "hub",
-        "id",
-        "last_message",
-        "last_received",
-        "paused",
-        "ping_sent",
-        "protocol",
-        "queue",
-        "settings",
-        "sock",
-        "state",
-        "timers",
-        "topics",
+        "_close_deadline", "_closed", "_scope", "_writer_scope", "close_code", "close_reason",
+        "connection", "corked", "counters", "cx", "deflate", "deflate_bits", "dropped_messages",
+        "ended", "flusher", "hdr", "hub", "id", "last_message", "last_received", "paused",
+        "ping_sent", "protocol", "queue", "settings", "sock", "state", "timers", "topics",
     )
+    # fmt: on
 
     def __init__(
         self,
@@ -117,6 +95,7 @@ class ConnectionCore(Generic[H]):
         self.last_message = 0.0  # a whole message (idle timeout)
         self.ping_sent = 0.0  # when the unanswered heartbeat Ping went out, else 0
         self.paused = False  # the reader waits for its peer to read (backpressure)
+        self.corked = False  # its reader handles a read: it writes what the hooks send
         self.topics: set[str] | None = None  # made on the first subscribe()
         self.ended = False  # the end hooks have run
         self._scope: trio.CancelScope | None = None
@@ -173,9 +152,22 @@ class ConnectionCore(Generic[H]):
         return False
 
     def _schedule(self) -> None:
-        """Something was queued: have the flusher write it (TLS: the writer task waits for it)."""
-        if not self.queue.listed and self.flusher is not None:
+        """Something was queued: have the flusher write it (TLS: the writer task waits for it),
+        unless its reader writes it when done with the read it handles (``corked``)."""
+        if not self.queue.listed and self.flusher is not None and not self.corked:
             self.flusher.schedule(self)
+
+    def cork(self) -> None:
+        """Its reader handles what it read: what the hooks send meanwhile waits for
+        :meth:`uncork` (request/response: the answer goes out with no task switch)."""
+        self.corked = True
+
+    def uncork(self) -> None:
+        """Write what is queued now, with one non-blocking write (what the socket refuses is
+        the flusher's drain task's, as always)."""
+        self.corked = False
+        if self.queue.in_channel and self.flusher is not None:
+            self.flusher.write(self)
 
     def put_control(self, frame: bytes, *, pong: bool = False) -> bool:
         """Queue a control frame (Close, Ping, or a Pong within MAX_PONGS_OWED)."""

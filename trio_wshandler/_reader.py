@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import enum
 import os
-from typing import Protocol, cast
+import types
+from collections.abc import Coroutine, Generator
+from typing import Any, Protocol, cast
 
 import trio
 
 from ._errors import ConnectionClosedError
-from ._flusher import plain_socket_fd
-from ._protocol import (
+from ._events import (
     SKIPPED,
     CloseCompleted,
     CloseReceived,
@@ -31,8 +32,9 @@ from ._protocol import (
     PingReceived,
     PongReceived,
     ProtocolFailed,
-    WebSocketProtocol,
 )
+from ._flusher import plain_socket_fd
+from ._protocol import WebSocketProtocol
 from ._send_queue import SendQueue
 from ._state import OPEN, ConnectionState
 from .codec import CloseCode, Frame, Opcode
@@ -144,6 +146,12 @@ class Readable(Protocol):
     def fail(self, code: int, reason: str, reply: bytes) -> None:
         """The peer broke the protocol or a limit: close with ``code``."""
 
+    def cork(self) -> None:
+        """What the hooks send now waits for :meth:`uncork`."""
+
+    def uncork(self) -> None:
+        """Write what the hooks sent (one non-blocking write)."""
+
 
 class Reader:
     """Receives and dispatches for one connection; :meth:`run` is its task's loop."""
@@ -181,7 +189,11 @@ class Reader:
                 protocol.receive_data(data)
                 data = b""  # an idle connection holds no bytes it has read (nor, as the
                 # events are handled in a frame of their own, its last message)
-                done = await self._handle_events()
+                core.cork()  # what the hooks send is written below, in one write
+                try:
+                    done = await self._handle_events()
+                finally:
+                    core.uncork()
                 if done is not None:
                     return done
             if queue.over_half():
@@ -230,9 +242,11 @@ class Reader:
             handled += 1
             if (
                 handled == EVENTS_PER_STEP or protocol.inflated_total - inflated > INFLATE_PER_STEP
-            ):  # let other connections have their turn
+            ):  # let other connections have their turn (what was sent goes out first)
                 handled = 0
+                self._core.uncork()
                 await trio.lowlevel.checkpoint()
+                self._core.cork()
                 inflated = protocol.inflated_total
         return None
 
@@ -276,7 +290,22 @@ class Reader:
         core = self._core
         core.message_received(trio.current_time())
         try:
-            await core.connection.got_message(message)
+            hook = core.connection.got_message(message)
+            if type(hook) is not types.CoroutineType:
+                await hook  # an awaitable of another kind: awaited as it is
+                return
+            coro = cast("Coroutine[Any, Any, None]", hook)
+            try:
+                trap = coro.send(None)  # run the hook until it suspends, if it does
+            except StopIteration:
+                return  # it did not: what it sent is written with the rest of the read
+            # it waits for something (a flush, I/O of its own): what it sent so far goes out
+            # now, not when it returns; the rest of the read is corked again after it
+            core.uncork()
+            try:
+                await _go_on(coro, trap)
+            finally:
+                core.cork()
         except Exception as exc:
             log = core.settings
             if isinstance(exc, ConnectionClosedError) and core.state > OPEN:
@@ -319,6 +348,27 @@ class Reader:
         if action is FrameAction.BREAK:
             core.start_close(CloseCode.NORMAL_CLOSURE, "")
         return action if isinstance(action, FrameAction) else FrameAction.PROCESS
+
+
+@types.coroutine
+def _go_on(coro: Coroutine[Any, Any, None], trap: Any) -> Generator[Any, Any, None]:
+    """Await the rest of a coroutine that was run until its first suspension (``trap``, what it
+    yielded to Trio): what ``await coro`` would have done from there, passing Trio's answers
+    (values, and exceptions such as a cancellation) on to it."""
+    value = trap
+    while True:
+        try:
+            answer = yield value
+        except BaseException as exc:
+            try:
+                value = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                value = coro.send(answer)
+            except StopIteration:
+                return
 
 
 async def linger(stream: trio.abc.Stream) -> None:

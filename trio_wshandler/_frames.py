@@ -1,0 +1,306 @@
+"""Where a client's frames are parsed: the hot path of the receive side (sans-I/O).
+
+:class:`FrameParser` reads every frame header a client sends.  The frames of uncompressed data
+messages (Text, Binary and their Continuations: what clients send most) it takes itself: no
+object per frame, the payload unmasked once (``_unmask.py``, compiled) straight from the bytes
+read, Text validated as UTF-8 piece by piece as it arrives (so an invalid byte fails the
+connection at once, as RFC 6455 section 8.1 recommends) and decoded only that once, a message
+of one piece delivered as it is and one of several joined once at its end.
+
+Everything else goes to wsproto (``_protocol.py`` feeds it), byte for byte and frame by frame
+(:class:`ToWsproto`): control frames, compressed messages (its extension inflates them), and any
+frame that is not a clean, valid data frame, so that wsproto alone judges errors, with its
+reasons, in its order.  wsproto keeps the state of a message in progress (which opcode, the
+UTF-8 decoder, the size so far): when a frame that only wsproto may judge comes in the middle of
+a message this parser began, the parser first hands that message over (:class:`HandOver`: the
+protocol shows wsproto a frame that puts it in the same state), then the frame.  wsproto is
+therefore also the oracle the parser is tested against (``tests/test_differential.py``): the
+same bytes, cut anywhere, give the same events and the same Close from both.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Generator, Iterator
+from typing import Any
+
+from ._events import SKIPPED, DataSkipped, MessageReceived
+from ._unmask import unmask
+
+__all__ = ["FrameParser", "HandOver", "ToWsproto"]
+
+_TEXT, _BINARY = 1, 2
+#: where the bytes that follow go
+_HEADER, _HOT, _WSPROTO, _WSPROTO_ALL = 0, 1, 2, 3
+#: _message when wsproto holds the message in progress (it began compressed, or was handed over)
+_WSPROTO_MESSAGE = -1
+
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+#: the extended payload length's bytes, by the 7-bit length field
+_LENGTH_BYTES = (0,) * 126 + (2, 8)
+
+
+def _minimal(field: int, length: int) -> bool:
+    """The payload length is encoded as RFC 6455 requires: in the fewest bytes, and in 63 bits."""
+    if field == 126:
+        return length > 125
+    if field == 127:
+        return 0xFFFF < length < 1 << 63
+    return True
+
+
+class ToWsproto:
+    """Feed ``data`` to wsproto (the bytes of one frame it parses, or of part of it)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class HandOver:
+    """Show wsproto the message this parser began, before a frame only wsproto may judge: its
+    opcode, the UTF-8 bytes of a character not yet complete, and its size and frames so far."""
+
+    __slots__ = ("frames", "opcode", "pending", "size")
+
+    def __init__(self, opcode: int, pending: bytes, size: int, frames: int) -> None:
+        self.opcode = opcode
+        self.pending = pending
+        self.size = size
+        self.frames = frames
+
+
+class Utf8Error(Exception):
+    """A Text message is not valid UTF-8 (1007)."""
+
+
+class FrameParser:
+    """Parses what one client sends (see the module's docstring).
+
+    ``feed(data)`` then iterate ``events()``: ``MessageReceived`` for a whole message,
+    :data:`SKIPPED` for each piece of data read after our Close (while ``closing``),
+    :class:`ToWsproto` and :class:`HandOver` for the protocol; :class:`Utf8Error` is raised for
+    invalid UTF-8.
+    """
+
+    __slots__ = (
+        "_data",
+        "_decoder",
+        "_fin",
+        "_frames",
+        "_left",
+        "_mask",
+        "_message",
+        "_phase",
+        "_pieces",
+        "_pos",
+        "_route",
+        "_size",
+        "closing",
+        "max_fragments",
+        "max_size",
+    )
+
+    def __init__(self, max_size: int, max_fragments: int) -> None:
+        self.max_size = max_size
+        self.max_fragments = max_fragments
+        #: our Close was sent: data is checked as before but not delivered
+        self.closing = False
+        self._data = b""
+        self._pos = 0
+        self._route = _HEADER
+        self._left = 0  # payload bytes of the current frame not yet read
+        self._mask = b""
+        self._phase = 0
+        self._fin = False
+        self._message = 0  # _TEXT or _BINARY: a message this parser began; 0: none
+        self._size = 0  # payload bytes of the message's frames so far (the current one too)
+        self._frames = 0
+        self._decoder: Any = None  # the UTF-8 decoder of a Text message of several pieces
+        self._pieces: list[Any] = []
+
+    def feed(self, data: bytes) -> None:
+        if self._pos < len(self._data):  # a header cut short by the end of the last read
+            data = self._data[self._pos :] + data
+        self._data = data
+        self._pos = 0
+
+    def events(self) -> Iterator[MessageReceived | DataSkipped | ToWsproto | HandOver]:
+        data = self._data
+        end = len(data)
+        pos = self._pos
+        try:
+            while pos < end or (self._route == _HOT and not self._left):
+                route = self._route
+                if route == _HOT:
+                    n = min(self._left, end - pos)
+                    self._left -= n
+                    pos += n
+                    self._pos = pos
+                    event = self._piece(data, pos - n, pos)
+                    if event is not None:
+                        yield event
+                    continue
+                if route != _HEADER:  # bytes for wsproto: the rest of a frame, or all of it
+                    n = end - pos if route == _WSPROTO_ALL else min(self._left, end - pos)
+                    self._left -= n
+                    if route == _WSPROTO and not self._left:
+                        self._route = _HEADER
+                    pos += n
+                    self._pos = pos
+                    yield ToWsproto(data[pos - n : pos])
+                    continue
+                # a frame header: first what decides where the frame goes
+                if end - pos < 2:
+                    break
+                b0 = data[pos]
+                b1 = data[pos + 1]
+                opcode = b0 & 0x0F
+                length = b1 & 0x7F
+                if opcode > 2:  # a control frame, or a reserved opcode
+                    pos = yield from self._to_wsproto(data, pos, end, b0, length)
+                    continue
+                if length < 126:
+                    start = pos + 6
+                elif length == 126:
+                    if end - pos < 4:
+                        break
+                    start = pos + 8
+                    length = (data[pos + 2] << 8) | data[pos + 3]
+                else:
+                    if end - pos < 10:
+                        break
+                    start = pos + 14
+                    length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                message = self._message
+                if opcode:  # Text or Binary: a new message
+                    clean = not message and length <= self.max_size
+                else:  # a Continuation
+                    clean = (
+                        message > 0
+                        and self._size + length <= self.max_size
+                        and self._frames < self.max_fragments
+                    )
+                if not clean or b0 & 0x70 or not b1 & 0x80 or not _minimal(b1 & 0x7F, length):
+                    # not a clean data frame: wsproto judges it
+                    pos = yield from self._to_wsproto(data, pos, end, b0, length)
+                    continue
+                if start > end:  # the masking key is not all here yet
+                    break
+                if opcode:
+                    stop = start + length
+                    if b0 & 0x80 and stop <= end and not self.closing:
+                        # the common case: a whole message, all here
+                        payload = unmask(data, start, stop, data[start - 4 : start], 0)
+                        self._pos = pos = stop
+                        if opcode == _TEXT:
+                            try:
+                                text = payload.decode("utf-8")
+                            except UnicodeDecodeError:
+                                raise Utf8Error from None
+                            yield MessageReceived(text)
+                        else:
+                            yield MessageReceived(payload)
+                        continue
+                    self._message = opcode
+                    self._size = length
+                    self._frames = 1
+                else:
+                    self._size += length
+                    self._frames += 1
+                self._mask = data[start - 4 : start]
+                self._phase = 0
+                self._fin = bool(b0 & 0x80)
+                self._left = length
+                self._route = _HOT
+                self._pos = pos = start
+        finally:
+            self._pos = pos
+
+    def _to_wsproto(
+        self, data: bytes, pos: int, end: int, b0: int, length: int
+    ) -> Generator[ToWsproto | HandOver, None, int]:
+        """Route the frame at ``pos`` to wsproto (handing over the message in progress first,
+        if this parser began one and the frame is a data frame): all of it when its header is
+        valid and ``length`` (its payload's) is known, else everything from here on (wsproto
+        fails the connection on what it is given, or as soon as it has enough of the header to
+        tell).  Returns where parsing goes on."""
+        opcode = b0 & 0x0F
+        b1 = data[pos + 1]
+        masked = b1 & 0x80
+        message = self._message
+        if opcode <= 2 and message > 0:
+            # only wsproto may judge this frame, and it must know the message it interrupts
+            pending = b"" if self._decoder is None else self._decoder.getstate()[0]
+            yield HandOver(message, pending, self._size, self._frames)
+            self._decoder = None
+            self._pieces = []
+            message = self._message = _WSPROTO_MESSAGE
+        if opcode > 10 or (opcode > 2 and (opcode < 8 or not b0 & 0x80 or length > 125)):
+            size = -1  # invalid at its first two bytes: wsproto fails it at once
+        else:
+            size = 2 + _LENGTH_BYTES[b1 & 0x7F] + (4 if masked else 0) + length
+            if opcode <= 2:  # a data frame: wsproto now holds the message it belongs to
+                fin = b0 & 0x80
+                if message == _WSPROTO_MESSAGE:
+                    if fin and not opcode:
+                        self._message = 0
+                elif opcode and not fin:
+                    self._message = _WSPROTO_MESSAGE
+        if size < 0:
+            self._route = _WSPROTO_ALL
+            n = end - pos
+        else:
+            n = min(size, end - pos)
+            self._left = size - n
+            self._route = _WSPROTO if self._left else _HEADER
+        self._pos = pos + n
+        yield ToWsproto(data[pos : pos + n])
+        return pos + n
+
+    def _piece(self, data: bytes, start: int, stop: int) -> MessageReceived | DataSkipped | None:
+        """A piece of the current frame's payload (its last one when ``_left`` is 0)."""
+        n = stop - start
+        phase = self._phase
+        self._phase = (phase + n) & 3
+        last = not self._left
+        if last:
+            self._route = _HEADER
+        final = last and self._fin
+        message = self._message
+        if message == _TEXT:
+            piece = unmask(data, start, stop, self._mask, phase)
+            decoder = self._decoder
+            if decoder is None:
+                decoder = self._decoder = _utf8_decoder()
+            try:
+                text = decoder.decode(piece, final)
+            except UnicodeDecodeError:
+                raise Utf8Error from None
+            if not self.closing:
+                self._pieces.append(text)
+        elif not self.closing:
+            self._pieces.append(unmask(data, start, stop, self._mask, phase))
+        if self.closing:
+            if final:
+                self._end_message()
+            return SKIPPED
+        if not final:
+            return None
+        pieces = self._pieces
+        whole: str | bytes
+        if len(pieces) == 1:
+            whole = pieces[0]
+        elif message == _TEXT:
+            whole = "".join(pieces)
+        else:
+            whole = b"".join(pieces)
+        self._end_message()
+        return MessageReceived(whole)
+
+    def _end_message(self) -> None:
+        self._message = 0
+        self._decoder = None
+        self._pieces = []
