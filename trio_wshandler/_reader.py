@@ -44,6 +44,7 @@ __all__ = [
     "INFLATE_PER_STEP",
     "LINGER_BYTES",
     "LINGER_QUIET",
+    "MAX_RECEIVE_BYTES",
     "RECEIVE_BYTES",
     "FrameAction",
     "Hooks",
@@ -52,8 +53,12 @@ __all__ = [
     "linger",
 ]
 
-#: Bytes asked of the socket per receive.
+#: Bytes asked of the socket per receive; while each read fills what it asked for (a client
+#: uploading large messages), the next asks for twice as much, up to ``MAX_RECEIVE_BYTES``:
+#: fewer reads (and less Python per byte) for a bulk upload, and no large buffer for the many
+#: small reads of everyday traffic.
 RECEIVE_BYTES = 64 * 1024
+MAX_RECEIVE_BYTES = 1 << 20
 
 #: Most protocol events (frames, messages) handled in one task step: a 64 KiB read can hold
 #: about 10,900 minimal frames, and a Ping flooder must not hold the event loop for all of them.
@@ -183,8 +188,13 @@ class Reader:
         stream = self._stream
         data: bytes = initial_data
         fd = plain_socket_fd(stream)
+        size = RECEIVE_BYTES
         while True:
-            drained = len(data) < RECEIVE_BYTES  # the last read emptied the socket
+            drained = len(data) < size  # the last read emptied the socket
+            if not drained and size < MAX_RECEIVE_BYTES:
+                size *= 2  # the socket has more than was asked: ask for more next time
+            elif drained:
+                size = RECEIVE_BYTES
             if data:
                 protocol.receive_data(data)
                 data = b""  # an idle connection holds no bytes it has read (nor, as the
@@ -213,7 +223,7 @@ class Reader:
                 else:
                     await trio.lowlevel.checkpoint()
                 try:
-                    data = os.read(fd, RECEIVE_BYTES)
+                    data = os.read(fd, size)
                 except BlockingIOError:  # a spurious wake-up: wait again
                     data = b""
                     continue
@@ -221,7 +231,7 @@ class Reader:
                     data = b""
             else:
                 try:
-                    data = cast(bytes, await stream.receive_some(RECEIVE_BYTES))
+                    data = cast(bytes, await stream.receive_some(size))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
             if not data:  # the peer closed (or half-closed) without a Close frame
