@@ -7,9 +7,10 @@ read, Text validated as UTF-8 piece by piece as it arrives (so an invalid byte f
 connection at once, as RFC 6455 section 8.1 recommends) and decoded only that once, a message
 of one piece delivered as it is and one of several joined once at its end.
 
+Pings and Pongs it takes too (final, masked, without RSV bits: any other is not valid).
 Everything else goes to wsproto (``_protocol.py`` feeds it), byte for byte and frame by frame
-(:class:`ToWsproto`): control frames, compressed messages (its extension inflates them), and any
-frame that is not a clean, valid data frame, so that wsproto alone judges errors, with its
+(:class:`ToWsproto`): Close frames, compressed messages (its extension inflates them), and any
+frame that is not a clean, valid one, so that wsproto alone judges errors, with its
 reasons, in its order.  wsproto keeps the state of a message in progress (which opcode, the
 UTF-8 decoder, the size so far): when a frame that only wsproto may judge comes in the middle of
 a message this parser began, the parser first hands that message over (:class:`HandOver`: the
@@ -24,7 +25,7 @@ import codecs
 from collections.abc import Generator, Iterator
 from typing import Any
 
-from ._events import SKIPPED, DataSkipped, MessageReceived
+from ._events import SKIPPED, DataSkipped, MessageReceived, PingReceived, PongReceived
 from ._unmask import unmask
 
 __all__ = ["FrameParser", "HandOver", "ToWsproto"]
@@ -72,6 +73,10 @@ class HandOver:
         self.frames = frames
 
 
+#: what :meth:`FrameParser.events` gives
+Item = MessageReceived | PingReceived | PongReceived | DataSkipped | ToWsproto | HandOver
+
+
 class Utf8Error(Exception):
     """A Text message is not valid UTF-8 (1007)."""
 
@@ -95,7 +100,6 @@ class FrameParser:
         "_message",
         "_phase",
         "_pieces",
-        "_pos",
         "_route",
         "_size",
         "closing",
@@ -108,8 +112,7 @@ class FrameParser:
         self.max_fragments = max_fragments
         #: our Close was sent: data is checked as before but not delivered
         self.closing = False
-        self._data = b""
-        self._pos = 0
+        self._data = b""  # what was read and not parsed yet: at most a header cut short
         self._route = _HEADER
         self._left = 0  # payload bytes of the current frame not yet read
         self._mask = b""
@@ -122,15 +125,14 @@ class FrameParser:
         self._pieces: list[Any] = []
 
     def feed(self, data: bytes) -> None:
-        if self._pos < len(self._data):  # a header cut short by the end of the last read
-            data = self._data[self._pos :] + data
+        if self._data:  # a header cut short by the end of the last read
+            data = self._data + data
         self._data = data
-        self._pos = 0
 
-    def events(self) -> Iterator[MessageReceived | DataSkipped | ToWsproto | HandOver]:
+    def events(self) -> Iterator[Item]:
         data = self._data
         end = len(data)
-        pos = self._pos
+        pos = 0
         try:
             while pos < end or (self._route == _HOT and not self._left):
                 route = self._route
@@ -138,7 +140,6 @@ class FrameParser:
                     n = min(self._left, end - pos)
                     self._left -= n
                     pos += n
-                    self._pos = pos
                     event = self._piece(data, pos - n, pos)
                     if event is not None:
                         yield event
@@ -149,7 +150,6 @@ class FrameParser:
                     if route == _WSPROTO and not self._left:
                         self._route = _HEADER
                     pos += n
-                    self._pos = pos
                     yield ToWsproto(data[pos - n : pos])
                     continue
                 # a frame header: first what decides where the frame goes
@@ -160,6 +160,19 @@ class FrameParser:
                 opcode = b0 & 0x0F
                 length = b1 & 0x7F
                 if opcode > 2:  # a control frame, or a reserved opcode
+                    if (opcode == 9 or opcode == 10) and b0 & 0xF0 == 0x80 and b1 & 0x80:
+                        # a clean Ping or Pong (final, no RSV bit, masked, 125 bytes at most):
+                        # taken here, once it is all here, as wsproto would take it
+                        stop = pos + 6 + length
+                        if length > 125:
+                            pos = yield from self._to_wsproto(data, pos, end, b0, length)
+                        elif stop > end:
+                            break
+                        else:
+                            payload = unmask(data, pos + 6, stop, data[pos + 2 : pos + 6], 0)
+                            pos = stop
+                            yield PingReceived(payload) if opcode == 9 else PongReceived(payload)
+                        continue
                     pos = yield from self._to_wsproto(data, pos, end, b0, length)
                     continue
                 if length < 126:
@@ -194,7 +207,7 @@ class FrameParser:
                     if b0 & 0x80 and stop <= end and not self.closing:
                         # the common case: a whole message, all here
                         payload = unmask(data, start, stop, data[start - 4 : start], 0)
-                        self._pos = pos = stop
+                        pos = stop
                         if opcode == _TEXT:
                             try:
                                 text = payload.decode("utf-8")
@@ -215,9 +228,10 @@ class FrameParser:
                 self._fin = bool(b0 & 0x80)
                 self._left = length
                 self._route = _HOT
-                self._pos = pos = start
+                pos = start
         finally:
-            self._pos = pos
+            # an idle connection keeps no bytes it has read: at most a header cut short
+            self._data = data[pos:] if pos < end else b""
 
     def _to_wsproto(
         self, data: bytes, pos: int, end: int, b0: int, length: int
@@ -256,7 +270,6 @@ class FrameParser:
             n = min(size, end - pos)
             self._left = size - n
             self._route = _WSPROTO if self._left else _HEADER
-        self._pos = pos + n
         yield ToWsproto(data[pos : pos + n])
         return pos + n
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import cast
 
+from wsproto.extensions import Extension
 from wsproto.frame_protocol import Frame, FrameProtocol, ParseFailed
 from wsproto.frame_protocol import Opcode as WsOpcode
 
@@ -70,6 +71,7 @@ class WebSocketProtocol:
         "_assembler",
         "_broken",
         "_counters",
+        "_hot_path",
         "_in_message",
         "_inflater",
         "_limits",
@@ -91,12 +93,13 @@ class WebSocketProtocol:
         # bytes received, Close frames sent and received, protocol errors (the handler's)
         self._counters = counters if counters is not None else Counters()
         self._limits = InboundLimits(max_message_size, max_fragments)
-        self._proto = FrameProtocol(False, [self._limits])
         self._state = NO_CLOSE  # of the closing handshake (``_state.HandshakeState``)
         self.raw_frames = raw_frames
-        self._parser = (
-            FrameParser(max_message_size, max_fragments) if hot_path and not raw_frames else None
-        )
+        # the parsers are made when first needed: a connection that never sends costs neither
+        # (wsproto's is about half a KiB), and most never need wsproto's until a Pong or Close
+        self._hot_path = hot_path and not raw_frames
+        self._parser: FrameParser | None = None
+        self._proto: FrameProtocol | None = None
         self._assembler = MessageAssembler()  # wsproto's pieces of a message (raw: of a frame)
         self._in_message = False
         self._inflater: Inflater | None = None
@@ -108,7 +111,16 @@ class WebSocketProtocol:
         Call it before any data is received: wsproto's parser takes its extensions when made.
         """
         self._inflater = Inflater(agreement, self._limits.max_size)
-        self._proto = FrameProtocol(False, [self._limits, self._inflater])
+        self._proto = None  # (made again, with the inflater, when needed)
+
+    def _wsproto(self) -> FrameProtocol:
+        proto = self._proto
+        if proto is None:
+            extensions: list[Extension] = [self._limits]
+            if self._inflater is not None:
+                extensions.append(self._inflater)
+            proto = self._proto = FrameProtocol(False, extensions)
+        return proto
 
     @property
     def closing(self) -> bool:
@@ -125,10 +137,15 @@ class WebSocketProtocol:
     def receive_data(self, data: bytes) -> None:
         self._counters.bytes_received += len(data)
         if self._state <= CLOSE_SENT and not self._broken:  # after the peer's Close: ignored
-            if self._parser is not None:
-                self._parser.feed(data)
+            if self._hot_path:
+                parser = self._parser
+                if parser is None:
+                    limits = self._limits
+                    parser = self._parser = FrameParser(limits.max_size, limits.max_fragments)
+                    parser.closing = self._state is not NO_CLOSE
+                parser.feed(data)
             else:
-                self._proto.receive_bytes(data)
+                self._wsproto().receive_bytes(data)
 
     def close(self, code: int, reason: str = "") -> bytes:
         """Start the closing handshake: the Close frame to send, or b"" if one was sent already."""
@@ -142,8 +159,8 @@ class WebSocketProtocol:
             self._inflater.discard()  # what the peer still sends is dropped, not inflated
         Counters.count(self._counters.close_codes_sent, code)
         if code == CloseCode.NO_STATUS_RCVD:  # answering an empty Close: an empty Close
-            return bytes(self._proto.close())
-        return bytes(self._proto.close(code, reason))
+            return bytes(self._wsproto().close())
+        return bytes(self._wsproto().close(code, reason))
 
     def pong(self, payload: bytes) -> bytes:
         """The Pong answering a Ping, or b"" once closing (no frames may follow our Close)."""
@@ -157,12 +174,13 @@ class WebSocketProtocol:
         parser = self._parser
         try:
             if parser is None:
-                yield from self._wsproto_events()
+                if not self._hot_path:
+                    yield from self._wsproto_events()
                 return
             for item in parser.events():
                 cls = item.__class__
                 if cls is ToWsproto:
-                    self._proto.receive_bytes(cast(ToWsproto, item).data)
+                    self._wsproto().receive_bytes(cast(ToWsproto, item).data)
                     yield from self._wsproto_events()
                     if self._state is CLOSE_RECEIVED or self._state is CLOSE_DONE:
                         return  # the client's Close: nothing after it is parsed
@@ -177,7 +195,7 @@ class WebSocketProtocol:
 
     def _wsproto_events(self) -> Iterator[Event]:
         """The events of what wsproto has been given (:raises ParseFailed:)."""
-        for frame in self._proto.received_frames():
+        for frame in self._wsproto().received_frames():
             opcode = frame.opcode
             if opcode is WsOpcode.TEXT or opcode is WsOpcode.BINARY:
                 if self._state is not NO_CLOSE:
@@ -207,8 +225,9 @@ class WebSocketProtocol:
         frames so far, it is where it would be had it parsed the message itself."""
         opcode = WsOpcode.TEXT if message.opcode == Opcode.TEXT else WsOpcode.BINARY
         frame = encode_message(message.pending, opcode, fin=False, masked=True)
-        self._proto.receive_bytes(frame)
-        for _ in self._proto.received_frames():  # the pieces it holds: nothing to deliver
+        proto = self._wsproto()
+        proto.receive_bytes(frame)
+        for _ in proto.received_frames():  # the pieces it holds: nothing to deliver
             pass
         self._limits.resume(message.size, message.frames)
 
