@@ -18,6 +18,7 @@ from trio_wshandler.codec import (
     Frame,
     FrameError,
     Opcode,
+    encode_data,
     encode_message,
     read_message,
     response_key,
@@ -153,3 +154,9 @@ async def test_read_message_ping_from_wsproto() -> None:
     ws = Connection(ConnectionType.CLIENT)
     frame = await _read_from(ws.send(Ping(b"abc")))
     assert (frame.opcode, frame.data) == (Opcode.PING, b"abc")
+
+
+@given(st.one_of(st.text(), st.binary(max_size=70_000), st.binary().map(bytearray)))
+def test_encode_data_is_encode_message_of_a_whole_message(data: str | bytes | bytearray) -> None:
+    """The fast path of every send() frames exactly as encode_message does."""
+    assert encode_data(data) == encode_message(data)

@@ -20,7 +20,7 @@ from typing import Protocol
 from ._deflate import Deflater
 from ._extensions import DeflateOptions
 from ._stats import Counters
-from .codec import DataLike, encode_message, message_payload
+from .codec import DataLike, encode_data, encode_message, message_payload
 
 __all__ = ["FanOut", "Recipient"]
 
@@ -82,7 +82,7 @@ class FanOut:
         """The frame of a message for one connection (compressed for a window of ``bits``
         bits, or plain when ``bits`` is 0)."""
         if not bits:
-            return encode_message(data)
+            return encode_data(data)
         last = self._last
         if last is not None and last[0] is data and last[1] == bits:
             return last[2]  # the same message sent to one client after another: compress once

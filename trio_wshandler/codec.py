@@ -27,6 +27,7 @@ __all__ = [
     "Frame",
     "FrameError",
     "Opcode",
+    "encode_data",
     "encode_message",
     "is_sendable_close_code",
     "message_payload",
@@ -205,6 +206,25 @@ def encode_message(
     while key == b"\0\0\0\0":  # the seed uses a non-zero mask
         key = os.urandom(4)
     return header + key + _mask(payload, key)
+
+
+def encode_data(data: DataLike) -> bytes:
+    """The frame of a whole, uncompressed message: :func:`encode_message` ``(data)`` with no
+    more work than that takes (the encoding of every ``send()``)."""
+    if isinstance(data, str):
+        payload = data.encode("utf-8")
+        b0 = 0x81
+    elif isinstance(data, bytes):
+        payload = data
+        b0 = 0x82
+    else:
+        return encode_message(data)
+    length = len(payload)
+    if length < 126:
+        return _pack_b(b0, length) + payload
+    if length < 65536:
+        return _pack_h(b0, 126, length) + payload
+    return _pack_q(b0, 127, length) + payload
 
 
 def message_payload(data: DataLike) -> tuple[bytes, Opcode]:
