@@ -17,7 +17,7 @@ from trio_wshandler._demo import EchoHandler
 from trio_wshandler._flusher import Flusher
 from trio_wshandler.codec import Opcode
 
-from .conftest import TIMEOUT, RawClient, client_frame, running, ws_url
+from .conftest import TIMEOUT, RawClient, client_frame, running, wait_for, ws_url
 
 
 async def test_an_echo_is_written_by_the_reader_in_one_write(
@@ -145,3 +145,50 @@ async def test_invalid_utf8_fails_at_once_in_a_fragmented_message() -> None:
             await raw.send(client_frame(b"\xff", Opcode.CONTINUATION, fin=False))
             close = await raw.expect_close(1007)
             assert close.close_reason == "invalid UTF-8 in a Text message"
+
+
+class Chat(WebSocketConnection):
+    async def got_message(self, message: str | bytes) -> None:
+        self.handler.send_all(message)
+
+
+class ChatHandler(WebSocketHandler):
+    def get_connection(self, cx: CallContext, hdr: Request, cid: str) -> WebSocketConnection:
+        return Chat(self, cx, hdr, cid)
+
+
+async def test_readers_wait_while_the_flusher_is_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chat room: each message a client sends goes to everyone.  Once more connections wait
+    to be written than the flusher takes in a step (BACKLOG), readers stop reading until it
+    has caught up (so the writes are not starved by readers that each fan out to all), and
+    every message still reaches everyone, in order, nobody closed."""
+    waits = 0
+    wait = Flusher.wait_caught_up
+
+    async def counting(self: Flusher) -> None:
+        nonlocal waits
+        waits += 1
+        await wait(self)
+
+    monkeypatch.setattr(Flusher, "wait_caught_up", counting)
+    handler = ChatHandler(heartbeat=None)
+    clients = 300
+    messages = [f"line {i}" for i in range(40)]
+    async with running(handler) as server, trio.open_nursery() as nursery:
+        streams = [await trio.open_tcp_stream("127.0.0.1", server.port) for _ in range(clients)]
+        raws = [RawClient(stream) for stream in streams]
+        for raw in raws:
+            await raw.handshake()
+        await wait_for(lambda: len(handler) == clients)
+        # two clients send their lines at once: many readers fan out to all at the same time
+        lines = b"".join(client_frame(m.encode(), Opcode.TEXT) for m in messages)
+        for raw in raws[:2]:
+            nursery.start_soon(raw.send, lines)
+        for raw in raws:
+            got = [(await raw.receive_frame()).payload.decode() for _ in range(2 * len(messages))]
+            assert [m for m in got if m in messages] == got
+            assert sorted(got) == sorted(messages * 2)
+        assert all(connection.is_open for connection in handler.registry)
+        for stream in streams:
+            await stream.aclose()
+    assert waits > 0

@@ -37,6 +37,7 @@ import trio
 from ._send_queue import SendQueue
 
 __all__ = [
+    "BACKLOG",
     "COALESCE_BYTES",
     "WRITES_PER_STEP",
     "Flusher",
@@ -53,6 +54,15 @@ COALESCE_BYTES = 256 * 1024
 #: Most connections the flusher writes in one task step (about a millisecond of writes): a
 #: broadcast to 10,000 clients must not hold the event loop for all of them at once.
 WRITES_PER_STEP = 256
+
+#: Connections waiting for the flusher beyond which the listener's readers stop reading until it
+#: has caught up.  When clients' messages make the server send to many (a chat room: each
+#: message to everyone), every reader step queues frames for hundreds of connections, and each
+#: round of Trio runs every reader before the flusher's next turn: without this, the readers
+#: could take all the time and the writes wait seconds.  Holding the readers back instead lets
+#: the frames they queue join in one write per client, and slows the senders to the pace at
+#: which their messages can be delivered (their own TCP buffers fill).
+BACKLOG = WRITES_PER_STEP
 
 
 class WriteTimeout(Exception):
@@ -95,13 +105,31 @@ class Flusher:
     """Writes the queued frames of a listener's plain-TCP connections.  Run :meth:`run` in the
     listener's nursery; drain tasks are started in ``nursery``."""
 
-    __slots__ = ("_nursery", "_pending", "_sleeping", "_task")
+    __slots__ = ("_caught_up", "_left", "_nursery", "_pending", "_sleeping", "_task")
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         self._pending: list[Writable] = []
+        self._left = 0  # connections of the round being written, not written yet
         self._task: trio.lowlevel.Task | None = None
         self._sleeping = False
+        self._caught_up: trio.Event | None = None  # made when a reader waits for it
+
+    def behind(self) -> bool:
+        """More than ``BACKLOG`` connections wait to be written."""
+        return self._left + len(self._pending) > BACKLOG
+
+    async def wait_caught_up(self) -> None:
+        """Wait until no more than ``BACKLOG`` connections wait to be written."""
+        while self.behind():
+            if self._caught_up is None:
+                self._caught_up = trio.Event()
+            await self._caught_up.wait()
+
+    def _progress(self) -> None:
+        if self._caught_up is not None and not self.behind():
+            self._caught_up.set()
+            self._caught_up = None
 
     def schedule(self, connection: Writable) -> None:
         """List ``connection`` for the next round (its queue just became non-empty)."""
@@ -122,13 +150,18 @@ class Flusher:
                 self._sleeping = True
                 await trio.lowlevel.wait_task_rescheduled(self._abort)
             pending, self._pending = self._pending, []
+            self._left = len(pending)
             for done, connection in enumerate(pending, 1):
                 if done % WRITES_PER_STEP == 0:  # thousands listed: let the others run too
+                    self._left = len(pending) - done
+                    self._progress()
                     await trio.lowlevel.checkpoint()
                 try:
                     self.write(connection)
                 except Exception as exc:  # a bug must cost one connection, not the listener
                     connection.write_failed(exc, "write")
+            self._left = 0
+            self._progress()
 
     def _abort(self, raise_cancel: Any) -> trio.lowlevel.Abort:
         self._sleeping = False

@@ -33,7 +33,7 @@ from ._events import (
     PongReceived,
     ProtocolFailed,
 )
-from ._flusher import plain_socket_fd
+from ._flusher import Flusher, plain_socket_fd
 from ._protocol import WebSocketProtocol
 from ._send_queue import SendQueue
 from ._state import OPEN, ConnectionState
@@ -125,6 +125,9 @@ class Readable(Protocol):
 
     @property
     def settings(self) -> _Log: ...
+    @property
+    def flusher(self) -> Flusher | None:
+        """The listener's flusher, while it writes this connection (plain TCP)."""
 
     def received(self, now: float) -> None:
         """Data arrived (the heartbeat counts from here)."""
@@ -215,6 +218,7 @@ class Reader:
                     await queue.wait_below_half()
                 finally:
                     core.resume(trio.current_time())
+            await self._wait_for_writes()
             if fd >= 0:
                 # one yield before every read: wait when the last read drained the socket,
                 # else just let other tasks run (a flooding client cannot starve them)
@@ -256,9 +260,22 @@ class Reader:
                 handled = 0
                 self._core.uncork()
                 await trio.lowlevel.checkpoint()
+                await self._wait_for_writes()
                 self._core.cork()
                 inflated = protocol.inflated_total
         return None
+
+    async def _wait_for_writes(self) -> None:
+        """While the listener's flusher is behind (``_flusher.BACKLOG``: what the hooks send
+        fans out to many), read nothing more: the timers leave the peer alone meanwhile."""
+        core = self._core
+        flusher = core.flusher
+        if flusher is not None and flusher.behind():
+            core.pause()
+            try:
+                await flusher.wait_caught_up()
+            finally:
+                core.resume(trio.current_time())
 
     async def dispatch(self, event: object) -> bool:
         """Act on one protocol event; True when the connection is done reading."""
