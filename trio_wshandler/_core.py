@@ -289,8 +289,8 @@ class ConnectionCore(Generic[H]):
     def received(self, now: float) -> None:
         self.last_received = now
 
-    def message_received(self, now: float) -> None:
-        self.last_message = now
+    def message_received(self) -> None:
+        self.last_message = self.last_received
         self.counters.messages_received += 1
 
     def pong_received(self) -> None:

@@ -132,8 +132,9 @@ class Readable(Protocol):
     def received(self, now: float) -> None:
         """Data arrived (the heartbeat counts from here)."""
 
-    def message_received(self, now: float) -> None:
-        """A whole message arrived (the idle timeout counts from here)."""
+    def message_received(self) -> None:
+        """A whole message arrived, in the data last received (the idle timeout counts from
+        then)."""
 
     def pong_received(self) -> None: ...
 
@@ -218,7 +219,9 @@ class Reader:
                     await queue.wait_below_half()
                 finally:
                     core.resume(trio.current_time())
-            await self._wait_for_writes()
+            flusher = core.flusher
+            if flusher is not None and flusher.behind():
+                await self._wait_for_writes(flusher)
             if fd >= 0:
                 # one yield before every read: wait when the last read drained the socket,
                 # else just let other tasks run (a flooding client cannot starve them)
@@ -247,35 +250,40 @@ class Reader:
         """Dispatch the events of the bytes received so far: None to read on, else whether the
         connection was failed.  At most ``EVENTS_PER_STEP`` events and ``INFLATE_PER_STEP``
         inflated bytes per task step."""
-        protocol = self._core.protocol
+        core = self._core
+        protocol = core.protocol
         handled = 0
         inflated = protocol.inflated_total
         for event in protocol.events():
-            if await self.dispatch(event):
+            if event.__class__ is MessageReceived:  # the common event first, inline
+                if core.state is OPEN:
+                    await self._deliver(event.data)
+            elif await self.dispatch(event):
                 return isinstance(event, ProtocolFailed)
             handled += 1
             if (
                 handled == EVENTS_PER_STEP or protocol.inflated_total - inflated > INFLATE_PER_STEP
             ):  # let other connections have their turn (what was sent goes out first)
                 handled = 0
-                self._core.uncork()
+                core.uncork()
                 await trio.lowlevel.checkpoint()
-                await self._wait_for_writes()
-                self._core.cork()
+                flusher = core.flusher
+                if flusher is not None and flusher.behind():
+                    await self._wait_for_writes(flusher)
+                core.cork()
                 inflated = protocol.inflated_total
         return None
 
-    async def _wait_for_writes(self) -> None:
-        """While the listener's flusher is behind (``_flusher.BACKLOG``: what the hooks send
-        fans out to many), read nothing more: the timers leave the peer alone meanwhile."""
+    async def _wait_for_writes(self, flusher: Flusher) -> None:
+        """The listener's flusher is behind (``_flusher.BACKLOG``: what the hooks send fans out
+        to many): read nothing more until it has caught up; the timers leave the peer alone
+        meanwhile."""
         core = self._core
-        flusher = core.flusher
-        if flusher is not None and flusher.behind():
-            core.pause()
-            try:
-                await flusher.wait_caught_up()
-            finally:
-                core.resume(trio.current_time())
+        core.pause()
+        try:
+            await flusher.wait_caught_up()
+        finally:
+            core.resume(trio.current_time())
 
     async def dispatch(self, event: object) -> bool:
         """Act on one protocol event; True when the connection is done reading."""
@@ -315,7 +323,7 @@ class Reader:
 
     async def _deliver(self, message: str | bytes) -> None:
         core = self._core
-        core.message_received(trio.current_time())
+        core.message_received()
         try:
             hook = core.connection.got_message(message)
             if type(hook) is not types.CoroutineType:
