@@ -130,7 +130,8 @@ BENCH_DEPS = ["-e", ".[bench,redis]"]
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """The side-by-side benchmark (about 15 minutes), then the operations benchmark (the
+    """The side-by-side benchmark of what servers send (about 15 minutes), then of what they
+    receive (echo, uploads, a chat room: about 10 minutes), then the operations benchmark (the
     counters' cost, 1 and 2 workers: about 5 minutes); ``nox -s bench -- --quick``: smoke run
     (other arguments go to run.py)."""
     session.install(*BENCH_DEPS)
@@ -138,6 +139,7 @@ def bench(session: nox.Session) -> None:
     env = {"REDIS_SERVER": binary} if binary else {}
     session.run("python", "benchmarks/run.py", *session.posargs, env=env)
     quick = ["--quick"] if "--quick" in session.posargs else []
+    session.run("python", "benchmarks/inbound.py", *quick, env=env)
     session.run("python", "benchmarks/operations.py", *quick, env=env)
 
 
@@ -150,5 +152,6 @@ def bench_smoke(session: nox.Session) -> None:
     env = {"REDIS_SERVER": binary} if binary else {}
     session.run("python", "benchmarks/run.py", "--quick", "--out", out, env=env)
     session.run("python", "benchmarks/check_results.py", f"{out}/results.json")
+    session.run("python", "benchmarks/inbound.py", "--quick", "--out", f"{out}/inbound", env=env)
     # exits non-zero if a round lost deliveries
     session.run("python", "benchmarks/operations.py", "--quick", "--out", f"{out}/ops", env=env)

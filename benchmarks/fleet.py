@@ -100,6 +100,7 @@ class Client(asyncio.Protocol):
         self.echoed: asyncio.Future[int] | None = None
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.done = False  # counted by Fleet.progress in this round: all messages in, or closed
         self.offset = 0  # position inside the current frame, when counting fixed-size frames
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -121,7 +122,7 @@ class Client(asyncio.Protocol):
         self.closed = True
         if not self.handshaken.done():
             self.handshaken.set_exception(ConnectionError("closed during the handshake"))
-        self.fleet.progress()
+        self.fleet.progress(self)
 
     def data_received(self, data: bytes) -> None:
         fleet = self.fleet
@@ -140,7 +141,7 @@ class Client(asyncio.Protocol):
             total = offset + len(data)
             self.received += total // frame_len
             self.offset = total % frame_len
-            fleet.progress()
+            fleet.progress(self)
             return
         buf = self.buffer
         buf += data
@@ -192,7 +193,7 @@ class Client(asyncio.Protocol):
         del buf[:pos]
         if oldest:
             fleet.latencies.append(now - oldest)
-        fleet.progress()
+        fleet.progress(self)
 
 
 class DeflateClient(Client):
@@ -299,7 +300,7 @@ class DeflateClient(Client):
         self.received += complete
         if bad:
             self.fleet.fault(f"a frame starting {first:#04x}, not a compressed Text message", bad)
-        self.fleet.progress()
+        self.fleet.progress(self)
 
     def parse(self, data: bytes) -> None:
         """Buffer, and inflate and check every message (a verifying client, or the exchange)."""
@@ -359,7 +360,7 @@ class DeflateClient(Client):
         del buf[:pos]
         if oldest:
             fleet.latencies.append(now - oldest)
-        fleet.progress()
+        fleet.progress(self)
 
     def inflate(self, payload: bytes) -> bytes:
         """A message's text, by the agreement: a fresh inflater per message after
@@ -385,6 +386,7 @@ class Fleet:
         self.clients: list[Client] = []
         self.latencies: list[int] = []
         self.expected = 0
+        self.waiting = 0  # normal clients not yet done in this round (see progress)
         self.done = asyncio.Event()
         self.finished_ns = 0
         self.cpu0 = 0.0
@@ -404,12 +406,22 @@ class Fleet:
         self.errors += count
         self.problem = self.problem or problem
 
-    def progress(self) -> None:
-        if (
-            self.expected
-            and not self.done.is_set()
-            and all(c.received >= self.expected or c.closed for c in self.clients if not c.stuck)
-        ):
+    def progress(self, client: Client | None = None) -> None:
+        """Set ``done`` once every normal client has its messages or is closed.
+
+        Called after every read with the client that read: each client is counted once, when
+        it is done, against ``waiting``, so a read costs O(1).  (It used to check every client
+        with ``all()`` on every read; at 5,000 clients a fleet, when a client's burst arrives in
+        one read and the clients finish in order, that was 12.5 million checks per round, about
+        0.5 s of the fleet's CPU, more than everything else it did.)  Without a client (the
+        start of ``expect``), every client is checked once."""
+        if not self.expected or self.done.is_set():
+            return
+        for c in self.clients if client is None else (client,):
+            if not c.done and not c.stuck and (c.received >= self.expected or c.closed):
+                c.done = True
+                self.waiting -= 1
+        if self.waiting <= 0:
             self.finished_ns = time.time_ns()
             self.done.set()
 
@@ -444,6 +456,7 @@ class Fleet:
         self.problem = ""
         for client in self.clients:
             client.received = 0
+            client.done = False
             client.offset = 0
             if isinstance(client, DeflateClient):
                 client.next_seq = 0
@@ -451,6 +464,7 @@ class Fleet:
                 self.frame_len = 0
         self.latencies = []
         self.expected = count
+        self.waiting = sum(not c.stuck for c in self.clients)
         self.done = asyncio.Event()
         self.finished_ns = 0
         self.cpu0 = cpu_seconds()

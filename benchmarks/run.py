@@ -43,13 +43,26 @@ the same with one write per socket per round of the loop (what coalescing can re
 run (picows not installed) or a scenario a server cannot take part in (raw does not echo) is
 skipped, and the reason printed and written into the report.
 
-The fleet's own CPU use is reported with every broadcast (a fleet near 100% of a core would be
-the bottleneck).  Writes ``results.json`` (raw), ``results.md`` (tables with ratios to the best
-peer in the same run) and ``fanout.png`` into ``--out``.  ``--quick`` is a smoke run under two
-minutes (CI runs it and checks only that it completes and the results parse; the cross-process
-scenario then has 100 clients, 2 x 50, and 200 messages of 64 B).  ``--scenarios`` runs some of
-them only (``broadcast``: 1, 3 and 4; ``echo``; ``slow``; ``compressed``: 6; ``cluster``: 7),
-e.g. ``--scenarios cluster``; ``--clients`` sets N for both broadcast scenarios (not for 7).
+The clients: ``cfleet.c``, a fleet of clients in one single-threaded epoll loop in C, for every
+scenario but the compressed one (6).  The measuring side must never be the bottleneck, and the
+Python fleet (``fleet.py``, asyncio) was: at 10,000 clients it used 70 to 87 % of a core in some
+broadcast rows, so those rows measured the fleet as much as the servers.  cfleet reads, counts
+and samples latency the same way at a fraction of the cost (at most 35 % of a core in every
+broadcast and echo row at 10,000 clients on the 2-core machine of docs/performance.md), in one
+process where fleet.py needed two from 1,000 clients.  run.py builds it once per run with the
+system's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) into ``reports/cfleet/``
+(ignored by git); without a compiler, or if the build fails, it says so and uses fleet.py.  The
+compressed scenario always uses fleet.py: its clients negotiate permessage-deflate, and some
+inflate and check every message (zlib, JSON), which cfleet does not do.  Every row of
+``results.json`` says which fleet measured it (``fleet``: ``cfleet`` or ``fleet.py``), and
+``fleets`` how the run chose.  The fleet's own CPU use is reported with every broadcast (a fleet
+near 100% of a core would be the bottleneck).  Writes ``results.json`` (raw), ``results.md``
+(tables with ratios to the best peer in the same run) and ``fanout.png`` into ``--out``.
+``--quick`` is a smoke run under two minutes (CI runs it and checks only that it completes and
+the results parse; the cross-process scenario then has 100 clients, 2 x 50, and 200 messages of
+64 B).  ``--scenarios`` runs some of them only (``broadcast``: 1, 3 and 4; ``echo``; ``slow``;
+``compressed``: 6; ``cluster``: 7), e.g. ``--scenarios cluster``; ``--clients`` sets N for both
+broadcast scenarios (not for 7).
 """
 
 from __future__ import annotations
@@ -60,6 +73,8 @@ import json
 import os
 import platform
 import selectors
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -136,12 +151,19 @@ def cpu_seconds_of(pid: int) -> float:
 
 
 class Process:
-    """A child process we talk to in lines over stdin/stdout."""
+    """A child process we talk to in lines over stdin/stdout: a Python script (``args`` after
+    the interpreter), or with ``python=False`` a program (``args[0]``, e.g. cfleet).  ``label``
+    names it in the results (which fleet measured a row)."""
 
-    def __init__(self, args: list[str], pythonpath: Path = ROOT) -> None:
+    label = ""  # also for subclasses with their own __init__
+
+    def __init__(
+        self, args: list[str], pythonpath: Path = ROOT, python: bool = True, label: str = ""
+    ) -> None:
         env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+        self.label = label
         self.proc = subprocess.Popen(
-            [sys.executable, *args],
+            [sys.executable, *args] if python else args,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -196,29 +218,82 @@ def start_server(
     return server, int(line.split()[1])
 
 
+#: the C fleet (see the module docstring): its source, and where each run builds it
+CFLEET_SOURCE = HERE / "cfleet.c"
+CFLEET_BINARY = ROOT / "reports" / "cfleet" / "cfleet"
+#: cfleet.c is C11 and warning-free with these
+CFLEET_FLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra"]
+#: how this run got its plain fleet (``build_cfleet``), also written into results.json
+FLEETS: dict[str, str] = {}
+
+
+def build_cfleet() -> Path | None:
+    """cfleet, compiled once per run (the first call; later ones answer from ``FLEETS``), or
+    None, having said why, when there is no C compiler or the build fails: then the plain
+    scenarios use fleet.py, which can be the bottleneck at 10,000 clients."""
+    if FLEETS:
+        return CFLEET_BINARY if FLEETS["plain"] == "cfleet" else None
+    found = shlex.split(os.environ.get("CC", ""))
+    if not found or not shutil.which(found[0]):
+        found = next(([c] for c in ("cc", "gcc", "clang") if shutil.which(c)), [])
+    problem = ""
+    if not found:
+        problem = "no C compiler ($CC, cc, gcc or clang)"
+    else:
+        CFLEET_BINARY.parent.mkdir(parents=True, exist_ok=True)
+        building = CFLEET_BINARY.with_suffix(".building")
+        command = [*found, *CFLEET_FLAGS, "-o", str(building), str(CFLEET_SOURCE)]
+        try:
+            built = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            problem = f"{' '.join(found)} failed: {exc}"
+        else:
+            if built.returncode:
+                problem = f"{' '.join(found)} failed:\n{built.stderr.strip()}"
+            else:
+                building.replace(CFLEET_BINARY)  # whole, or not at all
+                FLEETS.update(
+                    plain="cfleet",
+                    binary=str(CFLEET_BINARY),
+                    compiler=shlex.join([*found, *CFLEET_FLAGS, "benchmarks/cfleet.c"]),
+                )
+                return CFLEET_BINARY
+    print(
+        "notice: the fleet is fleet.py (Python), not cfleet, and it can be the bottleneck at "
+        f"10,000 clients (see its CPU share in the results); {problem}",
+        file=sys.stderr,
+    )
+    FLEETS.update(plain="fleet.py", note=problem)
+    return None
+
+
 def start_fleets(
     port: int, connections: int, stuck: int = 0, timeout: float = 120, deflate: bool = False
 ) -> list[Process]:
-    parts = 1 if connections < 1000 else 2
+    """Client processes, connected (``ready``): cfleet for the plain scenarios, in one process,
+    else fleet.py (always for ``deflate``), in two processes from 1,000 connections (one
+    Python process could not keep up with 10,000 clients)."""
+    binary = None if deflate else build_cfleet()
+    parts = 1 if binary is not None or connections < 1000 else 2
     fleets = []
     for i in range(parts):
         share = connections // parts + (1 if i < connections % parts else 0)
-        fleets.append(
-            Process(
-                [
-                    str(HERE / "fleet.py"),
-                    "--port",
-                    str(port),
-                    "--connections",
-                    str(share),
-                    "--stuck",
-                    str(stuck if i == 0 else 0),
-                    "--timeout",
-                    str(timeout),
-                    *(["--deflate", "--verify-every", str(VERIFY_EVERY)] if deflate else []),
-                ]
-            )
-        )
+        args = [
+            "--port",
+            str(port),
+            "--connections",
+            str(share),
+            "--stuck",
+            str(stuck if i == 0 else 0),
+            "--timeout",
+            str(timeout),
+        ]
+        if binary is not None:
+            fleets.append(Process([str(binary), *args], python=False, label="cfleet"))
+            continue
+        if deflate:
+            args += ["--deflate", "--verify-every", str(VERIFY_EVERY)]
+        fleets.append(Process([str(HERE / "fleet.py"), *args], label="fleet.py"))
     for fleet in fleets:
         line = fleet.readline(300)
         if line != "ready":
@@ -275,6 +350,7 @@ def broadcast_round(
         "server_cpu_s": server_cpu,
         "server_cpu_s_per_million": server_cpu / max(received, 1) * 1e6,
         "fleet_cpu_share": max(r.get("cpu_s", 0) / seconds for r in reports),
+        "fleet": fleets[0].label,  # which fleet measured this row: cfleet or fleet.py
         "timed_out": any(r.get("timed_out") for r in reports),
         "frame_errors": sum(r.get("frame_errors", 0) for r in reports),
         "server_finished_sending": (sent or "").split()[:1] == ["sent"],
@@ -410,6 +486,7 @@ def scenario_echo(kind: str, connections: int, seconds: float) -> dict[str, Any]
         "rtt_p99_ms": lat.get("p99", 0) / 1000,
         "server_cpu_share": cpu / seconds,
         "fleet_cpu_share": report.get("cpu_s", 0) / seconds,
+        "fleet": fleet.label,
     }
 
 
@@ -433,6 +510,7 @@ def scenario_slow(kind: str, count: int, timeout: float) -> dict[str, Any]:
         "normal_clients_complete": report.get("complete", 0),
         "seconds": result["seconds"],
         "timed_out": result["timed_out"],
+        "fleet": result["fleet"],
     }
 
 
@@ -1102,6 +1180,7 @@ def main() -> int:
                 results["slow_consumer"].append(scenario_slow(server, slow_n, timeout / 2))
         except Exception as exc:  # report and go on: one broken peer must not lose the run
             results.setdefault("errors", []).append(f"{scenario} {server} {n}: {exc!r}")
+    results["fleets"] = {**FLEETS, "compressed": "fleet.py"}
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(markdown(results))

@@ -1,6 +1,6 @@
 """The servers under test, each run in its own process by ``run.py``.
 
-    python benchmarks/servers.py KIND [deflate]
+    python benchmarks/servers.py KIND [deflate | count | chat]
     python benchmarks/servers.py trio_wshandler_redis URL PREFIX
 
 KIND is one of ``trio_wshandler``, ``websockets_trio``, ``trio_websocket``,
@@ -16,6 +16,9 @@ never reads), and reads commands on stdin:
     round of the loop, the worst case for coalescing).  Each payload starts with the message
     number and the time it was produced (``time.time_ns``), from which the clients compute
     delivery latency.
+``count``
+    print ``count {"messages": M, "bytes": B}``: the complete messages received so far and their
+    payload bytes (``count`` and ``chat`` modes; always 0 in the others).
 ``quit``
     exit.
 
@@ -38,6 +41,23 @@ websockets: ``compression="deflate"``, which keeps its context and compresses pe
 about SIZE bytes of JSON (``messages.py``: they compress about 3:1 and carry their number and
 production time) instead of binary padding.  The echo handler echoes them, compressed as well.
 
+The receive-side modes (``inbound.py``; every KIND but ``floor_batched`` and ``raw``):
+
+``count`` (the uploads)
+    the message handler only counts what it receives (complete messages, and their payload
+    bytes), echoes nothing, and the ``count`` command reports the totals.  Nothing is kept.
+``chat`` (the chat room)
+    every message received is counted and broadcast to every connected client (its sender
+    too) as Text, with the library's idiomatic fan-out as above: trio_wshandler's
+    ``handler.send_all`` (from a ``WebSocketConnection`` subclass's ``got_message``, as a user
+    would write it), websockets' ``broadcast()``, a loop of ``send_message`` (trio-websocket)
+    or of ``WSTransport.send`` (picows), and for ``floor`` the frame encoded once and written
+    to every socket as its broadcast does.
+
+In both the servers accept messages of up to 16 MiB (trio_wshandler's ``max_message_size``; the
+peers already run with 16 MiB or no limit).  picows hands over frames, not messages: its
+handlers count a message at each final frame (the fleets never fragment).
+
 ``trio_wshandler_redis URL PREFIX`` (the cross-process scenario, ``run.py --scenarios cluster``):
 trio_wshandler as above (``send_all``, the same options) with a ``RedisBackplane(URL,
 prefix=PREFIX)`` at its defaults, so that ``send_all`` also publishes to Redis, and messages
@@ -57,7 +77,9 @@ per message and shared by every client:
     whose socket is full (a partial write or ``BlockingIOError``) gets the rest appended to its
     pending buffer, and a task that awaits writability and drains it, for as long as it is backed
     up (it ends when the buffer is empty).  One reader task per client parses the clients' frames
-    just enough to echo data frames, answer Pings and Close.
+    just enough to echo data frames, answer Pings and Close (in ``count`` and ``chat`` modes
+    it unmasks each data frame and counts it, or broadcasts it; the unmasking is plain Python,
+    an XOR of big integers, so a library that unmasks in C can beat this "floor" on uploads).
 ``floor_batched``, the plain Trio floor with writes batched per round of the loop
     the same for a client's first frame in a round of the loop; the frames that follow it in the
     same round (a burst) are appended to the client's buffer, and one flusher task, woken once
@@ -109,6 +131,45 @@ def raise_fd_limit() -> None:
 
 def announce(port: int) -> None:
     print(f"port {port}", flush=True)
+
+
+class Received:
+    """What a ``count`` or ``chat`` server has received: complete messages and payload bytes.
+
+    Read by the ``count`` command between two moments, so that the benchmark measures what
+    the server took in, not what the clients believe they sent."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.bytes = 0
+
+    def add(self, size: int, complete: bool | int = True) -> None:
+        """A data frame of ``size`` payload bytes; ``complete``: it ends a message."""
+        self.bytes += size
+        if complete:
+            self.messages += 1
+
+    def answer(self, line: str) -> str | None:
+        """The ``count`` command's answer; None for any other line (quit)."""
+        if line.split() != ["count"]:
+            return None
+        return "count " + json.dumps({"messages": self.messages, "bytes": self.bytes})
+
+
+#: the counts of this server process (one server per process)
+RECEIVED = Received()
+#: the receive-side modes, and the kinds that have them (see the module docstring)
+MODES = ("echo", "count", "chat")
+MODE_SERVERS = {
+    "trio_wshandler",
+    "websockets_trio",
+    "trio_websocket",
+    "websockets_asyncio",
+    "floor",
+    "picows",
+}
+#: the largest incoming message in the receive-side modes (the uploads send 1 MiB)
+MAX_MESSAGE = 1 << 24
 
 
 def parse_command(line: str) -> tuple[int, int, bytes, bool] | None:
@@ -182,8 +243,9 @@ async def trio_commands(broadcast: Any, other: Any = None) -> None:
         print(pauses.report(), flush=True)
 
 
-async def asyncio_commands(broadcast: Any) -> None:
-    """Read stdin commands in a thread; run broadcasts on the asyncio loop."""
+async def asyncio_commands(broadcast: Any, other: Any = None) -> None:
+    """Read stdin commands in a thread; run broadcasts on the asyncio loop.  ``other`` as for
+    ``trio_commands``."""
     loop = asyncio.get_running_loop()
     pauses = Pauses()
 
@@ -193,7 +255,15 @@ async def asyncio_commands(broadcast: Any) -> None:
             await asyncio.sleep(pauses.TICK)
             pauses.tick(loop.time() - start)
 
-    while command := parse_command(await loop.run_in_executor(None, sys.stdin.readline)):
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        command = parse_command(line)
+        if command is None:
+            answer = other(line) if other is not None else None
+            if answer is None:
+                break
+            print(answer, flush=True)
+            continue
         task = asyncio.ensure_future(ticker())
         await asyncio.sleep(0.01)  # the ticker is asleep: a stall from here on is measured
         await broadcast(*command)
@@ -240,25 +310,54 @@ async def plain_handshake(stream: trio.SocketStream) -> bytes | None:
 # ---------------------------------------------------------------- trio_wshandler
 
 
-def trio_wshandler_handler(backplane: Any = None) -> Any:
-    from trio_wshandler import DeflateOptions
+def trio_wshandler_class(mode: str) -> Any:
+    """The handler class of a mode: the demo's EchoHandler, or a counting or chat handler
+    written with the public API as a user would (a ``WebSocketConnection`` subclass whose
+    ``got_message`` counts, or counts and calls ``self.handler.send_all``)."""
+    from trio_wshandler import WebSocketConnection, WebSocketHandler
     from trio_wshandler._demo import EchoHandler
+
+    if mode == "echo":
+        return EchoHandler
+
+    class CountConnection(WebSocketConnection):
+        async def got_message(self, message: str | bytes) -> None:
+            RECEIVED.add(len(message))
+
+    class ChatConnection(WebSocketConnection):
+        async def got_message(self, message: str | bytes) -> None:
+            RECEIVED.add(len(message))
+            self.handler.send_all(message)  # Text in, Text out
+
+    connection = CountConnection if mode == "count" else ChatConnection
+
+    class Handler(WebSocketHandler):
+        def get_connection(self, cx: Any, hdr: Any, cid: str) -> WebSocketConnection:
+            return connection(self, cx, hdr, cid)
+
+    return Handler
+
+
+def trio_wshandler_handler(backplane: Any = None, mode: str = "echo") -> Any:
+    from trio_wshandler import DeflateOptions
 
     # queues sized to hold a whole burst of the benchmark (the peers' buffers are unbounded);
     # compression as by default, negotiated only with a fleet that offers it (``deflate``)
-    return EchoHandler(
+    options: dict[str, Any] = {} if mode == "echo" else {"max_message_size": MAX_MESSAGE}
+    return trio_wshandler_class(mode)(
         heartbeat=None,
         max_queue=1 << 16,
         max_queue_bytes=8 << 20,
         compression=DeflateOptions(),
         backplane=backplane,
+        **options,
     )
 
 
-async def run_trio_wshandler(deflate: bool = False) -> None:
+async def run_trio_wshandler(deflate: bool = False, mode: str = "echo") -> None:
     from trio_wshandler import serve
 
-    handler = trio_wshandler_handler()
+    handler = trio_wshandler_handler(mode=mode)
     make = json_payload if deflate else payload
 
     async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
@@ -270,7 +369,7 @@ async def run_trio_wshandler(deflate: bool = False) -> None:
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve, handler, "127.0.0.1", 0)
         announce(server.port)
-        await trio_commands(broadcast)
+        await trio_commands(broadcast, RECEIVED.answer)
         nursery.cancel_scope.cancel()
 
 
@@ -315,16 +414,28 @@ async def websockets_echo(ws: Any) -> None:
         await ws.send(message)
 
 
-async def run_websockets_trio(deflate: bool = False) -> None:
+async def websockets_count(ws: Any) -> None:
+    """The ``count`` handler of both websockets servers."""
+    async for message in ws:
+        RECEIVED.add(len(message))
+
+
+async def run_websockets_trio(deflate: bool = False, mode: str = "echo") -> None:
     from websockets.trio.connection import broadcast as ws_broadcast
     from websockets.trio.server import serve
 
     make = json_payload if deflate else payload
 
+    async def chat(ws: Any) -> None:
+        async for message in ws:
+            RECEIVED.add(len(message))
+            await ws_broadcast(server.connections, message)
+
+    handlers = {"echo": websockets_echo, "count": websockets_count, "chat": chat}
     async with trio.open_nursery() as nursery:
         server = await nursery.start(
             lambda task_status: serve(
-                websockets_echo,
+                handlers[mode],
                 0,
                 host="127.0.0.1",
                 compression="deflate" if deflate else None,  # "deflate": the default
@@ -339,14 +450,14 @@ async def run_websockets_trio(deflate: bool = False) -> None:
             for seq in range(count):  # broadcast() awaits every write in both modes
                 await ws_broadcast(server.connections, make(seq, size, padding))
 
-        await trio_commands(broadcast)
+        await trio_commands(broadcast, RECEIVED.answer)
         nursery.cancel_scope.cancel()
 
 
 # ---------------------------------------------------------------- trio-websocket
 
 
-async def run_trio_websocket() -> None:
+async def run_trio_websocket(mode: str = "echo") -> None:
     from trio_websocket import ConnectionClosed, serve_websocket
 
     connections: set[Any] = set()
@@ -355,8 +466,16 @@ async def run_trio_websocket() -> None:
         ws = await request.accept()
         connections.add(ws)
         try:
-            while True:
-                await ws.send_message(await ws.get_message())
+            if mode == "echo":
+                while True:
+                    await ws.send_message(await ws.get_message())
+            while True:  # count, or chat: to every client, a loop of send_message
+                message = await ws.get_message()
+                RECEIVED.add(len(message))
+                if mode == "chat":
+                    for peer in list(connections):
+                        with contextlib.suppress(ConnectionClosed):
+                            await peer.send_message(message)
         except ConnectionClosed:
             pass
         finally:
@@ -378,24 +497,31 @@ async def run_trio_websocket() -> None:
                 ssl_context=None,
                 task_status=task_status,
                 message_queue_size=1,
-                max_message_size=1 << 24,
+                max_message_size=MAX_MESSAGE,
             )
         )
         announce(server.port)
-        await trio_commands(broadcast)
+        await trio_commands(broadcast, RECEIVED.answer)
         nursery.cancel_scope.cancel()
 
 
 # ---------------------------------------------------------------- websockets (asyncio)
 
 
-async def run_websockets_asyncio(deflate: bool = False) -> None:
+async def run_websockets_asyncio(deflate: bool = False, mode: str = "echo") -> None:
     import websockets
     from websockets.asyncio.server import serve
 
     make = json_payload if deflate else payload
+
+    async def chat(ws: Any) -> None:
+        async for message in ws:
+            RECEIVED.add(len(message))
+            websockets.broadcast(server.connections, message)
+
+    handlers = {"echo": websockets_echo, "count": websockets_count, "chat": chat}
     async with serve(
-        websockets_echo,
+        handlers[mode],
         "127.0.0.1",
         0,
         compression="deflate" if deflate else None,  # "deflate": the default
@@ -410,7 +536,7 @@ async def run_websockets_asyncio(deflate: bool = False) -> None:
                 if paced:
                     await asyncio.sleep(0)
 
-        await asyncio_commands(broadcast)
+        await asyncio_commands(broadcast, RECEIVED.answer)
 
 
 # ---------------------------------------------------------------- plain Trio floor
@@ -447,8 +573,10 @@ def floor_drop(client: FloorClient) -> None:
     client.stream.socket.close()
 
 
-async def run_floor(batched: bool = False) -> None:
-    """The plain Trio floor, and with ``batched`` its variant that writes once per round."""
+async def run_floor(batched: bool = False, mode: str = "echo") -> None:
+    """The plain Trio floor, and with ``batched`` its variant that writes once per round;
+    ``mode`` (``floor`` only): echo, count or chat (see the module docstring)."""
+    echo, chat = mode == "echo", mode == "chat"
     clients: dict[FloorClient, None] = {}  # only the reader tasks add and remove
     write = os.write
     IDLE, ROUND, DRAINING = FloorClient.IDLE, FloorClient.ROUND, FloorClient.DRAINING
@@ -525,8 +653,14 @@ async def run_floor(batched: bool = False) -> None:
                         elif opcode == 0x8:  # Close: echo it, and end
                             send(client, encode_frame(data[:2], 0x88))
                             return
-                        elif opcode != 0xA:  # data (or continuation): echo it as it came
+                        elif opcode == 0xA:  # Pong
+                            pass
+                        elif echo:  # data (or continuation): echo it as it came
                             send(client, encode_frame(data, b0 & 0x8F))
+                        else:  # count it, and in a chat send it to everybody as Text
+                            RECEIVED.add(length, b0 & 0x80)
+                            if chat:
+                                fan_out(encode_frame(data, 0x81))
                     del buf[:pos]
                     chunk = await stream.receive_some(65536)
                     if not chunk:
@@ -539,28 +673,31 @@ async def run_floor(batched: bool = False) -> None:
                 client.pending.clear()
                 client.fd = -1  # a queued write must not reach a connection that reuses the fd
 
+    def fan_out(frame: bytes) -> None:
+        """One frame straight to every socket, with no task step per client."""
+        length = len(frame)
+        for client in clients:  # no checkpoint in here, so nobody changes ``clients``
+            if client.state:  # backed up: queue behind what its drain task is writing
+                pending = client.pending
+                pending += frame
+                if len(pending) > FLOOR_MAX_PENDING:
+                    floor_drop(client)
+                continue
+            try:
+                n = write(client.fd, frame)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                continue  # the peer is gone: its reader is about to see it
+            if n != length:
+                client.pending += memoryview(frame)[n:]
+                client.state = DRAINING
+                nursery.start_soon(drain, client)
+
     async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
-        """Each frame straight to every socket, from this loop: no task step per client."""
+        """Each frame straight to every socket, from this loop (``fan_out``)."""
         for seq in range(count):
-            frame = encode_frame(payload(seq, size, padding))
-            length = len(frame)
-            for client in clients:  # no checkpoint in here, so nobody changes ``clients``
-                if client.state:  # backed up: queue behind what its drain task is writing
-                    pending = client.pending
-                    pending += frame
-                    if len(pending) > FLOOR_MAX_PENDING:
-                        floor_drop(client)
-                    continue
-                try:
-                    n = write(client.fd, frame)
-                except BlockingIOError:
-                    n = 0
-                except OSError:
-                    continue  # the peer is gone: its reader is about to see it
-                if n != length:
-                    client.pending += memoryview(frame)[n:]
-                    client.state = DRAINING
-                    nursery.start_soon(drain, client)
+            fan_out(encode_frame(payload(seq, size, padding)))
             if paced:
                 await trio.lowlevel.checkpoint()
 
@@ -634,7 +771,7 @@ async def run_floor(batched: bool = False) -> None:
         if batched:
             nursery.start_soon(flusher)
         announce(listener.socket.getsockname()[1])
-        await trio_commands(broadcast_batched if batched else broadcast)
+        await trio_commands(broadcast_batched if batched else broadcast, RECEIVED.answer)
         nursery.cancel_scope.cancel()
 
 
@@ -679,18 +816,19 @@ async def run_raw() -> None:
         [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
         nursery.start_soon(trio.serve_listeners, handle, [listener])
         announce(listener.socket.getsockname()[1])
-        await trio_commands(broadcast)
+        await trio_commands(broadcast, RECEIVED.answer)
         nursery.cancel_scope.cancel()
 
 
 # ---------------------------------------------------------------- picows (asyncio, Cython)
 
 
-async def run_picows() -> None:
+async def run_picows(mode: str = "echo") -> None:
     from picows import WSListener, WSMsgType, ws_create_server
 
     transports: set[Any] = set()
     data_types = (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION)
+    text = WSMsgType.TEXT
 
     class Echo(WSListener):  # type: ignore[misc]
         def on_ws_connected(self, transport: Any) -> None:
@@ -707,8 +845,34 @@ async def run_picows() -> None:
                 transport.disconnect()
             # Pings are answered by picows itself (enable_auto_pong)
 
+    class Count(Echo):
+        """Counts each data frame, a message at each final one."""
+
+        def on_ws_frame(self, transport: Any, frame: Any) -> None:
+            if frame.msg_type in data_types:
+                RECEIVED.add(frame.payload_size, frame.fin)
+            elif frame.msg_type == WSMsgType.CLOSE:
+                super().on_ws_frame(transport, frame)
+
+    class Chat(Echo):
+        """Counts each data frame and sends it to every client as Text: a loop of send."""
+
+        def on_ws_frame(self, transport: Any, frame: Any) -> None:
+            if frame.msg_type in data_types:
+                RECEIVED.add(frame.payload_size, frame.fin)
+                message = frame.get_payload_as_memoryview()  # send copies it into its frame
+                for peer in list(transports):
+                    peer.send(text, message)
+            elif frame.msg_type == WSMsgType.CLOSE:
+                super().on_ws_frame(transport, frame)
+
+    listener = {"echo": Echo, "count": Count, "chat": Chat}[mode]
     server = await ws_create_server(
-        lambda request: Echo(), "127.0.0.1", 0, max_frame_size=1 << 24, enable_auto_ping=False
+        lambda request: listener(),
+        "127.0.0.1",
+        0,
+        max_frame_size=MAX_MESSAGE,
+        enable_auto_ping=False,
     )
     async with server:
         announce(server.sockets[0].getsockname()[1])
@@ -722,7 +886,7 @@ async def run_picows() -> None:
                 if paced:
                     await asyncio.sleep(0)
 
-        await asyncio_commands(broadcast)
+        await asyncio_commands(broadcast, RECEIVED.answer)
 
 
 SERVERS = {
@@ -746,10 +910,19 @@ def main() -> None:
         raise_fd_limit()
         trio.run(run_trio_wshandler_redis, sys.argv[2], sys.argv[3])
         return
-    deflate = sys.argv[2:3] == ["deflate"]
+    word = sys.argv[2] if len(sys.argv) > 2 else "echo"
+    deflate = word == "deflate"
     if deflate and kind not in DEFLATE_SERVERS:
         sys.exit(f"{kind} has no permessage-deflate")
-    run = functools.partial(SERVERS[kind], deflate=True) if deflate else SERVERS[kind]
+    if word not in (*MODES, "deflate"):
+        sys.exit(f"unknown mode {word!r}: one of deflate, {', '.join(MODES)}")
+    if word != "echo" and not deflate and kind not in MODE_SERVERS:
+        sys.exit(f"{kind} has no {word} mode")
+    run = SERVERS[kind]
+    if deflate:
+        run = functools.partial(run, deflate=True)
+    elif word != "echo":
+        run = functools.partial(run, mode=word)
     raise_fd_limit()
     if kind in ASYNCIO_SERVERS:
         asyncio.run(run())
