@@ -56,8 +56,8 @@ class ToWsproto:
 
     __slots__ = ("data",)
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data = data  # (a view of the bytes read: wsproto copies what it is given)
 
 
 class HandOver:
@@ -112,7 +112,8 @@ class FrameParser:
         self.max_fragments = max_fragments
         #: our Close was sent: data is checked as before but not delivered
         self.closing = False
-        self._data = b""  # what was read and not parsed yet: at most a header cut short
+        self._data: bytes | memoryview = b""  # what was read and not parsed yet (at most a
+        # header cut short, after events())
         self._route = _HEADER
         self._left = 0  # payload bytes of the current frame not yet read
         self._mask = b""
@@ -124,9 +125,11 @@ class FrameParser:
         self._decoder: Any = None  # the UTF-8 decoder of a Text message of several pieces
         self._pieces: list[Any] = []
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
+        """Parse ``data`` next (bytes read; a view of a buffer the reader reuses is read only
+        until :meth:`events` is done with it: nothing of it is kept but copies)."""
         if self._data:  # a header cut short by the end of the last read
-            data = self._data + data
+            data = bytes(self._data) + data
         self._data = data
 
     def events(self) -> Iterator[Item]:
@@ -169,7 +172,7 @@ class FrameParser:
                         elif stop > end:
                             break
                         else:
-                            payload = unmask(data, pos + 6, stop, data[pos + 2 : pos + 6], 0)
+                            payload = unmask(data, pos + 6, stop, bytes(data[pos + 2 : pos + 6]), 0)
                             pos = stop
                             yield PingReceived(payload) if opcode == 9 else PongReceived(payload)
                         continue
@@ -206,7 +209,7 @@ class FrameParser:
                     stop = start + length
                     if b0 & 0x80 and stop <= end and not self.closing:
                         # the common case: a whole message, all here
-                        payload = unmask(data, start, stop, data[start - 4 : start], 0)
+                        payload = unmask(data, start, stop, bytes(data[start - 4 : start]), 0)
                         pos = stop
                         if opcode == _TEXT:
                             try:
@@ -223,7 +226,7 @@ class FrameParser:
                 else:
                     self._size += length
                     self._frames += 1
-                self._mask = data[start - 4 : start]
+                self._mask = bytes(data[start - 4 : start])
                 self._phase = 0
                 self._fin = bool(b0 & 0x80)
                 self._left = length
@@ -231,10 +234,10 @@ class FrameParser:
                 pos = start
         finally:
             # an idle connection keeps no bytes it has read: at most a header cut short
-            self._data = data[pos:] if pos < end else b""
+            self._data = bytes(data[pos:]) if pos < end else b""
 
     def _to_wsproto(
-        self, data: bytes, pos: int, end: int, b0: int, length: int
+        self, data: bytes | memoryview, pos: int, end: int, b0: int, length: int
     ) -> Generator[ToWsproto | HandOver, None, int]:
         """Route the frame at ``pos`` to wsproto (handing over the message in progress first,
         if this parser began one and the frame is a data frame): all of it when its header is
@@ -273,7 +276,9 @@ class FrameParser:
         yield ToWsproto(data[pos : pos + n])
         return pos + n
 
-    def _piece(self, data: bytes, start: int, stop: int) -> MessageReceived | DataSkipped | None:
+    def _piece(
+        self, data: bytes | memoryview, start: int, stop: int
+    ) -> MessageReceived | DataSkipped | None:
         """A piece of the current frame's payload (its last one when ``_left`` is 0)."""
         n = stop - start
         phase = self._phase

@@ -134,7 +134,9 @@ class WebSocketProtocol:
         inflater = self._inflater
         return 0 if inflater is None else inflater.inflated_total
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | memoryview) -> None:
+        """Take ``data`` (a view of a buffer the reader reuses is read only until
+        :meth:`events` is done with it)."""
         self._counters.bytes_received += len(data)
         if self._state <= CLOSE_SENT and not self._broken:  # after the peer's Close: ignored
             if self._hot_path:
@@ -145,7 +147,7 @@ class WebSocketProtocol:
                     parser.closing = self._state is not NO_CLOSE
                 parser.feed(data)
             else:
-                self._wsproto().receive_bytes(data)
+                self._wsproto().receive_bytes(bytes(data))
 
     def close(self, code: int, reason: str = "") -> bytes:
         """Start the closing handshake: the Close frame to send, or b"" if one was sent already."""
@@ -180,7 +182,8 @@ class WebSocketProtocol:
             for item in parser.events():
                 cls = item.__class__
                 if cls is ToWsproto:
-                    self._wsproto().receive_bytes(cast(ToWsproto, item).data)
+                    # wsproto copies what it is given (its buffer is a bytearray)
+                    self._wsproto().receive_bytes(cast(bytes, cast(ToWsproto, item).data))
                     yield from self._wsproto_events()
                     if self._state is CLOSE_RECEIVED or self._state is CLOSE_DONE:
                         return  # the client's Close: nothing after it is parsed
