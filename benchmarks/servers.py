@@ -212,15 +212,43 @@ class Pauses:
         return text
 
 
+def gc_command(line: str) -> str | None:
+    """``gc freeze``, ``gc unfreeze``, ``gc threshold A B C``, ``gc collect`` or ``gc show``
+    (the Trio servers, for ``gc_pauses.py``): apply it, answer ``gc {JSON}`` (the thresholds,
+    the objects frozen, the objects each generation tracks); None if ``line`` is not one."""
+    words = line.split()
+    if not words or words[0] != "gc":
+        return None
+    if words[1:2] == ["freeze"]:
+        gc.freeze()
+    elif words[1:2] == ["unfreeze"]:
+        gc.unfreeze()
+    elif words[1:2] == ["threshold"]:
+        gc.set_threshold(*(int(w) for w in words[2:5]))
+    elif words[1:2] == ["collect"]:
+        gc.collect()
+    state = {
+        "threshold": gc.get_threshold(),
+        "frozen": gc.get_freeze_count(),
+        "tracked": [len(gc.get_objects(generation)) for generation in range(3)],
+    }
+    return f"gc {json.dumps(state)}"
+
+
 async def trio_commands(broadcast: Any, other: Any = None) -> None:
     """Read stdin commands in a thread; run broadcasts on the Trio loop.
 
     ``other(line)``, if given, answers the commands that are not ``broadcast`` (the answer is
-    printed) or returns None (quit); without it any other line means quit.
+    printed) or returns None (quit); without it any other line means quit.  ``gc ...``
+    commands (:func:`gc_command`) are answered too.
     """
     pauses = Pauses()
     while True:
         line = await trio.to_thread.run_sync(sys.stdin.readline)
+        answer = gc_command(line)
+        if answer is not None:
+            print(answer, flush=True)
+            continue
         command = parse_command(line)
         if command is None:
             answer = other(line) if other is not None else None
