@@ -139,7 +139,9 @@ class ConnectionCore(Generic[H]):
             return False
         queue = self.queue
         if queue.put_data(frame):
-            self._schedule()
+            # _schedule(), inlined: this runs for every delivery of a broadcast
+            if not queue.listed and not self.corked and self.flusher is not None:
+                self.flusher.schedule(self)
             return True
         # the queue is full: the slow-consumer policy is for a socket that cannot take the
         # data, so first see whether it takes what is queued now
@@ -154,7 +156,7 @@ class ConnectionCore(Generic[H]):
     def _schedule(self) -> None:
         """Something was queued: have the flusher write it (TLS: the writer task waits for it),
         unless its reader writes it when done with the read it handles (``corked``)."""
-        if not self.queue.listed and self.flusher is not None and not self.corked:
+        if not self.queue.listed and not self.corked and self.flusher is not None:
             self.flusher.schedule(self)
 
     def cork(self) -> None:
