@@ -58,6 +58,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SERVERS = [
     "trio_wshandler",
+    "trio_wshandler_pure",
     "websockets_trio",
     "trio_websocket",
     "websockets_asyncio",

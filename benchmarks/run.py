@@ -103,6 +103,8 @@ REFERENCES = ["floor", "floor_batched", "raw", "picows"]
 #: what each row is, for the report and the plot
 LABELS = {
     "trio_wshandler": "trio_wshandler, send_all()",
+    "trio_wshandler_pure": "trio_wshandler, unmasking in pure Python (TRIO_WSHANDLER_NO_SPEEDUPS=1:"
+    " what an install without a C compiler gets)",
     "websockets_trio": "websockets (Trio), broadcast()",
     "trio_websocket": "trio-websocket, a loop of send_message()",
     "websockets_asyncio": "websockets (asyncio), broadcast()",

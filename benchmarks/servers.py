@@ -3,7 +3,8 @@
     python benchmarks/servers.py KIND [deflate | count | chat]
     python benchmarks/servers.py trio_wshandler_redis URL PREFIX
 
-KIND is one of ``trio_wshandler``, ``websockets_trio``, ``trio_websocket``,
+KIND is one of ``trio_wshandler`` (``trio_wshandler_pure``: the same, unmasking in pure Python,
+as an install without a C compiler), ``websockets_trio``, ``trio_websocket``,
 ``websockets_asyncio``, ``floor``, ``floor_batched``, ``raw`` or ``picows``.  Each binds
 127.0.0.1 on a free port, prints ``port N``, echoes every message it receives (but ``raw``, which
 never reads), and reads commands on stdin:
@@ -162,6 +163,7 @@ RECEIVED = Received()
 MODES = ("echo", "count", "chat")
 MODE_SERVERS = {
     "trio_wshandler",
+    "trio_wshandler_pure",
     "websockets_trio",
     "trio_websocket",
     "websockets_asyncio",
@@ -917,8 +919,15 @@ async def run_picows(mode: str = "echo") -> None:
         await asyncio_commands(broadcast, RECEIVED.answer)
 
 
+async def run_trio_wshandler_pure(deflate: bool = False, mode: str = "echo") -> None:
+    """trio_wshandler as an install without a C compiler runs it: unmasking in pure Python."""
+    os.environ["TRIO_WSHANDLER_NO_SPEEDUPS"] = "1"  # read when the package is first imported
+    await run_trio_wshandler(deflate, mode)
+
+
 SERVERS = {
     "trio_wshandler": run_trio_wshandler,
+    "trio_wshandler_pure": run_trio_wshandler_pure,
     "websockets_trio": run_websockets_trio,
     "trio_websocket": run_trio_websocket,
     "websockets_asyncio": run_websockets_asyncio,
