@@ -14,7 +14,8 @@ while nothing else on the hot path changed since (true when they were added).
 
 ``workers``: ``python -m trio_wshandler serve workers_app:make`` (the real command) with 1
 worker, 1 worker and a Redis backplane, and 2 workers sharing the port through Redis; 2,000
-clients (two fleet processes) connected to the shared port, broadcasts triggered by an HTTP
+clients (``run.py``'s fleets: one cfleet process, or two fleet.py processes where no C
+compiler builds cfleet) connected to the shared port, broadcasts triggered by an HTTP
 request that one worker answers; the rows take turns, three times over (each time: a round
 per size and producer), since this machine's speed drifts over minutes.  Reported: medians of
 deliveries/s, the workers' CPU (summed, and each one's), Redis's CPU, and the fleets' share of
