@@ -60,6 +60,7 @@ SERVERS = [
     "trio_wshandler",
     "trio_wshandler_pure",
     "websockets_trio",
+    "websockets_trio_pure",
     "trio_websocket",
     "websockets_asyncio",
     "floor",

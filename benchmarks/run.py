@@ -106,6 +106,8 @@ LABELS = {
     "trio_wshandler_pure": "trio_wshandler, unmasking in pure Python (TRIO_WSHANDLER_NO_SPEEDUPS=1:"
     " what an install without a C compiler gets)",
     "websockets_trio": "websockets (Trio), broadcast()",
+    "websockets_trio_pure": "websockets (Trio), without its compiled speedups (its pure-Python"
+    " unmask: the like-for-like row for trio_wshandler_pure)",
     "trio_websocket": "trio-websocket, a loop of send_message()",
     "websockets_asyncio": "websockets (asyncio), broadcast()",
     "floor": "plain Trio floor: the producer os.write()s each frame to every socket",

@@ -4,7 +4,8 @@
     python benchmarks/servers.py trio_wshandler_redis URL PREFIX
 
 KIND is one of ``trio_wshandler`` (``trio_wshandler_pure``: the same, unmasking in pure Python,
-as an install without a C compiler), ``websockets_trio``, ``trio_websocket``,
+as an install without a C compiler), ``websockets_trio`` (``websockets_trio_pure``: without
+its compiled speedups, the like-for-like row for ``trio_wshandler_pure``), ``trio_websocket``,
 ``websockets_asyncio``, ``floor``, ``floor_batched``, ``raw`` or ``picows``.  Each binds
 127.0.0.1 on a free port, prints ``port N``, echoes every message it receives (but ``raw``, which
 never reads), and reads commands on stdin:
@@ -165,6 +166,7 @@ MODE_SERVERS = {
     "trio_wshandler",
     "trio_wshandler_pure",
     "websockets_trio",
+    "websockets_trio_pure",
     "trio_websocket",
     "websockets_asyncio",
     "floor",
@@ -919,6 +921,16 @@ async def run_picows(mode: str = "echo") -> None:
         await asyncio_commands(broadcast, RECEIVED.answer)
 
 
+async def run_websockets_trio_pure(deflate: bool = False, mode: str = "echo") -> None:
+    """websockets.trio without its compiled speedups (its pure-Python ``apply_mask``): the
+    like-for-like row for ``trio_wshandler_pure``."""
+    sys.modules["websockets.speedups"] = None  # type: ignore[assignment]  # import fails: fallback
+    from websockets.frames import apply_mask
+
+    assert apply_mask.__module__ == "websockets.utils", apply_mask.__module__
+    await run_websockets_trio(deflate, mode)
+
+
 async def run_trio_wshandler_pure(deflate: bool = False, mode: str = "echo") -> None:
     """trio_wshandler as an install without a C compiler runs it: unmasking in pure Python."""
     os.environ["TRIO_WSHANDLER_NO_SPEEDUPS"] = "1"  # read when the package is first imported
@@ -929,6 +941,7 @@ SERVERS = {
     "trio_wshandler": run_trio_wshandler,
     "trio_wshandler_pure": run_trio_wshandler_pure,
     "websockets_trio": run_websockets_trio,
+    "websockets_trio_pure": run_websockets_trio_pure,
     "trio_websocket": run_trio_websocket,
     "websockets_asyncio": run_websockets_asyncio,
     "floor": run_floor,
