@@ -87,6 +87,17 @@ def masked_frame(payload: bytes, opcode: int = 0x2) -> bytes:
     return head + key + masked
 
 
+def upgrade_request(extra_headers: str = "") -> bytes:
+    """A client's upgrade request to 127.0.0.1, with a fresh key (``extra_headers``: whole lines,
+    each ending in CRLF)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
+    ).encode()
+
+
 class Client(asyncio.Protocol):
     #: more request header lines
     extra_headers = ""
@@ -109,14 +120,7 @@ class Client(asyncio.Protocol):
         if self.stuck:
             sock = transport.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        key = base64.b64encode(os.urandom(16)).decode()
-        transport.write(
-            (
-                f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                f"Sec-WebSocket-Version: 13\r\n{self.extra_headers}\r\n"
-            ).encode()
-        )
+        transport.write(upgrade_request(self.extra_headers))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -52,20 +52,13 @@ from pathlib import Path
 from typing import Any
 
 import run
+import servers
 from run import LABELS, Process, missing, percentiles, start_server
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SERVERS = [
-    "trio_wshandler",
-    "trio_wshandler_pure",
-    "websockets_trio",
-    "websockets_trio_pure",
-    "trio_websocket",
-    "websockets_asyncio",
-    "floor",
-    "picows",
-]
+#: every server kind that has the receive-side modes, in servers.py's order
+SERVERS = [kind for kind in servers.SERVERS if kind in servers.MODE_SERVERS]
 #: run.py's servers that do not take part, and why
 NOT_HERE = {
     "floor_batched": "differs from floor only in how it batches broadcast writes",

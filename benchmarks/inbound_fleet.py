@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -49,7 +48,7 @@ import resource
 import sys
 import time
 
-from fleet import HEADER, cpu_seconds, summarize
+from fleet import HEADER, cpu_seconds, summarize, upgrade_request
 
 #: a chat ends once no delivery came for this long (after the last message was sent)
 QUIET = 1.0
@@ -98,14 +97,7 @@ class Client(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        key = base64.b64encode(os.urandom(16)).decode()
-        transport.write(
-            (
-                f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                f"Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
+        transport.write(upgrade_request())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
