@@ -20,6 +20,7 @@ from ._errors import (
 )
 from ._extensions import DeflateAgreement, DeflateOptions
 from ._handler import WebSocketHandler
+from ._history import HistoryOptions, Position, Recovery, default_envelope
 from ._http import HttpHandler, HttpLimits
 from ._options import ConnectionLimits
 from ._prometheus import PrometheusHandler
@@ -47,11 +48,14 @@ __all__ = [
     "Frame",
     "FrameAction",
     "HandlerStats",
+    "HistoryOptions",
     "HttpHandler",
     "HttpLimits",
     "Listener",
     "Opcode",
+    "Position",
     "PrometheusHandler",
+    "Recovery",
     "RedisBackplane",
     "Request",
     "Response",
@@ -63,5 +67,6 @@ __all__ = [
     "WebSocketHandlerError",
     "__version__",
     "codec",
+    "default_envelope",
     "serve",
 ]

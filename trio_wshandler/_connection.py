@@ -19,7 +19,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._core import ConnectionCore
+from ._history import Position, Recovery
 from ._reader import FrameAction
+from ._recovery import subscribe_from
 from ._state import OPEN
 from ._types import CallContext, Request
 from .codec import CloseCode, DataLike, Frame, Opcode, encode_message
@@ -220,3 +222,20 @@ class WebSocketConnection:
     def unsubscribe(self, topic: str) -> None:
         """Stop receiving ``topic`` (not subscribed: no-op)."""
         self._core.unsubscribe(topic)
+
+    async def subscribe_from(self, topic: str, since: Position | None = None) -> Recovery:
+        """Subscribe to ``topic``, a topic with history, first replaying what this connection's
+        client missed after ``since``, its last position (None: a first subscription).
+
+        The replay is all or nothing: ``recovered`` is true only if the epoch matches and every
+        publication of the gap was still kept (and the gap is within ``max_recover``); then the
+        client gets exactly those, in order, then the live ones, none twice.  Otherwise nothing
+        is replayed (the client reloads from its own source) and ``reason`` says why.  Either
+        way the subscription is live and ``position`` is the topic's position now.
+
+        :raises ValueError: the topic keeps no history (the handler's ``history=``).
+        :raises ConnectionClosedError: the connection is closing or closed; also when the
+            topic's publications outran the replay (closed with 1013: subscribe again).
+        """
+        core = self._core
+        return await subscribe_from(core, core.hub.history, core.counters, topic, since)

@@ -20,6 +20,7 @@ from ._auth import AbstractAuthenticator
 from ._backplane import RedisBackplane
 from ._connection import WebSocketConnection
 from ._extensions import DeflateOptions, negotiate_deflate
+from ._history import HistoryLike, ProcessHistory
 from ._hub import Hub
 from ._lifecycle import prepare_connection, refuse_after_101, run_connection
 from ._listener_tasks import ListenerTasks, open_listener_tasks
@@ -85,6 +86,11 @@ class WebSocketHandler(HandlerSettings):
     ``backplane`` (None)
         a :class:`RedisBackplane`: ``send_all``, ``publish``, ``send_one`` and ``stop_one``
         then reach the clients of every process (docs/scaling.md).
+    ``history`` (None)
+        the topics that keep a history of their publications, so that a client that comes back
+        gets what it missed (:meth:`WebSocketConnection.subscribe_from`): a mapping of topic
+        names to :class:`HistoryOptions`, or a function of the name that returns one or None.
+        Kept in this process's memory; not combined with a ``backplane`` yet (ValueError).
     ``name`` ("websocket")
         what :meth:`stats` and the ``handler`` label of Prometheus metrics call this handler.
     ``logger``
@@ -112,6 +118,7 @@ class WebSocketHandler(HandlerSettings):
         origins: OriginsLike | None = None,
         require_origin: bool = False,
         backplane: RedisBackplane | None = None,
+        history: HistoryLike | None = None,
         name: str = "websocket",
         logger: logging.Logger | None = None,
     ) -> None:
@@ -157,6 +164,8 @@ class WebSocketHandler(HandlerSettings):
         self._hub = Hub(self, compression)
         self._counters = self._hub.counters
         self._registry: ConnectionRegistry[WebSocketConnection] = self._hub.registry
+        if history is not None:
+            self._hub.keep_history(ProcessHistory(history))
         #: the :class:`RedisBackplane` that connects this handler to other processes, or None
         self.backplane: RedisBackplane | None = None
         if backplane is not None:

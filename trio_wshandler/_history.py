@@ -16,9 +16,11 @@ publications (``size``), age (``ttl``) and payload bytes (``max_bytes``).
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from itertools import islice
 from typing import Any
 
@@ -27,12 +29,15 @@ import attrs
 __all__ = [
     "MAX_RECOVER",
     "REASONS",
+    "HistoryLike",
     "HistoryOptions",
     "Position",
+    "ProcessHistory",
     "Publication",
     "Recovery",
     "TopicHistory",
     "decide",
+    "default_envelope",
     "new_epoch",
 ]
 
@@ -42,6 +47,22 @@ MAX_RECOVER = 300
 #: Why a recovery that was asked for failed: the position is from another history (or ahead of
 #: this one), the gap is no longer all kept, or it is longer than ``max_recover``.
 REASONS = ("epoch", "too_old", "too_many")
+
+
+#: ``(topic, position, data) -> message``: what a publication on a topic with history is sent as
+Envelope = Callable[[str, "Position", "str | bytes"], "str | bytes"]
+
+
+def default_envelope(topic: str, position: Position, data: str | bytes) -> str:
+    """``{"topic": ..., "offset": ..., "epoch": ..., "data": ...}`` as JSON text; published bytes
+    go base64-encoded in ``"data_b64"`` instead of ``"data"``.  Every message carries its
+    position, so a client always knows where it stands (and what to ask for on reconnect)."""
+    body: dict[str, object] = {"topic": topic, "offset": position.offset, "epoch": position.epoch}
+    if isinstance(data, str):
+        body["data"] = data
+    else:
+        body["data_b64"] = base64.b64encode(data).decode("ascii")
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
 def new_epoch() -> str:
@@ -73,15 +94,25 @@ class HistoryOptions:
     """How much of a topic's past is kept, and how much one recovery may replay.
 
     ``size``: publications kept (the oldest go first); ``ttl``: seconds a publication is kept;
-    ``max_bytes``: payload bytes kept (text counted as its UTF-8 length); ``max_recover``: the
-    longest gap one recovery replays (a longer one fails with "too_many": the client reloads,
-    which is cheaper for both sides than a replay of thousands of messages).
+    ``max_bytes``: bytes kept, of the messages as sent (text counted as its UTF-8 length);
+    ``max_recover``: the longest gap one recovery replays (a longer one fails with "too_many":
+    the client reloads, which is cheaper for both sides than a replay of thousands of messages);
+    ``envelope``: ``(topic, position, data) -> str | bytes``, the message a publication is sent
+    as (default: :func:`default_envelope`), made once per publication, kept and replayed as is.
     """
 
     size: int = attrs.field(validator=_at_least(1))
     ttl: float = attrs.field(validator=_at_least(0.001))
     max_recover: int = attrs.field(default=MAX_RECOVER, validator=_at_least(0))
     max_bytes: int = attrs.field(default=1 << 20, validator=_at_least(1))
+    envelope: Envelope | None = attrs.field(default=None, eq=False)
+
+    def wrap(self, topic: str, position: Position, data: str | bytes) -> str | bytes:
+        """The message subscribers get for a publication: ``envelope(topic, position, data)``,
+        or :func:`default_envelope`'s JSON text."""
+        if self.envelope is None:
+            return default_envelope(topic, position, data)
+        return self.envelope(topic, position, data)
 
 
 @attrs.frozen
@@ -192,3 +223,63 @@ class TopicHistory:
         # the ring holds consecutive offsets, first_kept first: the gap starts at a known index
         missed = list(islice(self._items, since.offset + 1 - first_kept, None))
         return Recovery(True, top, len(missed)), missed
+
+
+#: What a handler's ``history=`` option takes: the topics that keep history and how, as a
+#: mapping of names, or a function of the name (None: no history for that topic).
+HistoryLike = Mapping[str, HistoryOptions] | Callable[[str], "HistoryOptions | None"]
+
+
+class ProcessHistory:
+    """The histories of one handler's topics, in this process's memory.
+
+    A topic's ring is made when it is first published to or recovered from (a topic name costs
+    its ring's few hundred bytes for as long as the process runs, plus what it keeps).
+    """
+
+    __slots__ = ("_options", "_topics")
+
+    def __init__(self, history: HistoryLike) -> None:
+        if isinstance(history, Mapping):
+            for topic, options in history.items():
+                if not isinstance(options, HistoryOptions):
+                    raise TypeError(f"history[{topic!r}] is not a HistoryOptions: {options!r}")
+            self._options: Callable[[str], HistoryOptions | None] = history.get
+        elif callable(history):
+            self._options = history
+        else:
+            raise TypeError(f"history is a mapping or a callable, not {history!r}")
+        self._topics: dict[str, TopicHistory] = {}
+
+    def options(self, topic: str) -> HistoryOptions | None:
+        """How ``topic`` keeps history, or None if it keeps none."""
+        options = self._options(topic)
+        if options is not None and not isinstance(options, HistoryOptions):
+            raise TypeError(f"history({topic!r}) returned {options!r}, not a HistoryOptions")
+        return options
+
+    def _ring(self, topic: str, options: HistoryOptions) -> TopicHistory:
+        ring = self._topics.get(topic)
+        if ring is None:
+            ring = self._topics[topic] = TopicHistory(options)
+        return ring
+
+    def publish(self, topic: str, data: str | bytes, now: float) -> Publication | None:
+        """Keep a publication on ``topic``, wrapped in its envelope (None: no history)."""
+        options = self.options(topic)
+        if options is None:
+            return None
+        ring = self._ring(topic, options)
+        return ring.append(options.wrap(topic, Position(ring.offset + 1, ring.epoch), data), now)
+
+    def recover(
+        self, topic: str, since: Position | None, now: float
+    ) -> tuple[Recovery, list[Publication]]:
+        """:meth:`TopicHistory.recover` on ``topic``.
+
+        :raises ValueError: ``topic`` keeps no history.
+        """
+        options = self.options(topic)
+        if options is None:
+            raise ValueError(f"topic {topic!r} keeps no history (see the handler's history=)")
+        return self._ring(topic, options).recover(since, now)

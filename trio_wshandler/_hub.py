@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import trio
+
 from ._backplane_wire import Envelope, Kind
 from ._errors import UnknownConnectionError
 from ._extensions import DeflateOptions
 from ._fanout import FanOut
+from ._history import ProcessHistory
 from ._options import ConnectionLimits
 from ._registry import ConnectionRegistry
 from ._stats import Counters
@@ -26,6 +29,12 @@ from ._topics import TopicMap
 from .codec import DataLike, message_payload
 
 __all__ = ["NO_REMOTE", "Backplane", "ConnectionHost", "Hub", "Remote"]
+
+#: why a handler cannot have both a history and a backplane yet
+_NO_SHARED_HISTORY = (
+    "topic history is kept in one process's memory: it cannot be combined with a backplane yet"
+    " (the Redis store of issue #19 is not built)"
+)
 
 
 class ConnectionHost(Protocol):
@@ -115,7 +124,7 @@ class Backplane(Remote, Protocol):
 class Hub:
     """A handler's connections, topics, fan-out, counters and route."""
 
-    __slots__ = ("counters", "fanout", "host", "registry", "remote", "topics")
+    __slots__ = ("counters", "fanout", "history", "host", "registry", "remote", "topics")
 
     def __init__(self, host: ConnectionHost, compression: DeflateOptions | None) -> None:
         #: the handler (its settings and hooks)
@@ -125,10 +134,20 @@ class Hub:
         self.registry: ConnectionRegistry[Any] = ConnectionRegistry()
         self.topics = TopicMap()
         self.remote = NO_REMOTE
+        #: the topics' histories (``history=``), or None
+        self.history: ProcessHistory | None = None
+
+    def keep_history(self, history: ProcessHistory) -> None:
+        """Keep the history of the topics ``history`` has options for (before serving)."""
+        if self.remote is not NO_REMOTE:
+            raise ValueError(_NO_SHARED_HISTORY)
+        self.history = history
 
     def connect(self, backplane: Backplane) -> None:
         """Route to other processes through ``backplane`` from now on; it learns of the
         connections and topics of this process as they come and go."""
+        if self.history is not None:
+            raise ValueError(_NO_SHARED_HISTORY)
         backplane.attach(self)
         self.remote = backplane
         self.registry.watch(backplane.joined, backplane.left)
@@ -143,8 +162,16 @@ class Hub:
         return self.fanout.send_payload(self.registry.entries(), payload, opcode)
 
     def publish(self, topic: str, data: DataLike) -> int:
-        """The subscribers of ``topic`` here and in every other process; how many here."""
+        """The subscribers of ``topic`` here and in every other process; how many here.  On a
+        topic with history, the message is kept and sent in its envelope."""
         payload, opcode = message_payload(data)
+        if self.history is not None:
+            kept = self.history.publish(
+                topic, data if isinstance(data, str) else payload, trio.current_time()
+            )
+            if kept is not None:
+                self.counters.history_publications += 1
+                payload, opcode = message_payload(kept.data)
         self.remote.publish_topic(topic, payload, opcode)
         return self.fanout.send_payload(self.topics.subscribers(topic), payload, opcode)
 

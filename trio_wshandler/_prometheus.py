@@ -92,6 +92,28 @@ METRICS: tuple[tuple[str, str, str, str, str], ...] = (
         "Connections closed for an unanswered heartbeat Ping.",
     ),
     ("idle_timeouts", "counter", "idle_timeouts", "", "Connections closed by idle_timeout."),
+    (
+        "history_publications",
+        "counter",
+        "history_publications",
+        "",
+        "Publications kept in a topic's history.",
+    ),
+    ("recoveries", "counter", "recoveries", "", "Subscriptions from a position."),
+    (
+        "recoveries_succeeded",
+        "counter",
+        "recoveries_succeeded",
+        "",
+        "Subscriptions from a position that replayed the whole gap.",
+    ),
+    (
+        "recovery_failures",
+        "counter",
+        "recovery_failures",
+        "reason",
+        "Subscriptions from a position that did not recover, by reason.",
+    ),
 )
 
 #: The backplane's metrics (only for handlers that have one): name, type, field, help.
@@ -220,11 +242,14 @@ def _label_names(snapshots: list[Snapshot]) -> list[str]:
     return names
 
 
-def _grouped(by_code: Mapping[int, int], label: str) -> dict[str, int]:
+def _grouped(by_code: Mapping[int, int] | Mapping[str, int], label: str) -> dict[str, int]:
     """Close codes 3000-4999 are the applications' (a client picks any): exposed as "3xxx" and
     "4xxx", so that a client cannot make a series per code it sends."""
     grouped: dict[str, int] = {}
     for code, count in by_code.items():
-        key = f"{code // 1000}xxx" if label == "code" and 3000 <= code <= 4999 else str(code)
+        if label == "code" and isinstance(code, int) and 3000 <= code <= 4999:
+            key = f"{code // 1000}xxx"
+        else:
+            key = str(code)
         grouped[key] = grouped.get(key, 0) + count
     return grouped

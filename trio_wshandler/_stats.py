@@ -72,6 +72,8 @@ _INT_COUNTERS = (
 _RETIRED = ("retired_writes", "retired_frames", "retired_bytes")
 #: the fields of :class:`Counters` that count by a code (HTTP status or close code)
 _CODE_COUNTERS = ("refused", "close_codes_sent", "close_codes_received", "protocol_errors")
+#: the counters of topic history (see :class:`HandlerStats`); ``recovery_failures`` by reason
+_HISTORY = ("history_publications", "recoveries", "recoveries_succeeded")
 
 
 class Counters:
@@ -81,7 +83,7 @@ class Counters:
     the package reads them through :meth:`WebSocketHandler.stats`.
     """
 
-    __slots__ = (*_INT_COUNTERS, *_CODE_COUNTERS, *_RETIRED)
+    __slots__ = (*_INT_COUNTERS, *_CODE_COUNTERS, *_RETIRED, *_HISTORY, "recovery_failures")
 
     def __init__(self) -> None:
         self.upgrades = 0
@@ -100,6 +102,13 @@ class Counters:
         self.close_codes_received: dict[int, int] = {}
         self.protocol_errors: dict[int, int] = {}
         self.retired_writes = self.retired_frames = self.retired_bytes = 0
+        self.history_publications = self.recoveries = self.recoveries_succeeded = 0
+        self.recovery_failures: dict[str, int] = {}
+
+    def recovery_failed(self, reason: str) -> None:
+        """A subscription from a position did not recover (``reason``: epoch, too_old,
+        too_many, or overrun: the topic outran the replay)."""
+        self.recovery_failures[reason] = self.recovery_failures.get(reason, 0) + 1
 
     def response(self, status: int) -> None:
         """The handler's answer to an HTTP request went out: 101 is an upgrade."""
@@ -210,6 +219,16 @@ class HandlerStats:
     idle_timeouts: int
     #: the backplane's counters, or None without one
     backplane: BackplaneStats | None = None
+    #: publications kept in a topic's history (``history=``)
+    history_publications: int = 0
+    #: subscriptions from a position (``subscribe_from`` with ``since``)
+    recoveries: int = 0
+    #: those that replayed the whole gap
+    recoveries_succeeded: int = 0
+    #: those that did not, by reason: "epoch" (another history), "too_old" (the gap is no longer
+    #: kept), "too_many" (longer than ``max_recover``), "overrun" (the topic outran the replay:
+    #: closed with 1013)
+    recovery_failures: Mapping[str, int] = attrs.field(factory=lambda: MappingProxyType({}))
 
     @property
     def frames_per_write(self) -> float:
@@ -242,6 +261,11 @@ class HandlerStats:
         values: dict[str, Any] = {field: getattr(counters, field) for field in _INT_COUNTERS}
         for field in _CODE_COUNTERS:
             values[field] = _frozen_codes(getattr(counters, field))
+        for field in _HISTORY:
+            values[field] = getattr(counters, field)
+        values["recovery_failures"] = MappingProxyType(
+            dict(sorted(counters.recovery_failures.items()))
+        )
         return cls(
             name=name,
             connections=live,
@@ -260,6 +284,7 @@ class HandlerStats:
         for field in _CODE_COUNTERS:
             data[field] = {str(code): n for code, n in data[field].items()}
         data["backplane"] = None if self.backplane is None else attrs.asdict(self.backplane)
+        data["recovery_failures"] = dict(self.recovery_failures)
         return data
 
     @classmethod
@@ -269,6 +294,7 @@ class HandlerStats:
         values = {k: v for k, v in data.items() if k in known}
         for field in _CODE_COUNTERS:
             values[field] = _frozen_codes({int(k): v for k, v in values[field].items()})
+        values["recovery_failures"] = MappingProxyType(dict(values.get("recovery_failures", {})))
         if values.get("backplane") is not None:
             values["backplane"] = BackplaneStats(**values["backplane"])
         return cls(**values)
