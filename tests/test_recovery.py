@@ -263,3 +263,18 @@ async def test_the_history_counters_reach_prometheus_and_survive_to_dict() -> No
     stats = handler.stats()
     assert HandlerStats.from_dict(json.loads(json.dumps(stats.to_dict()))) == stats
     assert dict(stats.recovery_failures) == {"epoch": 1, "too_old": 1}
+
+
+async def test_subscribing_again_from_a_position_replaces_the_live_subscription() -> None:
+    """Already subscribed: the replay from ``since`` is not doubled by the live feed."""
+    handler = RecordingHandler(history={"room": ROOM})
+    async with running(handler) as server, RawClient.connect(server.port) as client:
+        [connection] = await handler.wait_connections(1)
+        start = (await connection.subscribe_from("room")).position
+        for i in range(3):
+            handler.publish("room", str(i))
+        recovery = await connection.subscribe_from("room", start)
+        handler.publish("room", "3")
+        got = [json.loads((await client.receive_frame()).payload)["data"] for _ in range(7)]
+    assert recovery == Recovery(True, Position(3, start.epoch), 3)
+    assert got == ["0", "1", "2", "0", "1", "2", "3"]  # live, then the replay asked for, then live

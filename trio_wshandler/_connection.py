@@ -231,7 +231,9 @@ class WebSocketConnection:
         publication of the gap was still kept (and the gap is within ``max_recover``); then the
         client gets exactly those, in order, then the live ones, none twice.  Otherwise nothing
         is replayed (the client reloads from its own source) and ``reason`` says why.  Either
-        way the subscription is live and ``position`` is the topic's position now.
+        way the subscription is live and ``position`` is the topic's position now.  A
+        subscription to the topic that the connection already has is replaced (the replay
+        starts from ``since`` whatever it was sent before).
 
         :raises ValueError: the topic keeps no history (the handler's ``history=``).
         :raises ConnectionClosedError: the connection is closing or closed; also when the

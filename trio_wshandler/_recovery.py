@@ -40,6 +40,8 @@ class Recovering(Protocol):
 
     def subscribe(self, topic: str) -> None: ...
 
+    def unsubscribe(self, topic: str) -> None: ...
+
     def stop(self, code: int, reason: str) -> None: ...
 
 
@@ -61,6 +63,7 @@ async def subscribe_from(
     if history is None:
         raise ValueError("this handler keeps no topic history (WebSocketHandler(history=...))")
     recovery, missed = history.recover(topic, since, trio.current_time())
+    connection.unsubscribe(topic)  # a live subscription would deliver the gap a second time
     if since is not None:
         counters.recoveries += 1
     if not recovery.recovered:
