@@ -130,10 +130,11 @@ BENCH_DEPS = ["-e", ".[bench,redis]"]
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """The side-by-side benchmark of what servers send (about 15 minutes), then of what they
-    receive (echo, uploads, a chat room: about 10 minutes), then the operations benchmark (the
-    counters' cost, 1 and 2 workers: about 5 minutes); ``nox -s bench -- --quick``: smoke run
-    (other arguments go to run.py)."""
+    """The side-by-side benchmark of what servers send (about 8 minutes), then of what they
+    receive (echo, uploads, a chat room: about 10 minutes), the operations benchmark (the
+    counters' cost, 1 and 2 workers: about 10 minutes), garbage collection at 10,000
+    connections (about 5 minutes) and topic history in one process (about a minute);
+    ``nox -s bench -- --quick``: smoke run (other arguments go to run.py)."""
     session.install(*BENCH_DEPS)
     binary = redis_server(session)
     env = {"REDIS_SERVER": binary} if binary else {}
@@ -141,6 +142,8 @@ def bench(session: nox.Session) -> None:
     quick = ["--quick"] if "--quick" in session.posargs else []
     session.run("python", "benchmarks/inbound.py", *quick, env=env)
     session.run("python", "benchmarks/operations.py", *quick, env=env)
+    session.run("python", "benchmarks/gc_pauses.py", *quick, env=env)
+    session.run("python", "benchmarks/history.py", *quick, env=env)
 
 
 @nox.session(name="bench_smoke", python="3.11")
@@ -155,3 +158,4 @@ def bench_smoke(session: nox.Session) -> None:
     session.run("python", "benchmarks/inbound.py", "--quick", "--out", f"{out}/inbound", env=env)
     # exits non-zero if a round lost deliveries
     session.run("python", "benchmarks/operations.py", "--quick", "--out", f"{out}/ops", env=env)
+    session.run("python", "benchmarks/history.py", "--quick", "--out", f"{out}/history")
