@@ -24,6 +24,7 @@ from ._history import HistoryOptions, Position, Recovery, default_envelope
 from ._http import HttpHandler, HttpLimits
 from ._options import ConnectionLimits
 from ._prometheus import PrometheusHandler
+from ._pubsub import PubSubConnection
 from ._registry import ConnectionRegistry
 from ._server import Listener, Server, serve
 from ._stats import BackplaneStats, HandlerStats
@@ -55,6 +56,7 @@ __all__ = [
     "Opcode",
     "Position",
     "PrometheusHandler",
+    "PubSubConnection",
     "Recovery",
     "RedisBackplane",
     "Request",

@@ -16,8 +16,10 @@ the connection is closed with 1013 (try again later), the client reconnects and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
+import attrs
 import trio
 
 from ._errors import ConnectionClosedError
@@ -51,8 +53,13 @@ async def subscribe_from(
     counters: Counters,
     topic: str,
     since: Position | None,
+    announce: Callable[[Recovery], None] | None = None,
 ) -> Recovery:
     """Subscribe ``connection`` to ``topic`` after replaying what it missed since ``since``.
+
+    ``announce`` is called with the decision before anything is replayed (what it sends goes
+    first: a protocol's answer to the subscription, ``_pubsub.py``); its ``replayed`` is the
+    gap found then, its ``position`` the topic's position then.
 
     :raises ValueError: the topic keeps no history.
     :raises ConnectionClosedError: the connection closed (or the replay was overtaken, 1013).
@@ -64,6 +71,8 @@ async def subscribe_from(
         raise ValueError("this handler keeps no topic history (WebSocketHandler(history=...))")
     recovery, missed = history.recover(topic, since, trio.current_time())
     connection.unsubscribe(topic)  # a live subscription would deliver the gap a second time
+    if announce is not None:
+        announce(attrs.evolve(recovery, replayed=len(missed)))
     if since is not None:
         counters.recoveries += 1
     if not recovery.recovered:
