@@ -1,10 +1,12 @@
 """The chat demo in a real browser: headless Chromium (Debian's package) driven by playwright.
 
 Two pages join the demo (``python -m trio_wshandler demo`` as a process), each sends a
-message, both see both, one page closes and the other sees it leave; the browser negotiates
-permessage-deflate.  A screenshot of the two pages is saved under ``reports/browser/`` (a
-test artefact).  Skipped, saying why, without playwright or a Chromium binary
-(``.ci/run`` installs Debian's ``chromium`` when it runs as root).
+message, both see both; one page loses its connection while the other chats, reconnects by
+itself and shows the lines it missed, once each, in order (topic history); one page closes and
+the other sees it leave; the browser negotiates permessage-deflate.  Screenshots of the pages
+are saved under ``reports/browser/`` (test artefacts).  Skipped, saying why, without
+playwright or a Chromium binary (``.ci/run`` installs Debian's ``chromium`` when it runs as
+root).
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def test_two_pages_chat_in_chromium(demo: str) -> None:
             wait_line(a, f"{nicks['B']} joined")
             # the browser offered permessage-deflate and the server accepted it
             for page in (a, b):
-                extensions = page.evaluate("ws.extensions")
+                extensions = page.evaluate("client.ws.extensions")
                 assert extensions.startswith("permessage-deflate"), extensions
             long_text = "[" + ", ".join(f'{{"id": {i}, "price": {i}.5}}' for i in range(40)) + "]"
             a.fill("#text", "hello from A")
@@ -123,6 +125,27 @@ def test_two_pages_chat_in_chromium(demo: str) -> None:
             ARTEFACTS.mkdir(parents=True, exist_ok=True)
             for name, page in (("a", a), ("b", b)):
                 page.screenshot(path=str(ARTEFACTS / f"page_{name}.png"))
+            # A loses its connection (for a second at least); B chats meanwhile; A comes back
+            # by itself and shows what it missed
+            a.evaluate("client.minDelay = 2000; client.ws.close()")
+            a.wait_for_function(
+                "document.getElementById('status').textContent === 'disconnected'",
+                timeout=WAIT_MS,
+            )
+            for text in ("while you were away 1", "while you were away 2"):
+                b.fill("#text", text)
+                b.press("#text", "Enter")
+                wait_line(b, f"{nicks['B']}: {text}")
+            assert not any("while you were away" in line for line in lines(a))
+            wait_line(a, "reconnected: recovered ")
+            for text in ("while you were away 1", "while you were away 2"):
+                wait_line(a, f"{nicks['B']}: {text}")
+            shown = lines(a)
+            assert len(shown) == len(set(shown)), shown  # nothing shown twice
+            assert shown.index(f"{nicks['B']}: while you were away 1") < shown.index(
+                f"{nicks['B']}: while you were away 2"
+            )
+            a.screenshot(path=str(ARTEFACTS / "page_a_recovered.png"))
             b.close()
             wait_line(a, f"{nicks['B']} left")
             a.screenshot(path=str(ARTEFACTS / "page_a_after_b_left.png"))

@@ -26,7 +26,12 @@ async def test_demo_chat_room_process() -> None:
             port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
         )
         assert status == 200 and headers["content-type"].startswith("text/html")
-        assert b"new WebSocket" in body and b"/ws" in body
+        assert b'src="pubsub.js"' in body and b"/ws" in body
+        status, headers, script = await raw_http(
+            port, b"GET /pubsub.js HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        assert status == 200 and headers["content-type"].startswith("text/javascript")
+        assert b"new WebSocket" in script and b"class TrioPubSub" in script
         async with (
             connect(f"ws://127.0.0.1:{port}/ws") as alice,
             connect(f"ws://127.0.0.1:{port}/ws") as bob,
