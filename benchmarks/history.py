@@ -25,9 +25,7 @@ each window (a window whose bytes do not all arrive fails the run).
 from __future__ import annotations
 
 import argparse
-import base64
 import json
-import os
 import resource
 import socket
 import statistics
@@ -37,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from counters_harness import drain, raw_clients
 from operations import median_interval
 
 from trio_wshandler import (
@@ -59,36 +58,6 @@ def frame_size(payload: int) -> int:
 def envelope_frame(offset: int) -> int:
     """The frame size of publication ``offset`` of ``h`` (an epoch is 16 characters)."""
     return frame_size(len(default_envelope("h", Position(offset, "0" * 16), TEXT).encode()))
-
-
-def raw_clients(port: int, n: int) -> list[socket.socket]:
-    clients = []
-    for _ in range(n):
-        sock = socket.create_connection(("127.0.0.1", port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        sock.sendall(
-            (
-                "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-        clients.append(sock)
-    return clients
-
-
-def drain(clients: list[socket.socket]) -> int:
-    total = 0
-    for sock in clients:
-        while True:
-            try:
-                data = sock.recv(1 << 20)
-            except BlockingIOError:
-                break
-            if not data:
-                break
-            total += len(data)
-    return total
 
 
 class Bench:
