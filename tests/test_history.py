@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import attrs
 import pytest
 from hypothesis import given, settings
@@ -11,6 +13,7 @@ from trio_wshandler._history import (
     MAX_RECOVER,
     HistoryOptions,
     Position,
+    ProcessHistory,
     Publication,
     Recovery,
     TopicHistory,
@@ -196,3 +199,28 @@ def test_decide_is_the_rule_every_store_uses() -> None:
     assert decide(Position(7, "E"), top, first_kept=9, max_recover=3) == "too_old"
     assert decide(Position(6, "E"), top, first_kept=1, max_recover=3) == "too_many"
     assert decide(Position(7, "X"), top, first_kept=1, max_recover=3) == "epoch"
+
+
+def test_a_process_keeps_rings_only_for_topics_published_to() -> None:
+    """Subscribing (recovering) creates nothing: a client that asks for many names costs no
+    memory; a topic nothing was published to is at (0, the process's epoch)."""
+    history = ProcessHistory(
+        lambda topic: HistoryOptions(size=5, ttl=60) if topic.startswith("room:") else None
+    )
+    for i in range(1000):
+        recovery, missed = history.recover(f"room:{i}", None, now=0.0)
+        assert recovery.position == Position(0, history.epoch) and missed == []
+    assert len(history) == 0
+    history.publish("room:1", "hello", lambda: 0.0)
+    assert len(history) == 1
+    recovery, missed = history.recover("room:1", Position(0, history.epoch), now=0.0)
+    envelope = {"topic": "room:1", "offset": 1, "epoch": history.epoch, "data": "hello"}
+    assert recovery.recovered and [json.loads(p.data) for p in missed] == [envelope]
+    assert history.publish("news", "x", lambda: 1 / 0) is None  # no history: no clock read
+
+
+def test_offsets_are_whole_numbers() -> None:
+    with pytest.raises(ValueError, match="offset"):
+        Position(1.5, "E")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="size"):
+        HistoryOptions(size=2.5, ttl=1)  # type: ignore[arg-type]

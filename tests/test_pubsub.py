@@ -94,6 +94,7 @@ async def test_bad_commands_are_answered_and_the_connection_stays() -> None:
     async with running(handler) as server, connect(ws_url(server)) as ws:
         cases: list[tuple[Any, str]] = [
             ("not json", "not JSON"),
+            ("[" * 100_000, "not JSON"),  # deeper than Python parses: an answer, not a 1011
             (b"\x00", "JSON text"),
             ("[1, 2]", '"op"'),
             ({"op": "subscribe"}, '"topic"'),

@@ -265,16 +265,49 @@ async def test_the_history_counters_reach_prometheus_and_survive_to_dict() -> No
     assert dict(stats.recovery_failures) == {"epoch": 1, "too_old": 1}
 
 
-async def test_subscribing_again_from_a_position_replaces_the_live_subscription() -> None:
-    """Already subscribed: the replay from ``since`` is not doubled by the live feed."""
-    handler = RecordingHandler(history={"room": ROOM})
+async def test_a_live_subscription_is_replaced_so_the_replay_is_not_doubled() -> None:
+    """The connection is subscribed (live) when it asks for a replay that must wait for room;
+    small publications made meanwhile would fit its queue: had the live subscription stayed,
+    they would arrive live and again in the replay's catch-up.  Each offset arrives once."""
+    handler = RecordingHandler(
+        history={"room": HistoryOptions(size=1000, ttl=60, max_bytes=100 << 20)},
+        max_queue_bytes=64 * 1024,
+    )
+    big = "z" * 16384
     async with running(handler) as server, RawClient.connect(server.port) as client:
         [connection] = await handler.wait_connections(1)
-        start = (await connection.subscribe_from("room")).position
-        for i in range(3):
-            handler.publish("room", str(i))
-        recovery = await connection.subscribe_from("room", start)
-        handler.publish("room", "3")
-        got = [json.loads((await client.receive_frame()).payload)["data"] for _ in range(7)]
-    assert recovery == Recovery(True, Position(3, start.epoch), 3)
-    assert got == ["0", "1", "2", "0", "1", "2", "3"]  # live, then the replay asked for, then live
+        for i in range(100):  # before the connection subscribes: kept only
+            handler.publish("room", f"{i}:{big}")
+        top = (await connection.subscribe_from("room")).position  # live from offset 100
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection.subscribe_from, "room", Position(0, top.epoch))
+            await trio.sleep(0.2)  # the replay waits for room; the client reads nothing
+            assert connection.topics == frozenset()  # not live while it replays
+            for i in range(100, 105):
+                handler.publish("room", f"{i}:small")
+            got = [json.loads((await client.receive_frame()).payload) for _ in range(105)]
+        assert [e["offset"] for e in got] == list(range(1, 106))
+        assert connection.topics == {"room"}
+
+
+async def test_a_replay_cancelled_half_way_closes_with_1013() -> None:
+    """Cancelled while it waits for room, the replay leaves the client with part of the gap and
+    no live feed: the connection is closed with 1013 rather than left looking complete."""
+    handler = RecordingHandler(
+        history={"room": HistoryOptions(size=1000, ttl=60, max_bytes=100 << 20)},
+        max_queue_bytes=64 * 1024,
+    )
+    big = "c" * 16384
+    async with running(handler) as server, RawClient.connect(server.port) as client:
+        [connection] = await handler.wait_connections(1)
+        for i in range(100):
+            handler.publish("room", f"{i}:{big}")
+        epoch = (await connection.subscribe_from("room")).position.epoch
+        with trio.move_on_after(0.2) as scope:
+            await connection.subscribe_from("room", Position(0, epoch))
+        assert scope.cancelled_caught
+        offsets = []
+        while (frame := await client.receive_frame()).opcode == Opcode.TEXT:
+            offsets.append(json.loads(frame.payload)["offset"])
+        assert frame.close_code == OVERRUN_CLOSE
+        assert offsets == list(range(1, len(offsets) + 1)) and len(offsets) < 100

@@ -88,7 +88,7 @@ class ChatConnection(PubSubConnection):
         text = message if isinstance(message, str) else message.decode("utf-8", "replace")
         try:
             command = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             command = None
         if not isinstance(command, dict) or "op" not in command:
             self.say("chat", text, **{"from": self.nick})

@@ -22,7 +22,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable, Mapping
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -70,11 +70,17 @@ def new_epoch() -> str:
     return secrets.token_hex(8)
 
 
-def _at_least(minimum: float) -> Callable[[object, attrs.Attribute[Any], Any], None]:
-    """An attrs validator: a number (not a bool) of at least ``minimum``."""
+def _at_least(
+    minimum: float, kinds: type | tuple[type, ...] = (int, float)
+) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+    """An attrs validator: a number of ``kinds`` (never a bool) of at least ``minimum``."""
 
     def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= minimum:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, kinds)
+            or not cast(float, value) >= minimum
+        ):
             raise ValueError(f"{attribute.name} must be a number >= {minimum}, got {value!r}")
 
     return check
@@ -85,7 +91,7 @@ class Position:
     """Where a topic's history stands: the offset of its last publication (0 before the first)
     and the epoch it counts in."""
 
-    offset: int = attrs.field(validator=_at_least(0))
+    offset: int = attrs.field(validator=_at_least(0, int))
     epoch: str = attrs.field(validator=attrs.validators.instance_of(str))
 
 
@@ -101,10 +107,10 @@ class HistoryOptions:
     as (default: :func:`default_envelope`), made once per publication, kept and replayed as is.
     """
 
-    size: int = attrs.field(validator=_at_least(1))
+    size: int = attrs.field(validator=_at_least(1, int))
     ttl: float = attrs.field(validator=_at_least(0.001))
-    max_recover: int = attrs.field(default=MAX_RECOVER, validator=_at_least(0))
-    max_bytes: int = attrs.field(default=1 << 20, validator=_at_least(1))
+    max_recover: int = attrs.field(default=MAX_RECOVER, validator=_at_least(0, int))
+    max_bytes: int = attrs.field(default=1 << 20, validator=_at_least(1, int))
     envelope: Envelope | None = attrs.field(default=None, eq=False)
 
     def wrap(self, topic: str, position: Position, data: str | bytes) -> str | bytes:
@@ -231,13 +237,15 @@ HistoryLike = Mapping[str, HistoryOptions] | Callable[[str], "HistoryOptions | N
 
 
 class ProcessHistory:
-    """The histories of one handler's topics, in this process's memory.
+    """The histories of one handler's topics, in this process's memory, under one epoch drawn
+    when it is made (a new process: a new epoch for every topic).
 
-    A topic's ring is made when it is first published to or recovered from (a topic name costs
-    its ring's few hundred bytes for as long as the process runs, plus what it keeps).
+    A topic's ring is made by its first publication, never by a subscription: a client that
+    subscribes to many names costs nothing here.  A topic nothing was published to has the
+    position ``(0, epoch)``.  What a ring keeps past its ``ttl`` is let go at its next use.
     """
 
-    __slots__ = ("_options", "_topics")
+    __slots__ = ("_options", "_topics", "epoch")
 
     def __init__(self, history: HistoryLike) -> None:
         if isinstance(history, Mapping):
@@ -250,6 +258,11 @@ class ProcessHistory:
         else:
             raise TypeError(f"history is a mapping or a callable, not {history!r}")
         self._topics: dict[str, TopicHistory] = {}
+        self.epoch = new_epoch()
+
+    def __len__(self) -> int:
+        """How many topics have a ring (were published to)."""
+        return len(self._topics)
 
     def options(self, topic: str) -> HistoryOptions | None:
         """How ``topic`` keeps history, or None if it keeps none."""
@@ -258,19 +271,19 @@ class ProcessHistory:
             raise TypeError(f"history({topic!r}) returned {options!r}, not a HistoryOptions")
         return options
 
-    def _ring(self, topic: str, options: HistoryOptions) -> TopicHistory:
-        ring = self._topics.get(topic)
-        if ring is None:
-            ring = self._topics[topic] = TopicHistory(options)
-        return ring
-
-    def publish(self, topic: str, data: str | bytes, now: float) -> Publication | None:
-        """Keep a publication on ``topic``, wrapped in its envelope (None: no history)."""
+    def publish(
+        self, topic: str, data: str | bytes, clock: Callable[[], float]
+    ) -> Publication | None:
+        """Keep a publication on ``topic``, wrapped in its envelope (None: no history;
+        ``clock`` is read only for a topic that keeps one)."""
         options = self.options(topic)
         if options is None:
             return None
-        ring = self._ring(topic, options)
-        return ring.append(options.wrap(topic, Position(ring.offset + 1, ring.epoch), data), now)
+        ring = self._topics.get(topic)
+        if ring is None:
+            ring = self._topics[topic] = TopicHistory(options, self.epoch)
+        position = Position(ring.offset + 1, ring.epoch)
+        return ring.append(options.wrap(topic, position, data), clock())
 
     def recover(
         self, topic: str, since: Position | None, now: float
@@ -282,4 +295,7 @@ class ProcessHistory:
         options = self.options(topic)
         if options is None:
             raise ValueError(f"topic {topic!r} keeps no history (see the handler's history=)")
-        return self._ring(topic, options).recover(since, now)
+        ring = self._topics.get(topic)
+        if ring is None:  # nothing published yet: an empty history, made by nothing
+            ring = TopicHistory(options, self.epoch)
+        return ring.recover(since, now)

@@ -167,7 +167,7 @@ class Hub:
         payload, opcode = message_payload(data)
         if self.history is not None:
             kept = self.history.publish(
-                topic, data if isinstance(data, str) else payload, trio.current_time()
+                topic, data if isinstance(data, str) else payload, trio.current_time
             )
             if kept is not None:
                 self.counters.history_publications += 1

@@ -122,7 +122,7 @@ def _parse(message: str | bytes) -> dict[str, Any]:
         raise ValueError("commands are JSON text messages")
     try:
         command = json.loads(message)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python parses
         raise ValueError("not JSON") from None
     if not isinstance(command, dict) or not isinstance(command.get("op"), str):
         raise ValueError('a command is a JSON object with an "op"')

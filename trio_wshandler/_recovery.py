@@ -11,7 +11,8 @@ subscribed in the same step as the read that finds nothing more (no checkpoint b
 nothing published can fall between the replay and the live feed).  If the history moved on past
 what the connection has taken (its client reads more slowly than the topic is published to, so
 the gap fell out of the history or grew past ``max_recover``), the replay cannot be completed:
-the connection is closed with 1013 (try again later), the client reconnects and asks again.
+the connection is closed with 1013 (try again later), the client reconnects and asks again;
+the same if the replay is cancelled or fails half-way (the client has part of the gap only).
 """
 
 from __future__ import annotations
@@ -82,19 +83,25 @@ async def subscribe_from(
         await trio.lowlevel.checkpoint()
         return recovery
     replayed, position = 0, recovery.position
-    while missed:
-        for publication in missed:
-            await connection.send_wait(publication.data)
-        replayed += len(missed)
-        last = missed[-1].position
-        catch_up, missed = history.recover(topic, last, trio.current_time())
-        position = catch_up.position
-        if not catch_up.recovered:
-            counters.recovery_failed("overrun")
-            connection.stop(OVERRUN_CLOSE, "history overrun: subscribe again")
-            raise ConnectionClosedError(
-                f"the replay of {topic!r} was overtaken by its publications: closed with 1013"
-            )
+    try:
+        while missed:
+            for publication in missed:
+                await connection.send_wait(publication.data)
+            replayed += len(missed)
+            last = missed[-1].position
+            catch_up, missed = history.recover(topic, last, trio.current_time())
+            position = catch_up.position
+            if not catch_up.recovered:
+                counters.recovery_failed("overrun")
+                connection.stop(OVERRUN_CLOSE, "history overrun: subscribe again")
+                raise ConnectionClosedError(
+                    f"the replay of {topic!r} was overtaken by its publications: closed with 1013"
+                )
+    except BaseException:
+        # cancelled or failed half-way: the client has part of the gap and no live feed; it
+        # must not take that for the whole (a 1013 tells it to subscribe again)
+        connection.stop(OVERRUN_CLOSE, "replay interrupted: subscribe again")
+        raise
     connection.subscribe(topic)
     counters.recoveries_succeeded += 1
     await trio.lowlevel.checkpoint()

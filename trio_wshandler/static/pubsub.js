@@ -34,10 +34,15 @@
 
     connect() {
       this.status("connecting");
-      const ws = new WebSocket(this.url);
+      let ws;
+      try {
+        ws = new WebSocket(this.url);
+      } catch (e) {
+        this.reconnectLater();
+        return;
+      }
       this.ws = ws;
       ws.onopen = () => {
-        this.attempt = 0;
         this.status("connected");
         for (const topic of this.topics.keys()) this.sendSubscribe(topic);
       };
@@ -96,6 +101,7 @@
         return;
       }
       if (message.op === "subscribed") {
+        this.attempt = 0; // a server that answers: the backoff starts again from the shortest
         const since = this.pending.get(message.topic) ?? null;
         this.pending.delete(message.topic);
         // recovered: the replay follows and moves the position on; otherwise start from now
@@ -108,13 +114,22 @@
         // holds it (or, if it cannot recover, the page starts again from the answer's position)
         if (this.pending.has(message.topic)) return;
         const last = this.topics.get(message.topic);
-        if (last && last.epoch === message.epoch && message.offset <= last.offset) return; // seen
+        if (last && last.epoch === message.epoch) {
+          if (message.offset <= last.offset) return; // seen
+          if (message.offset > last.offset + 1) {
+            // a gap (the server dropped a message for this client: slow_consumer="drop"):
+            // ask again from the last one seen, and show nothing until the answer
+            this.sendSubscribe(message.topic);
+            return;
+          }
+        }
         this.topics.set(message.topic, { offset: message.offset, epoch: message.epoch });
         let data = message;  // an envelope of the server's own shape: the whole object
         if ("data" in message) data = message.data;
         else if ("data_b64" in message) data = atob(message.data_b64);
         this.call("onMessage", message.topic, data, message);
       } else {
+        if (message.op === "error") this.pending.delete(message.topic);
         this.call("onOther", message);
       }
     }
