@@ -227,6 +227,7 @@ async def test_a_replay_overtaken_by_the_topic_closes_with_1013() -> None:
             while (frame := await client.receive_frame()).opcode == Opcode.TEXT:
                 offsets.append(json.loads(frame.payload)["offset"])
         assert frame.close_code == OVERRUN_CLOSE
+        assert frame.close_reason == "history overrun: subscribe again"
         assert offsets == list(range(1, 101))  # the replay as far as it went, then the close
         assert len(failures) == 1 and "1013" in str(failures[0])
         assert dict(handler.stats().recovery_failures) == {"overrun": 1}
@@ -310,4 +311,5 @@ async def test_a_replay_cancelled_half_way_closes_with_1013() -> None:
         while (frame := await client.receive_frame()).opcode == Opcode.TEXT:
             offsets.append(json.loads(frame.payload)["offset"])
         assert frame.close_code == OVERRUN_CLOSE
+        assert frame.close_reason == "replay interrupted: subscribe again"
         assert offsets == list(range(1, len(offsets) + 1)) and len(offsets) < 100

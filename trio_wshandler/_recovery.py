@@ -83,6 +83,7 @@ async def subscribe_from(
         await trio.lowlevel.checkpoint()
         return recovery
     replayed, position = 0, recovery.position
+    why = "replay interrupted: subscribe again"
     try:
         while missed:
             for publication in missed:
@@ -93,14 +94,14 @@ async def subscribe_from(
             position = catch_up.position
             if not catch_up.recovered:
                 counters.recovery_failed("overrun")
-                connection.stop(OVERRUN_CLOSE, "history overrun: subscribe again")
+                why = "history overrun: subscribe again"
                 raise ConnectionClosedError(
                     f"the replay of {topic!r} was overtaken by its publications: closed with 1013"
                 )
     except BaseException:
         # cancelled or failed half-way: the client has part of the gap and no live feed; it
         # must not take that for the whole (a 1013 tells it to subscribe again)
-        connection.stop(OVERRUN_CLOSE, "replay interrupted: subscribe again")
+        connection.stop(OVERRUN_CLOSE, why)
         raise
     connection.subscribe(topic)
     counters.recoveries_succeeded += 1
