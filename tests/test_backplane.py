@@ -34,14 +34,16 @@ WAIT = 10  # no wait here is longer
 
 
 @contextmanager
-def nodes(url: str, count: int) -> Iterator[list[tuple[int, subprocess.Popen[str]]]]:
-    """``count`` processes of backplane_node.py on one prefix: [(port, process)]."""
+def nodes(
+    url: str, count: int, script: Path = NODE
+) -> Iterator[list[tuple[int, subprocess.Popen[str]]]]:
+    """``count`` processes of ``script`` (backplane_node.py) on one prefix: [(port, process)]."""
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     started: list[tuple[int, subprocess.Popen[str]]] = []
     try:
         for _ in range(count):
             process = subprocess.Popen(
-                [sys.executable, str(NODE), url, prefix],
+                [sys.executable, str(script), url, prefix],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 text=True,

@@ -233,11 +233,7 @@ async def test_a_replay_overtaken_by_the_topic_closes_with_1013() -> None:
         assert dict(handler.stats().recovery_failures) == {"overrun": 1}
 
 
-async def test_history_and_a_backplane_are_not_combined_yet() -> None:
-    from trio_wshandler import RedisBackplane
-
-    with pytest.raises(ValueError, match="cannot be combined with a backplane"):
-        WebSocketHandler(history={"room": ROOM}, backplane=RedisBackplane("redis://127.0.0.1:1"))
+async def test_history_options_are_checked() -> None:
     with pytest.raises(TypeError):
         WebSocketHandler(history={"room": 3})  # type: ignore[dict-item]
     with pytest.raises(TypeError):

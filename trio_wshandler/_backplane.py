@@ -30,8 +30,10 @@ from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 import trio
 
 from ._backplane_core import BackplaneCore
-from ._backplane_wire import Envelope, Kind, Names, text
+from ._backplane_wire import STORE, Envelope, Kind, Names, text
 from ._errors import WebSocketHandlerError
+from ._history import HistoryOptions
+from ._history_redis import READ_SCRIPT, Snapshot, decode_read, read_args
 from ._ids import new_connection_id
 from ._options import positive
 
@@ -224,6 +226,46 @@ class RedisBackplane:
         envelope = Envelope(Kind.TOPIC, self.node_id, opcode, topic, payload)
         self._core.publish(self.names.topic(topic), envelope)
 
+    def store(self, topic: str, options: HistoryOptions, opcode: int, message: bytes) -> None:
+        """publish on a topic with history: the publish script numbers it in Redis, keeps it in
+        the topic's stream and publishes it to every process, this one included (queued; the
+        publisher sends it, pipelined with the other commands)."""
+        self._core.put(STORE, topic, (options, opcode, message), len(message))
+
+    @property
+    def history_reads(self) -> int:
+        """Reads of topic histories sent to Redis (recoveries and repairs, coalesced)."""
+        return self._core.history_reads
+
+    async def read_history(
+        self, topic: str, first: int, epoch: str, count: int, ttl: float
+    ) -> Snapshot:
+        """``topic``'s position and, if it is in ``epoch``, its kept publications from offset
+        ``first`` (at most ``count``): one atomic read script (``_history_redis.py``).
+
+        :raises BackplaneError: the backplane is not running.
+        :raises trio.TooSlowError: Redis did not answer within ``command_timeout``.
+        """
+        client = self._require_client()
+        names = self.names
+        self._core.history_reads += 1
+        with trio.fail_after(self.command_timeout):
+            reply = await client.eval(
+                READ_SCRIPT,
+                [names.history(topic), names.stream(topic)],
+                read_args(first, epoch, count),
+            )
+        return decode_read(reply, ttl)
+
+    async def wait_following(self, topic: str) -> None:
+        """Wait until Redis delivers ``topic``'s publications here (the topic has a subscriber
+        or is held, ``_topics.TopicMap``).
+
+        :raises trio.TooSlowError: not within ``command_timeout`` (Redis is slow or lost).
+        """
+        with trio.fail_after(self.command_timeout):
+            await self._core.wait_channel(self.names.topic(topic))
+
     def subscribed(self, topic: str) -> bool:
         """Redis delivers ``topic`` to this process now: what other processes publish to it
         from here on arrives.  (A topic's first local subscriber makes this process subscribe
@@ -285,6 +327,7 @@ class RedisBackplane:
             **extra,
             decode_responses=False,
             decode_components=True,  # a password with @ / : is given percent-encoded
+            client_name=f"{self.names.prefix}:{self.node_id}",  # who is who in CLIENT LIST
             stream_timeout=self.command_timeout,
             connect_timeout=self.command_timeout,
         )

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from ._backplane_wire import PUBLISH, SADD, SREM, Envelope, Kind, Names, encode
+from ._backplane_wire import PUBLISH, SADD, SREM, STORE, Envelope, Kind, Names, encode
 from ._errors import UnknownConnectionError
 
 if TYPE_CHECKING:
@@ -80,10 +80,12 @@ class BackplaneCore:
         # counters
         self.published = self.received = self.lost = self.misses = self.reconnects = 0
         self.round_trips = 0
+        #: history reads sent to Redis (``_history_feed.py`` coalesces them before)
+        self.history_reads = 0
         self._lost_logged = 0
         self._next_lost_log = 0.0
-        # the outbox: (op, channel or key, value)
-        self._outbox: deque[tuple[int, str, Any]] = deque()
+        # the outbox: (op, channel or key or topic, value, size)
+        self._outbox: deque[tuple[int, str, Any, int]] = deque()
         self._pending_bytes = 0
         self._wake = trio.Event()
         # the link
@@ -91,6 +93,7 @@ class BackplaneCore:
         # subscriptions
         self._changes: deque[tuple[bool, str]] = deque()  # (subscribe?, channel)
         self._changes_wake = trio.Event()
+        self._applied = trio.Event()  # set when a round of subscriptions is in force
         self._pubsub: Any = None  # the coredis PubSub in use
         # the remote map: connection id -> node, for other nodes
         self._remote: dict[str, str] = {}
@@ -120,19 +123,21 @@ class BackplaneCore:
 
     # ---------------------------------------------------------------- the outbox
 
-    def put(self, op: int, name: str, value: Any) -> None:
-        """Queue a command for Redis, unless Redis is lost or the outbox full (a PUBLISH is
-        then lost; presence is rewritten whole once Redis is back)."""
-        size = len(value)
+    def put(self, op: int, name: str, value: Any, size: int | None = None) -> None:
+        """Queue a command for Redis, unless Redis is lost or the outbox full (a PUBLISH or
+        STORE is then lost; presence is rewritten whole once Redis is back).  ``size``: what it
+        counts against ``max_pending_bytes`` (default ``len(value)``)."""
+        if size is None:
+            size = len(value)
         if (
             not self._up.is_set()
             or len(self._outbox) >= self.max_pending
             or self._pending_bytes + size > self.max_pending_bytes
         ):
-            if op == PUBLISH:
+            if op in (PUBLISH, STORE):
                 self.count_lost(1)
             return
-        self._outbox.append((op, name, value))
+        self._outbox.append((op, name, value, size))
         self._pending_bytes += size
         self._wake.set()
 
@@ -142,11 +147,11 @@ class BackplaneCore:
             self._wake = trio.Event()
             await self._wake.wait()
 
-    def take(self, most: int) -> list[tuple[int, str, Any]]:
+    def take(self, most: int) -> list[tuple[int, str, Any, int]]:
         """The oldest ``most`` commands queued (fewer if fewer are)."""
         outbox = self._outbox
         batch = [outbox.popleft() for _ in range(min(most, len(outbox)))]
-        self._pending_bytes -= sum(len(value) for _, _, value in batch)
+        self._pending_bytes -= sum(size for _, _, _, size in batch)
         return batch
 
     def sent(self, messages: int) -> None:
@@ -157,7 +162,7 @@ class BackplaneCore:
     def failed(self, messages: int) -> None:
         """A pipeline with ``messages`` PUBLISH commands failed: they are lost, and so is what
         is still queued (Redis is lost)."""
-        lost = messages + sum(1 for op, _, _ in self._outbox if op == PUBLISH)
+        lost = messages + sum(1 for op, _, _, _ in self._outbox if op in (PUBLISH, STORE))
         self._outbox.clear()
         self._pending_bytes = 0
         if lost:
@@ -205,9 +210,23 @@ class BackplaneCore:
 
     def pubsub_opened(self, pubsub: Any) -> None:
         """A new pub/sub connection, subscribed to the channels of this moment: the changes
-        queued before it are in it already."""
+        queued before it are in it already.  Publications on topics with history may have been
+        missed meanwhile: the feeds check them against Redis."""
         self._changes.clear()
         self._pubsub = pubsub
+        shared = self.hub.shared if self.hub is not None else None
+        if shared is not None:
+            shared.resync()
+
+    def subscriptions_applied(self) -> None:
+        """A round of subscription changes is in force."""
+        self._applied.set()
+        self._applied = trio.Event()
+
+    async def wait_channel(self, channel: str) -> None:
+        """Wait until Redis delivers ``channel`` here."""
+        while not self.subscribed_channel(channel):
+            await self._applied.wait()
 
     def pubsub_closed(self) -> None:
         self._pubsub = None

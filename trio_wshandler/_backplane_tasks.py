@@ -25,7 +25,18 @@ from typing import Any
 import trio
 
 from ._backplane_core import BackplaneCore, BackplaneOptions
-from ._backplane_wire import PUBLISH, SADD, SREM, Kind, envelope_of, refusal
+from ._backplane_wire import (
+    PUBLISH,
+    SADD,
+    SREM,
+    STORE,
+    Envelope,
+    Kind,
+    encode,
+    envelope_of,
+    refusal,
+)
+from ._history_redis import PUBLISH_SCRIPT, PUBLISH_SHA, publish_args
 from ._presence import Presence, redis_errors
 
 __all__ = ["BackplaneTasks"]
@@ -60,6 +71,9 @@ class BackplaneTasks:
             await self.presence.start()
             nursery.start_soon(self._publisher)
             nursery.start_soon(self.presence.heartbeat)
+            shared = self.core.hub.shared if self.core.hub is not None else None
+            if shared is not None:
+                nursery.start_soon(shared.run_repairs)
             task_status.started()
             try:
                 await trio.sleep_forever()
@@ -89,14 +103,27 @@ class BackplaneTasks:
         while True:
             await core.wait_outbox()
             batch = core.take(options.batch)
-            messages = sum(1 for op, _, _ in batch if op == PUBLISH)
+            messages = sum(1 for op, _, _, _ in batch if op in (PUBLISH, STORE))
             ttl = int(options.presence_ttl) + 1
+            names, node = core.names, core.node_id
             try:
                 with trio.fail_after(options.command_timeout):
                     async with self.client.pipeline(transaction=False) as pipe:
-                        for op, name, value in batch:
+                        loaded = False
+                        for op, name, value, _ in batch:
                             if op == PUBLISH:
                                 pipe.publish(name, value)
+                            elif op == STORE:
+                                if not loaded:  # cheap when cached; a restarted Redis needs it
+                                    pipe.script_load(PUBLISH_SCRIPT)
+                                    loaded = True
+                                history, opcode, message = value
+                                head = encode(Envelope(Kind.HISTORY, node, opcode, name))
+                                pipe.evalsha(
+                                    PUBLISH_SHA,
+                                    [names.history(name), names.stream(name), names.topic(name)],
+                                    publish_args(history, head, opcode, message),
+                                )
                             elif op == SADD:
                                 pipe.sadd(name, [value])
                                 pipe.expire(name, ttl)  # a set made anew has no expiry yet
@@ -121,6 +148,7 @@ class BackplaneTasks:
                     async with pubsub, trio.open_nursery() as nursery:
                         core.pubsub_opened(pubsub)  # the channels of this moment, below
                         await self._subscribe(pubsub, self._channels())
+                        core.subscriptions_applied()
                         delay = 0.05
                         nursery.start_soon(self._subscriptions, pubsub)
                         if not started:
@@ -149,7 +177,7 @@ class BackplaneTasks:
         names = core.names
         channels = [names.all, names.presence, names.node(core.node_id)]
         assert core.hub is not None
-        return channels + [names.topic(t) for t in core.hub.topic_names()]
+        return channels + [names.topic(t) for t in core.hub.followed_topics()]
 
     async def _subscribe(self, pubsub: Any, channels: list[str]) -> None:
         """Subscribe to ``channels``, each with :meth:`_message` as its handler."""
@@ -162,8 +190,8 @@ class BackplaneTasks:
         """A message on one of our channels (coredis calls it as it reads it)."""
         envelope = envelope_of(message["data"])
         core = self.core
-        if envelope is None or envelope.node == core.node_id:
-            return  # not ours, or our own (delivered locally already)
+        if envelope is None or (envelope.node == core.node_id and envelope.kind != Kind.HISTORY):
+            return  # not ours, or our own (delivered locally already; history is not)
         if envelope.kind == Kind.JOIN or envelope.kind == Kind.LEAVE:
             self.presence.change(envelope.kind == Kind.JOIN, envelope.target, envelope.node)
             return
@@ -183,3 +211,4 @@ class BackplaneTasks:
             await self._subscribe(pubsub, adds)
             if removes:
                 await pubsub.unsubscribe(*removes)
+            core.subscriptions_applied()

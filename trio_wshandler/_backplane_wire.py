@@ -21,20 +21,23 @@ __all__ = [
     "PUBLISH",
     "SADD",
     "SREM",
+    "STORE",
     "Envelope",
     "Kind",
     "Names",
     "decode",
     "encode",
     "envelope_of",
+    "history_parts",
     "refusal",
     "text",
 ]
 
 NODE_ID_LENGTH = 26  # a ULID, as connection ids (``_ids.py``)
 
-#: The commands a backplane's outbox holds for Redis.
-PUBLISH, SADD, SREM = 0, 1, 2
+#: The commands a backplane's outbox holds for Redis (STORE: a publication on a topic with
+#: history, ``_history_redis.py``).
+PUBLISH, SADD, SREM, STORE = 0, 1, 2, 3
 
 
 class Kind:
@@ -46,6 +49,7 @@ class Kind:
     STOP = 4  # stop_one: code, cid, reason
     JOIN = 5  # a connection registered: cid
     LEAVE = 6  # a connection ended: cid
+    HISTORY = 7  # publish on a topic with history: opcode, topic, "<offset> <epoch> " + message
 
 
 @attrs.frozen
@@ -72,7 +76,7 @@ def decode(data: bytes) -> Envelope | None:
         return None
     kind, node, opcode, length = _HEAD.unpack_from(data)
     end = _HEAD.size + length
-    if not Kind.ALL <= kind <= Kind.LEAVE or len(data) < end:
+    if not Kind.ALL <= kind <= Kind.HISTORY or len(data) < end:
         return None
     try:
         return Envelope(
@@ -82,6 +86,19 @@ def decode(data: bytes) -> Envelope | None:
             data[_HEAD.size : end].decode("utf-8"),
             data[end:],
         )
+    except UnicodeDecodeError:
+        return None
+
+
+def history_parts(payload: bytes) -> tuple[int, str, bytes] | None:
+    """The offset, epoch and message of a HISTORY envelope's payload (made by the publish
+    script of ``_history_redis.py``), or None if it is damaged."""
+    offset, _, rest = payload.partition(b" ")
+    epoch, sep, message = rest.partition(b" ")
+    if not sep or not offset.isdigit() or not epoch:
+        return None
+    try:
+        return int(offset), epoch.decode("ascii"), message
     except UnicodeDecodeError:
         return None
 
@@ -132,6 +149,14 @@ class Names:
     def topic(self, topic: str) -> str:
         """Channel: messages published to ``topic``."""
         return f"{self.prefix}:topic:{topic}"
+
+    def history(self, topic: str) -> str:
+        """Key: hash of a topic's history position: ``o`` its last offset, ``e`` its epoch."""
+        return f"{self.prefix}:history:{topic}"
+
+    def stream(self, topic: str) -> str:
+        """Key: stream of a topic's kept publications (entry id ``<offset>-0``)."""
+        return f"{self.prefix}:stream:{topic}"
 
     def node(self, node: str) -> str:
         """Channel: messages for the connections of one process (send_one, stop_one)."""

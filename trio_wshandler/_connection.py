@@ -240,4 +240,4 @@ class WebSocketConnection:
             topic's publications outran the replay (closed with 1013: subscribe again).
         """
         core = self._core
-        return await subscribe_from(core, core.hub.history, core.counters, topic, since)
+        return await subscribe_from(core, core.hub.source, core.counters, topic, since)

@@ -180,10 +180,12 @@ class TopicHistory:
 
     __slots__ = ("_bytes", "_items", "epoch", "offset", "options")
 
-    def __init__(self, options: HistoryOptions, epoch: str | None = None) -> None:
+    def __init__(self, options: HistoryOptions, epoch: str | None = None, offset: int = 0) -> None:
         self.options = options
         self.epoch = epoch if epoch is not None else new_epoch()
-        self.offset = 0
+        #: the offset of the last publication (``offset``: where a ring that follows another
+        #: store starts, none of the earlier ones kept)
+        self.offset = offset
         self._items: deque[Publication] = deque()
         self._bytes = 0
 

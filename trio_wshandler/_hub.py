@@ -13,28 +13,24 @@ nothing; a ``RedisBackplane`` otherwise) for the other processes.  Nothing here 
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import trio
 
-from ._backplane_wire import Envelope, Kind
+from ._backplane_wire import Envelope, Kind, history_parts
 from ._errors import UnknownConnectionError
 from ._extensions import DeflateOptions
 from ._fanout import FanOut
 from ._history import ProcessHistory
+from ._history_feed import HistoryLink, SharedHistory
 from ._options import ConnectionLimits
+from ._recovery import HistorySource, LocalHistory
 from ._registry import ConnectionRegistry
 from ._stats import Counters
 from ._topics import TopicMap
 from .codec import DataLike, message_payload
 
 __all__ = ["NO_REMOTE", "Backplane", "ConnectionHost", "Hub", "Remote"]
-
-#: why a handler cannot have both a history and a backplane yet
-_NO_SHARED_HISTORY = (
-    "topic history is kept in one process's memory: it cannot be combined with a backplane yet"
-    " (the Redis store of issue #19 is not built)"
-)
 
 
 class ConnectionHost(Protocol):
@@ -106,7 +102,7 @@ class _NoRemote:
 NO_REMOTE: Remote = _NoRemote()
 
 
-class Backplane(Remote, Protocol):
+class Backplane(Remote, HistoryLink, Protocol):
     """A route to other processes that follows this one's connections and topics (a
     ``RedisBackplane``): it delivers what they send here through :meth:`Hub.deliver`."""
 
@@ -124,7 +120,17 @@ class Backplane(Remote, Protocol):
 class Hub:
     """A handler's connections, topics, fan-out, counters and route."""
 
-    __slots__ = ("counters", "fanout", "history", "host", "registry", "remote", "topics")
+    __slots__ = (
+        "counters",
+        "fanout",
+        "history",
+        "host",
+        "registry",
+        "remote",
+        "shared",
+        "source",
+        "topics",
+    )
 
     def __init__(self, host: ConnectionHost, compression: DeflateOptions | None) -> None:
         #: the handler (its settings and hooks)
@@ -134,24 +140,43 @@ class Hub:
         self.registry: ConnectionRegistry[Any] = ConnectionRegistry()
         self.topics = TopicMap()
         self.remote = NO_REMOTE
-        #: the topics' histories (``history=``), or None
+        #: the topics' history options and, without a backplane, their rings (``history=``)
         self.history: ProcessHistory | None = None
+        #: with a backplane and a history: the topics' histories as kept in Redis
+        self.shared: SharedHistory | None = None
+        #: where a subscription from a position reads (None: no history)
+        self.source: HistorySource | None = None
 
     def keep_history(self, history: ProcessHistory) -> None:
-        """Keep the history of the topics ``history`` has options for (before serving)."""
-        if self.remote is not NO_REMOTE:
-            raise ValueError(_NO_SHARED_HISTORY)
+        """Keep the history of the topics ``history`` has options for (before serving): in
+        this process, or in Redis once a backplane is connected."""
         self.history = history
+        self.source = LocalHistory(history)
+        if self.remote is not NO_REMOTE:
+            self._share_history()
 
     def connect(self, backplane: Backplane) -> None:
         """Route to other processes through ``backplane`` from now on; it learns of the
         connections and topics of this process as they come and go."""
-        if self.history is not None:
-            raise ValueError(_NO_SHARED_HISTORY)
         backplane.attach(self)
         self.remote = backplane
         self.registry.watch(backplane.joined, backplane.left)
-        self.topics.watch(backplane.topic_added, backplane.topic_removed)
+        self.topics.watch(backplane.topic_added, self._topic_removed)
+        if self.history is not None:
+            self._share_history()
+
+    def _share_history(self) -> None:
+        assert self.history is not None
+        shared = SharedHistory(
+            self.history, self.topics, self.fanout, self.counters, self.host.log_warning
+        )
+        shared.link = cast(Backplane, self.remote)
+        self.shared = self.source = shared
+
+    def _topic_removed(self, topic: str) -> None:
+        cast(Backplane, self.remote).topic_removed(topic)
+        if self.shared is not None:
+            self.shared.forget(topic)
 
     # ---------------------------------------------------------------- routing
 
@@ -165,7 +190,11 @@ class Hub:
         """The subscribers of ``topic`` here and in every other process; how many here.  On a
         topic with history, the message is kept and sent in its envelope."""
         payload, opcode = message_payload(data)
-        if self.history is not None:
+        if self.shared is not None:
+            if self.shared.publish(topic, opcode, payload):
+                # numbered by Redis, delivered here too when it comes back from there
+                return self.topics.size(topic)
+        elif self.history is not None:
             kept = self.history.publish(
                 topic, data if isinstance(data, str) else payload, trio.current_time
             )
@@ -203,6 +232,12 @@ class Hub:
         elif kind == Kind.TOPIC:
             subscribers = self.topics.subscribers(envelope.target)
             self.fanout.send_payload(subscribers, envelope.payload, envelope.opcode)
+        elif kind == Kind.HISTORY:
+            parts = history_parts(envelope.payload)
+            if parts is None or self.shared is None:
+                return True  # damaged, or this handler keeps no history
+            offset, epoch, message = parts
+            self.shared.received(envelope.target, offset, epoch, envelope.opcode, message)
         elif envelope.target not in registry:
             return False
         elif kind == Kind.ONE:
@@ -218,3 +253,7 @@ class Hub:
 
     def topic_names(self) -> list[str]:
         return self.topics.topics()
+
+    def followed_topics(self) -> list[str]:
+        """The topics this process receives from other processes (subscribed, or held)."""
+        return self.topics.followed_topics()

@@ -114,6 +114,20 @@ METRICS: tuple[tuple[str, str, str, str, str], ...] = (
         "reason",
         "Subscriptions from a position that did not recover, by reason.",
     ),
+    (
+        "history_gaps_repaired",
+        "counter",
+        "history_gaps_repaired",
+        "",
+        "Publications lost on their way from Redis, read from the stream and delivered.",
+    ),
+    (
+        "history_gaps_closed",
+        "counter",
+        "history_gaps_closed",
+        "",
+        "History gaps that could not be repaired: the topic's subscribers were closed.",
+    ),
 )
 
 #: The backplane's metrics (only for handlers that have one): name, type, field, help.

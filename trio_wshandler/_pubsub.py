@@ -96,7 +96,7 @@ class PubSubConnection(WebSocketConnection):
         def announce(recovery: Recovery) -> None:
             self.send(_subscribed(topic, recovery))
 
-        await subscribe_from(core, history, core.counters, topic, since, announce)
+        await subscribe_from(core, core.hub.source, core.counters, topic, since, announce)
 
 
 def _json(value: dict[str, Any]) -> str:

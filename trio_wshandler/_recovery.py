@@ -24,16 +24,20 @@ import attrs
 import trio
 
 from ._errors import ConnectionClosedError
-from ._history import Position, ProcessHistory, Recovery
+from ._history import HistoryOptions, Position, ProcessHistory, Publication, Recovery
 from ._stats import Counters
 from ._topics import check_topic
 from .codec import DataLike
 
-__all__ = ["OVERRUN_CLOSE", "Recovering", "subscribe_from"]
+__all__ = ["OVERRUN_CLOSE", "HistorySource", "LocalHistory", "Recovering", "subscribe_from"]
 
 #: The close code of a connection whose replay was overtaken by the topic (RFC 6455's "Try
 #: Again Later"): the client should reconnect and subscribe from its last position again.
 OVERRUN_CLOSE = 1013
+
+#: How long a replay waits for this process to receive publications that the store has
+#: numbered already (Redis: in flight on the pub/sub connection, or being repaired)
+CATCH_UP_TIMEOUT = 5.0
 
 
 class Recovering(Protocol):
@@ -48,9 +52,54 @@ class Recovering(Protocol):
     def stop(self, code: int, reason: str) -> None: ...
 
 
+class HistorySource(Protocol):
+    """Where a replay reads (:class:`LocalHistory`, or ``_history_feed.SharedHistory``)."""
+
+    def options(self, topic: str) -> HistoryOptions | None: ...
+
+    def hold(self, topic: str) -> None:
+        """Receive ``topic`` in this process until :meth:`release` (no subscriber yet)."""
+
+    def release(self, topic: str) -> None: ...
+
+    async def start(self, topic: str, since: Position | None) -> tuple[Recovery, list[Publication]]:
+        """The decision for a subscription from ``since``, and the publications to replay."""
+
+    def follow(self, topic: str, last: Position) -> tuple[Recovery, list[Publication]] | None:
+        """What came after ``last`` (read without waiting), or None: not here yet."""
+
+    async def caught_up(self, topic: str) -> None:
+        """Wait until :meth:`follow` may find more (:raises trio.TooSlowError:)."""
+
+
+class LocalHistory:
+    """:class:`HistorySource` over this process's rings (``ProcessHistory``)."""
+
+    def __init__(self, history: ProcessHistory) -> None:
+        self.history = history
+
+    def options(self, topic: str) -> HistoryOptions | None:
+        return self.history.options(topic)
+
+    def hold(self, topic: str) -> None:
+        pass
+
+    def release(self, topic: str) -> None:
+        pass
+
+    async def start(self, topic: str, since: Position | None) -> tuple[Recovery, list[Publication]]:
+        return self.history.recover(topic, since, trio.current_time())
+
+    def follow(self, topic: str, last: Position) -> tuple[Recovery, list[Publication]] | None:
+        return self.history.recover(topic, last, trio.current_time())
+
+    async def caught_up(self, topic: str) -> None:  # pragma: no cover - follow never waits
+        await trio.lowlevel.checkpoint()
+
+
 async def subscribe_from(
     connection: Recovering,
-    history: ProcessHistory | None,
+    source: HistorySource | None,
     counters: Counters,
     topic: str,
     since: Position | None,
@@ -68,10 +117,35 @@ async def subscribe_from(
     check_topic(topic)
     if since is not None and not isinstance(since, Position):
         raise TypeError(f"since is a Position or None, not {since!r}")
-    if history is None:
+    if source is None:
         raise ValueError("this handler keeps no topic history (WebSocketHandler(history=...))")
-    recovery, missed = history.recover(topic, since, trio.current_time())
+    if source.options(topic) is None:
+        raise ValueError(f"topic {topic!r} keeps no history (see the handler's history=)")
+    source.hold(topic)
+    try:
+        return await _replay(connection, source, counters, topic, since, announce)
+    finally:
+        source.release(topic)
+
+
+async def _replay(
+    connection: Recovering,
+    source: HistorySource,
+    counters: Counters,
+    topic: str,
+    since: Position | None,
+    announce: Callable[[Recovery], None] | None,
+) -> Recovery:
     connection.unsubscribe(topic)  # a live subscription would deliver the gap a second time
+    try:
+        recovery, missed = await source.start(topic, since)
+    except Exception as exc:  # the store did not answer (Redis lost or slow)
+        counters.recovery_failed("unavailable")
+        connection.stop(OVERRUN_CLOSE, "history unavailable: subscribe again")
+        raise ConnectionClosedError(
+            f"the history of {topic!r} could not be read ({exc or type(exc).__name__}):"
+            " closed with 1013"
+        ) from exc
     if announce is not None:
         announce(attrs.evolve(recovery, replayed=len(missed)))
     if since is not None:
@@ -85,12 +159,17 @@ async def subscribe_from(
     replayed, position = 0, recovery.position
     why = "replay interrupted: subscribe again"
     try:
-        while missed:
+        while True:
             for publication in missed:
                 await connection.send_wait(publication.data)
             replayed += len(missed)
-            last = missed[-1].position
-            catch_up, missed = history.recover(topic, last, trio.current_time())
+            last = missed[-1].position if missed else position
+            found = source.follow(topic, last)
+            while found is None:  # the store numbered more than has reached this process
+                with trio.fail_after(CATCH_UP_TIMEOUT):
+                    await source.caught_up(topic)
+                found = source.follow(topic, last)
+            catch_up, missed = found
             position = catch_up.position
             if not catch_up.recovered:
                 counters.recovery_failed("overrun")
@@ -98,6 +177,8 @@ async def subscribe_from(
                 raise ConnectionClosedError(
                     f"the replay of {topic!r} was overtaken by its publications: closed with 1013"
                 )
+            if not missed:
+                break
     except BaseException:
         # cancelled or failed half-way: the client has part of the gap and no live feed; it
         # must not take that for the whole (a 1013 tells it to subscribe again)

@@ -73,7 +73,13 @@ _RETIRED = ("retired_writes", "retired_frames", "retired_bytes")
 #: the fields of :class:`Counters` that count by a code (HTTP status or close code)
 _CODE_COUNTERS = ("refused", "close_codes_sent", "close_codes_received", "protocol_errors")
 #: the counters of topic history (see :class:`HandlerStats`); ``recovery_failures`` by reason
-_HISTORY = ("history_publications", "recoveries", "recoveries_succeeded")
+_HISTORY = (
+    "history_publications",
+    "recoveries",
+    "recoveries_succeeded",
+    "history_gaps_repaired",
+    "history_gaps_closed",
+)
 
 
 class Counters:
@@ -103,6 +109,7 @@ class Counters:
         self.protocol_errors: dict[int, int] = {}
         self.retired_writes = self.retired_frames = self.retired_bytes = 0
         self.history_publications = self.recoveries = self.recoveries_succeeded = 0
+        self.history_gaps_repaired = self.history_gaps_closed = 0
         self.recovery_failures: dict[str, int] = {}
 
     def recovery_failed(self, reason: str) -> None:
@@ -229,6 +236,12 @@ class HandlerStats:
     #: kept), "too_many" (longer than ``max_recover``), "overrun" (the topic outran the replay:
     #: closed with 1013)
     recovery_failures: Mapping[str, int] = attrs.field(factory=lambda: MappingProxyType({}))
+    #: with the Redis backplane: publications lost between Redis and this process, read from
+    #: the topic's stream and delivered in order (counted per repair)
+    history_gaps_repaired: int = 0
+    #: gaps that could not be repaired (no longer kept, or a new epoch): the topic's
+    #: subscribers here were closed with 1013
+    history_gaps_closed: int = 0
 
     @property
     def frames_per_write(self) -> float:

@@ -39,13 +39,16 @@ class TopicMap:
     """Topic -> its subscribed connections, in subscription order.
 
     ``on_first`` and ``on_last`` (set by a backplane) are called when a topic gains its first
-    subscriber in this process and loses its last one.
+    subscriber in this process and loses its last one.  A topic may also be *held* without
+    subscribers (:meth:`hold`): a connection that replays a topic's history before it joins
+    the live feed needs the process to receive the topic meanwhile.
     """
 
-    __slots__ = ("_subscribers", "on_first", "on_last")
+    __slots__ = ("_held", "_subscribers", "on_first", "on_last")
 
     def __init__(self) -> None:
         self._subscribers: dict[str, dict[Recipient, None]] = {}
+        self._held: dict[str, int] = {}
         self.on_first: Callable[[str], None] | None = None
         self.on_last: Callable[[str], None] | None = None
 
@@ -58,7 +61,7 @@ class TopicMap:
         subscribers = self._subscribers.get(topic)
         if subscribers is None:
             subscribers = self._subscribers[topic] = {}
-            if self.on_first is not None:
+            if self.on_first is not None and topic not in self._held:
                 self.on_first(topic)
         subscribers[connection] = None
 
@@ -68,8 +71,28 @@ class TopicMap:
             return
         if not subscribers:
             del self._subscribers[topic]
-            if self.on_last is not None:
+            if self.on_last is not None and topic not in self._held:
                 self.on_last(topic)
+
+    def hold(self, topic: str) -> None:
+        """Keep ``topic`` as if it had a subscriber until as many :meth:`release` calls."""
+        held = self._held.get(topic, 0)
+        self._held[topic] = held + 1
+        if not held and topic not in self._subscribers and self.on_first is not None:
+            self.on_first(topic)
+
+    def release(self, topic: str) -> None:
+        held = self._held[topic] - 1
+        if held:
+            self._held[topic] = held
+            return
+        del self._held[topic]
+        if topic not in self._subscribers and self.on_last is not None:
+            self.on_last(topic)
+
+    def followed(self, topic: str) -> bool:
+        """``topic`` has a subscriber here, or is held."""
+        return topic in self._subscribers or topic in self._held
 
     def subscribers(self, topic: str) -> Collection[Recipient]:
         """The connections subscribed to ``topic`` (a live view: iterate without awaiting)."""
@@ -81,3 +104,7 @@ class TopicMap:
     def topics(self) -> list[str]:
         """The topics with at least one subscriber in this process."""
         return list(self._subscribers)
+
+    def followed_topics(self) -> list[str]:
+        """The topics with at least one subscriber in this process, or held."""
+        return list(self._subscribers.keys() | self._held.keys())

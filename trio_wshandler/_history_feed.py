@@ -1,0 +1,405 @@
+"""Where a process follows a topic's history kept in Redis: publications delivered in offset
+order, gaps repaired from the stream, and the reads of recoveries coalesced.
+
+With the Redis backplane, a publication on a topic with history is numbered by Redis (the
+publish script of ``_history_redis.py``) and comes back to every process on the topic's
+channel, the publisher's included.  Redis pub/sub is at most once, so each process keeps, per
+topic it follows, a :class:`TopicFeed`: the topic's epoch, the last offset it delivered, and a
+*mirror*, a ring of the latest publications it delivered (the same :class:`TopicHistory` as
+without a backplane, and bounded alike).  A publication is delivered to the local subscribers
+only when it is the next offset:
+
+* an offset already delivered is a duplicate and dropped;
+* a later offset means some were lost between Redis and this process: the later ones are held,
+  the missing ones read from the stream and delivered first ("gaps repaired"); if they are no
+  longer kept, or the epoch changed (Redis lost the history), the topic's subscribers here are
+  closed with :data:`GAP_CLOSE` (1013) and come back to learn ``recovered: false`` ("gaps
+  closed"), and the feed starts again from the position Redis gives;
+* when the pub/sub connection is opened again after a failure, every feed is checked against
+  Redis the same way (what was published meanwhile is read, not waited for).
+
+A connection that subscribes from a position (``_recovery.py``) first makes the process follow
+the topic (held in ``_topics.TopicMap`` until the connection joins the live feed), waits until
+Redis delivers the topic's channel here, then replays from the mirror if it covers the gap and
+otherwise from one read of the stream, and catches up from the mirror.  Reads of the same
+stretch of the same topic in flight at once are made once (a reconnect storm costs one read).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from typing import Protocol, cast
+
+import trio
+
+from ._fanout import FanOut, Recipient
+from ._history import (
+    HistoryOptions,
+    Position,
+    ProcessHistory,
+    Publication,
+    Recovery,
+    TopicHistory,
+    decide,
+)
+from ._history_redis import Snapshot
+from ._stats import Counters
+from .codec import message_payload
+
+__all__ = ["GAP_CLOSE", "HistoryLink", "SharedHistory", "TopicFeed"]
+
+#: The close code of subscribers whose topic lost publications that cannot be repaired (RFC
+#: 6455's "Try Again Later"): subscribe again from the last position, and learn the outcome.
+GAP_CLOSE = 1013
+GAP_REASON = "history gap: subscribe again"
+
+#: Most publications a feed holds while it waits for a baseline or a repair; past it, the
+#: oldest held go (they are in the stream, and the repair reads them).
+MAX_HELD = 10_000
+
+
+class HistoryLink(Protocol):
+    """What a shared history needs of its backplane (``RedisBackplane``)."""
+
+    def store(self, topic: str, options: HistoryOptions, opcode: int, message: bytes) -> None:
+        """Queue the publish script for a publication (never waits)."""
+
+    async def read_history(
+        self, topic: str, first: int, epoch: str, count: int, ttl: float
+    ) -> Snapshot:
+        """One read script (:raises: a Redis error, or trio.TooSlowError)."""
+
+    async def wait_following(self, topic: str) -> None:
+        """Wait until Redis delivers ``topic``'s channel here (:raises trio.TooSlowError:)."""
+
+
+class Stoppable(Recipient, Protocol):
+    def stop(self, code: int, reason: str) -> None: ...
+
+
+class Topics(Protocol):
+    """What a shared history needs of the hub's topic map (``_topics.TopicMap``)."""
+
+    def subscribers(self, topic: str) -> Collection[Recipient]: ...
+
+    def hold(self, topic: str) -> None: ...
+
+    def release(self, topic: str) -> None: ...
+
+    def followed(self, topic: str) -> bool: ...
+
+
+class TopicFeed:
+    """A topic as this process follows it: its epoch, the last offset delivered here, the
+    mirror of what was delivered, and what is held back until a gap is filled."""
+
+    __slots__ = ("advanced", "held", "mirror", "options", "repairing", "topic")
+
+    def __init__(self, topic: str, options: HistoryOptions) -> None:
+        self.topic = topic
+        self.options = options
+        #: None until the first publication or read gives the baseline
+        self.mirror: TopicHistory | None = None
+        #: offset -> (epoch, opcode, message) of publications that came too early
+        self.held: dict[int, tuple[str, int, bytes]] = {}
+        self.repairing = False
+        self.advanced = trio.Event()
+
+    @property
+    def position(self) -> Position | None:
+        mirror = self.mirror
+        return None if mirror is None else mirror.position
+
+    def covers(self, since: Position, now: float) -> bool:
+        """The mirror alone can decide a recovery from ``since``."""
+        mirror = self.mirror
+        if mirror is None or since.epoch != mirror.epoch or since.offset > mirror.offset:
+            return False
+        mirror.expire(now)
+        recovery, _ = mirror.recover(since, now)
+        return recovery.recovered or recovery.reason == "too_many"
+
+    def hold(self, offset: int, epoch: str, opcode: int, message: bytes) -> None:
+        held = self.held
+        held[offset] = (epoch, opcode, message)
+        if len(held) > MAX_HELD:
+            del held[min(held)]
+
+    def woke(self) -> None:
+        self.advanced.set()
+        self.advanced = trio.Event()
+
+
+class SharedHistory:
+    """The histories of one handler's topics, kept in Redis (see the module's docstring)."""
+
+    def __init__(
+        self,
+        process: ProcessHistory,
+        topics: Topics,
+        fanout: FanOut,
+        counters: Counters,
+        warn: Callable[..., None],
+    ) -> None:
+        self.process = process
+        self.topics = topics
+        self.fanout = fanout
+        self.counters = counters
+        self.warn = warn
+        self.link: HistoryLink | None = None
+        self.feeds: dict[str, TopicFeed] = {}
+        #: reads in flight: (topic, first, epoch, count) -> the event and the outcome
+        self._reads: dict[tuple[str, int, str, int], tuple[trio.Event, list[object]]] = {}
+        self._repairs: dict[str, None] = {}
+        self._repair_wake = trio.Event()
+        #: reads made (after coalescing)
+        self.reads = 0
+
+    def options(self, topic: str) -> HistoryOptions | None:
+        return self.process.options(topic)
+
+    # ---------------------------------------------------------------- publishing
+
+    def publish(self, topic: str, opcode: int, message: bytes) -> bool:
+        """Queue a publication on ``topic`` for Redis; False if the topic keeps no history."""
+        options = self.options(topic)
+        if options is None:
+            return False
+        assert self.link is not None
+        self.link.store(topic, options, opcode, message)
+        self.counters.history_publications += 1
+        return True
+
+    # ---------------------------------------------------------------- the feed
+
+    def feed(self, topic: str) -> TopicFeed | None:
+        """The feed of a followed topic with history (made on first use)."""
+        feed = self.feeds.get(topic)
+        if feed is None and self.topics.followed(topic):
+            options = self.options(topic)
+            if options is not None:
+                feed = self.feeds[topic] = TopicFeed(topic, options)
+        return feed
+
+    def forget(self, topic: str) -> None:
+        """Nobody here follows ``topic`` any more: its feed goes (nothing would keep it
+        current)."""
+        self.feeds.pop(topic, None)
+        self._repairs.pop(topic, None)
+
+    def received(self, topic: str, offset: int, epoch: str, opcode: int, message: bytes) -> None:
+        """A publication came on ``topic``'s channel."""
+        feed = self.feed(topic)
+        if feed is None:
+            return  # not followed here (any more)
+        mirror = feed.mirror
+        if mirror is None:
+            # the first publication since this process follows the topic: what came before
+            # is no subscriber's here (a replay reads it from the stream)
+            mirror = feed.mirror = TopicHistory(feed.options, epoch, offset - 1)
+        if feed.repairing:
+            feed.hold(offset, epoch, opcode, message)
+            return
+        if epoch == mirror.epoch:
+            if offset <= mirror.offset:
+                return  # delivered already
+            if offset == mirror.offset + 1:
+                self._deliver(feed, mirror, opcode, message)
+                self._release_held(feed)
+                feed.woke()
+                return
+        feed.hold(offset, epoch, opcode, message)
+        self._repair(topic)
+
+    def _deliver(self, feed: TopicFeed, mirror: TopicHistory, opcode: int, message: bytes) -> None:
+        data: str | bytes = message.decode("utf-8") if opcode == 1 else message
+        position = Position(mirror.offset + 1, mirror.epoch)
+        kept = mirror.append(feed.options.wrap(feed.topic, position, data), trio.current_time())
+        payload, wrapped_opcode = message_payload(kept.data)
+        self.fanout.send_payload(self.topics.subscribers(feed.topic), payload, wrapped_opcode)
+
+    def _release_held(self, feed: TopicFeed) -> None:
+        """Deliver what was held and now comes next; drop what is older."""
+        mirror, held = feed.mirror, feed.held
+        assert mirror is not None
+        while held:
+            nxt = mirror.offset + 1
+            item = held.pop(nxt, None)
+            if item is not None and item[0] == mirror.epoch:
+                self._deliver(feed, mirror, item[1], item[2])
+                continue
+            for offset in [o for o, (e, _, _) in held.items() if e == mirror.epoch and o < nxt]:
+                del held[offset]
+            break
+
+    def _close_subscribers(self, topic: str) -> None:
+        for subscriber in list(self.topics.subscribers(topic)):
+            cast(Stoppable, subscriber).stop(GAP_CLOSE, GAP_REASON)
+
+    def _rebase(self, feed: TopicFeed, snapshot: Snapshot) -> None:
+        """Start the feed again at ``snapshot``'s position (a gap that could not be filled)."""
+        position = snapshot.position
+        feed.mirror = TopicHistory(feed.options, position.epoch, position.offset)
+        feed.held = {o: v for o, v in feed.held.items() if v[0] == position.epoch}
+
+    # ---------------------------------------------------------------- repairs
+
+    def resync(self) -> None:
+        """The pub/sub connection was opened again: what was published meanwhile may be
+        missing here; check every feed against Redis."""
+        for topic, feed in self.feeds.items():
+            if feed.mirror is not None:
+                self._repair(topic)
+
+    def _repair(self, topic: str) -> None:
+        feed = self.feeds[topic]
+        if not feed.repairing:
+            feed.repairing = True
+            self._repairs[topic] = None
+            self._repair_wake.set()
+
+    async def run_repairs(self) -> None:
+        """Repair the feeds that need it, one at a time (a task of the backplane)."""
+        while True:
+            if not self._repairs:
+                self._repair_wake = trio.Event()
+                await self._repair_wake.wait()
+                continue
+            topic = next(iter(self._repairs))
+            try:
+                await self._repair_one(topic)
+            except Exception as exc:  # Redis lost: try again once the feed is checked again
+                self.warn("history of %r: repair failed (%s)", topic, exc)
+                await trio.sleep(0.1)
+                continue
+            self._repairs.pop(topic, None)
+
+    async def _repair_one(self, topic: str) -> None:
+        feed = self.feeds.get(topic)
+        if feed is None or feed.mirror is None:
+            return
+        mirror = feed.mirror
+        first = mirror.offset + 1
+        count = feed.options.size
+        snapshot = await self.read(topic, first, mirror.epoch, count)
+        if self.feeds.get(topic) is not feed or feed.mirror is not mirror:
+            return
+        top = snapshot.position
+        if top.epoch == mirror.epoch and top.offset == mirror.offset:
+            pass  # nothing was missing (yet): what is held is later than Redis's top?
+        elif top.epoch == mirror.epoch and snapshot.first_kept == first:
+            for entry in snapshot.entries:
+                self._deliver(feed, mirror, entry.opcode, entry.message)
+            self.counters.history_gaps_repaired += 1
+        else:
+            self._close_subscribers(topic)
+            self.counters.history_gaps_closed += 1
+            self.warn(
+                "history of %r: publications after %s are no longer kept; subscribers closed",
+                topic,
+                mirror.position,
+            )
+            self._rebase(feed, snapshot)
+        feed.repairing = False
+        self._release_held(feed)
+        feed.woke()
+        newest = feed.mirror
+        assert newest is not None
+        if feed.held and min(feed.held) > newest.offset + 1:
+            self._repair(topic)  # still a hole (more was lost, or held ones were dropped)
+
+    async def read(self, topic: str, first: int, epoch: str, count: int) -> Snapshot:
+        """One read of ``topic``'s history, shared by every caller asking the same at once."""
+        options = self.options(topic)
+        ttl = options.ttl if options is not None else 0.001
+        key = (topic, first, epoch, count)
+        pending = self._reads.get(key)
+        if pending is not None:
+            done, outcome = pending
+            await done.wait()
+            if isinstance(outcome[0], BaseException):
+                raise outcome[0]
+            return cast(Snapshot, outcome[0])
+        done, outcome = trio.Event(), []
+        self._reads[key] = (done, outcome)
+        try:
+            assert self.link is not None
+            self.reads += 1
+            snapshot = await self.link.read_history(topic, first, epoch, count, ttl)
+            outcome.append(snapshot)
+            return snapshot
+        except BaseException as exc:
+            outcome.append(exc if isinstance(exc, Exception) else trio.TooSlowError())
+            raise
+        finally:
+            self._reads.pop(key, None)
+            done.set()
+
+    # ---------------------------------------------------------------- recoveries
+
+    async def start(self, topic: str, since: Position | None) -> tuple[Recovery, list[Publication]]:
+        """The first step of a subscription from ``since`` (the topic is held by the caller):
+        the decision and the publications to replay, from the mirror or from Redis."""
+        assert self.link is not None
+        await self.link.wait_following(topic)
+        feed = self.feed(topic)
+        assert feed is not None
+        now = trio.current_time()
+        if feed.mirror is not None and feed.held == {} and not feed.repairing:
+            if since is None:
+                return Recovery(False, feed.mirror.position), []
+            if feed.covers(since, now):
+                return feed.mirror.recover(since, now)
+        options = feed.options
+        first = since.offset + 1 if since is not None else 0
+        snapshot = await self.read(
+            topic, first, since.epoch if since is not None else "", options.max_recover
+        )
+        if feed.mirror is None and self.feeds.get(topic) is feed:
+            self._rebase(feed, snapshot)  # the baseline: what comes later is delivered
+            self._release_held(feed)
+            if feed.held:
+                self._repair(topic)
+            feed.woke()
+        top = snapshot.position
+        if since is None:
+            return Recovery(False, top), []
+        reason = decide(since, top, snapshot.first_kept, options.max_recover)
+        if reason is not None:
+            return Recovery(False, top, 0, reason), []
+        missed = []
+        for entry in snapshot.entries:
+            data: str | bytes = (
+                entry.message.decode("utf-8") if entry.opcode == 1 else entry.message
+            )
+            position = Position(entry.offset, top.epoch)
+            missed.append(Publication(position, options.wrap(topic, position, data), now))
+        return Recovery(True, top, len(missed)), missed
+
+    def follow(self, topic: str, last: Position) -> tuple[Recovery, list[Publication]] | None:
+        """What came after ``last`` (replayed already), from the mirror; None if the feed has
+        not come that far yet (wait for :meth:`advanced`)."""
+        feed = self.feed(topic)
+        mirror = None if feed is None else feed.mirror
+        now = trio.current_time()
+        if mirror is None or (mirror.epoch == last.epoch and mirror.offset < last.offset):
+            return None
+        return mirror.recover(last, now)
+
+    def hold(self, topic: str) -> None:
+        self.topics.hold(topic)
+
+    def release(self, topic: str) -> None:
+        self.topics.release(topic)
+
+    async def caught_up(self, topic: str) -> None:
+        """Wait for the feed to move; if it does not within a moment, what Redis numbered
+        did not reach this process: read it (a repair)."""
+        feed = self.feed(topic)
+        if feed is None:
+            raise trio.TooSlowError(f"{topic!r} is not followed here")
+        with trio.move_on_after(0.5):
+            await feed.advanced.wait()
+            return
+        self._repair(topic)
+        await feed.advanced.wait()
