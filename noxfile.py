@@ -133,7 +133,8 @@ def bench(session: nox.Session) -> None:
     """The side-by-side benchmark of what servers send (about 8 minutes), then of what they
     receive (echo, uploads, a chat room: about 10 minutes), the operations benchmark (the
     counters' cost, 1 and 2 workers: about 10 minutes), garbage collection at 10,000
-    connections (about 5 minutes) and topic history in one process (about a minute);
+    connections (about 5 minutes) and topic history in one process and with Redis (about two
+    minutes);
     ``nox -s bench -- --quick``: smoke run (other arguments go to run.py)."""
     session.install(*BENCH_DEPS)
     binary = redis_server(session)
@@ -144,6 +145,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/operations.py", *quick, env=env)
     session.run("python", "benchmarks/gc_pauses.py", *quick, env=env)
     session.run("python", "benchmarks/history.py", *quick, env=env)
+    session.run("python", "benchmarks/history_redis.py", *quick, env=env)
 
 
 @nox.session(name="bench_smoke", python="3.11")
@@ -159,3 +161,6 @@ def bench_smoke(session: nox.Session) -> None:
     # exits non-zero if a round lost deliveries
     session.run("python", "benchmarks/operations.py", "--quick", "--out", f"{out}/ops", env=env)
     session.run("python", "benchmarks/history.py", "--quick", "--out", f"{out}/history")
+    session.run(
+        "python", "benchmarks/history_redis.py", "--quick", "--out", f"{out}/history", env=env
+    )

@@ -90,7 +90,8 @@ class WebSocketHandler(HandlerSettings):
         the topics that keep a history of their publications, so that a client that comes back
         gets what it missed (:meth:`WebSocketConnection.subscribe_from`): a mapping of topic
         names to :class:`HistoryOptions`, or a function of the name that returns one or None.
-        Kept in this process's memory; not combined with a ``backplane`` yet (ValueError).
+        Kept in this process's memory, or with a ``backplane`` in Redis (one history per topic
+        for the whole cluster; docs/guide.md, "Topic history with the Redis backplane").
     ``name`` ("websocket")
         what :meth:`stats` and the ``handler`` label of Prometheus metrics call this handler.
     ``logger``

@@ -151,6 +151,8 @@ class SharedHistory:
         #: reads in flight: (topic, first, epoch, count) -> the event and the outcome
         self._reads: dict[tuple[str, int, str, int], tuple[trio.Event, list[object]]] = {}
         self._repairs: dict[str, None] = {}
+        #: the envelopes of recent snapshots: id -> (snapshot, publications)
+        self._envelopes: dict[int, tuple[Snapshot, tuple[Publication, ...]]] = {}
         self._repair_wake = trio.Event()
         #: reads made (after coalescing)
         self.reads = 0
@@ -367,14 +369,29 @@ class SharedHistory:
         reason = decide(since, top, snapshot.first_kept, options.max_recover)
         if reason is not None:
             return Recovery(False, top, 0, reason), []
+        missed = self._wrapped(topic, snapshot, options, now)
+        return Recovery(True, top, len(missed)), list(missed)
+
+    def _wrapped(
+        self, topic: str, snapshot: Snapshot, options: HistoryOptions, now: float
+    ) -> tuple[Publication, ...]:
+        """The snapshot's entries in their envelopes, made once for every caller that shares
+        the snapshot (a storm's coalesced read): the envelopes of a recovery storm are encoded
+        once, like a live publication's."""
+        cached = self._envelopes.get(id(snapshot))
+        if cached is not None and cached[0] is snapshot:
+            return cached[1]
         missed = []
         for entry in snapshot.entries:
             data: str | bytes = (
                 entry.message.decode("utf-8") if entry.opcode == 1 else entry.message
             )
-            position = Position(entry.offset, top.epoch)
+            position = Position(entry.offset, snapshot.position.epoch)
             missed.append(Publication(position, options.wrap(topic, position, data), now))
-        return Recovery(True, top, len(missed)), missed
+        if len(self._envelopes) >= 16:
+            self._envelopes.clear()
+        self._envelopes[id(snapshot)] = (snapshot, tuple(missed))
+        return tuple(missed)
 
     def follow(self, topic: str, last: Position) -> tuple[Recovery, list[Publication]] | None:
         """What came after ``last`` (replayed already), from the mirror; None if the feed has
