@@ -226,11 +226,12 @@ class RedisBackplane:
         envelope = Envelope(Kind.TOPIC, self.node_id, opcode, topic, payload)
         self._core.publish(self.names.topic(topic), envelope)
 
-    def store(self, topic: str, options: HistoryOptions, opcode: int, message: bytes) -> None:
+    def store(self, topic: str, options: HistoryOptions, opcode: int, message: bytes) -> bool:
         """publish on a topic with history: the publish script numbers it in Redis, keeps it in
         the topic's stream and publishes it to every process, this one included (queued; the
-        publisher sends it, pipelined with the other commands)."""
-        self._core.put(STORE, topic, (options, opcode, message), len(message))
+        publisher sends it, pipelined with the other commands).  False if it was dropped
+        (Redis lost, or the outbox full: counted in ``lost``)."""
+        return self._core.put(STORE, topic, (options, opcode, message), len(message))
 
     @property
     def history_reads(self) -> int:
@@ -253,7 +254,7 @@ class RedisBackplane:
             reply = await client.eval(
                 READ_SCRIPT,
                 [names.history(topic), names.stream(topic)],
-                read_args(first, epoch, count),
+                read_args(first, epoch, count, ttl),
             )
         return decode_read(reply, ttl)
 

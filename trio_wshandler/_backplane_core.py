@@ -94,6 +94,7 @@ class BackplaneCore:
         self._changes: deque[tuple[bool, str]] = deque()  # (subscribe?, channel)
         self._changes_wake = trio.Event()
         self._applied = trio.Event()  # set when a round of subscriptions is in force
+        self._applying: set[str] = set()  # channels of the round being applied
         self._pubsub: Any = None  # the coredis PubSub in use
         # the remote map: connection id -> node, for other nodes
         self._remote: dict[str, str] = {}
@@ -123,10 +124,11 @@ class BackplaneCore:
 
     # ---------------------------------------------------------------- the outbox
 
-    def put(self, op: int, name: str, value: Any, size: int | None = None) -> None:
+    def put(self, op: int, name: str, value: Any, size: int | None = None) -> bool:
         """Queue a command for Redis, unless Redis is lost or the outbox full (a PUBLISH or
-        STORE is then lost; presence is rewritten whole once Redis is back).  ``size``: what it
-        counts against ``max_pending_bytes`` (default ``len(value)``)."""
+        STORE is then lost; presence is rewritten whole once Redis is back); False if it was
+        not queued.  ``size``: what it counts against ``max_pending_bytes`` (default
+        ``len(value)``)."""
         if size is None:
             size = len(value)
         if (
@@ -136,10 +138,11 @@ class BackplaneCore:
         ):
             if op in (PUBLISH, STORE):
                 self.count_lost(1)
-            return
+            return False
         self._outbox.append((op, name, value, size))
         self._pending_bytes += size
         self._wake.set()
+        return True
 
     async def wait_outbox(self) -> None:
         """Wait until a command is queued."""
@@ -210,22 +213,35 @@ class BackplaneCore:
 
     def pubsub_opened(self, pubsub: Any) -> None:
         """A new pub/sub connection, subscribed to the channels of this moment: the changes
-        queued before it are in it already.  Publications on topics with history may have been
-        missed meanwhile: the feeds check them against Redis."""
+        queued before it are in it already."""
         self._changes.clear()
+        self._applying.clear()
         self._pubsub = pubsub
+
+    def pubsub_ready(self) -> None:
+        """The new pub/sub connection's subscriptions are in force: publications on topics
+        with history may have been missed while there was none, so the feeds check them
+        against Redis now (not before: one published between that read and the SUBSCRIBE
+        would be missed again)."""
+        self.subscriptions_applied()
         shared = self.hub.shared if self.hub is not None else None
         if shared is not None:
             shared.resync()
 
     def subscriptions_applied(self) -> None:
         """A round of subscription changes is in force."""
+        self._applying.clear()
         self._applied.set()
         self._applied = trio.Event()
 
     async def wait_channel(self, channel: str) -> None:
-        """Wait until Redis delivers ``channel`` here."""
-        while not self.subscribed_channel(channel):
+        """Wait until Redis delivers ``channel`` here, with no change of it queued or being
+        applied (a topic left and joined again: its UNSUBSCRIBE may be on the way)."""
+        while (
+            not self.subscribed_channel(channel)
+            or channel in self._applying
+            or any(queued == channel for _, queued in self._changes)
+        ):
             await self._applied.wait()
 
     def pubsub_closed(self) -> None:
@@ -247,6 +263,7 @@ class BackplaneCore:
         while self._changes:
             subscribe, channel = self._changes.popleft()
             wanted[channel] = subscribe
+        self._applying.update(wanted)
         adds = [channel for channel, subscribe in wanted.items() if subscribe]
         return adds, [channel for channel, subscribe in wanted.items() if not subscribe]
 

@@ -91,7 +91,8 @@ class BackplaneTasks:
         if self.core.mark_down() and not self.stopping:
             self.options.logger.warning(
                 "backplane %s: Redis unreachable (%s); local delivery goes on, messages"
-                " for other processes are dropped until it is back",
+                " for other processes (and publications on topics with history, which"
+                " Redis numbers) are dropped until it is back",
                 self.options.safe_url,
                 str(exc) or type(exc).__name__,
             )
@@ -106,9 +107,15 @@ class BackplaneTasks:
             messages = sum(1 for op, _, _, _ in batch if op in (PUBLISH, STORE))
             ttl = int(options.presence_ttl) + 1
             names, node = core.names, core.node_id
+            scripts: list[Any] = []
             try:
                 with trio.fail_after(options.command_timeout):
-                    async with self.client.pipeline(transaction=False) as pipe:
+                    # an error answer to one command fails that command only (a script on a
+                    # key someone changed the type of is not "Redis lost"); a connection
+                    # error still fails the pipeline
+                    async with self.client.pipeline(
+                        transaction=False, raise_on_error=False
+                    ) as pipe:
                         loaded = False
                         for op, name, value, _ in batch:
                             if op == PUBLISH:
@@ -119,11 +126,12 @@ class BackplaneTasks:
                                     loaded = True
                                 history, opcode, message = value
                                 head = encode(Envelope(Kind.HISTORY, node, opcode, name))
-                                pipe.evalsha(
+                                script = pipe.evalsha(
                                     PUBLISH_SHA,
                                     [names.history(name), names.stream(name), names.topic(name)],
                                     publish_args(history, head, opcode, message),
                                 )
+                                scripts.append((name, script))
                             elif op == SADD:
                                 pipe.sadd(name, [value])
                                 pipe.expire(name, ttl)  # a set made anew has no expiry yet
@@ -133,7 +141,30 @@ class BackplaneTasks:
                 self.down(exc)
                 core.failed(messages)
                 continue
-            core.sent(messages)
+            refused = await self._refused(scripts)
+            core.sent(messages - refused)
+            if refused:
+                core.count_lost(refused)
+
+    async def _refused(self, scripts: list[Any]) -> int:
+        """How many publish scripts of a pipeline Redis answered with an error (logged)."""
+        import coredis.exceptions
+
+        refused: list[tuple[str, Exception]] = []
+        for topic, script in scripts:
+            try:
+                await script
+            except coredis.exceptions.ResponseError as exc:
+                refused.append((topic, exc))
+        if refused:
+            first, error = refused[0]
+            self.options.logger.warning(
+                "backplane: %d publication(s) refused by Redis, the first on %r: %s",
+                len(refused),
+                first,
+                error,
+            )
+        return len(refused)
 
     # ---------------------------------------------------------------- receiving
 
@@ -148,7 +179,7 @@ class BackplaneTasks:
                     async with pubsub, trio.open_nursery() as nursery:
                         core.pubsub_opened(pubsub)  # the channels of this moment, below
                         await self._subscribe(pubsub, self._channels())
-                        core.subscriptions_applied()
+                        core.pubsub_ready()
                         delay = 0.05
                         nursery.start_soon(self._subscriptions, pubsub)
                         if not started:

@@ -41,12 +41,14 @@ from ._history import (
     Recovery,
     TopicHistory,
     decide,
+    default_envelope,
 )
+from ._history_reads import CoalescedReads, HistoryLink
 from ._history_redis import Snapshot
 from ._stats import Counters
 from .codec import message_payload
 
-__all__ = ["GAP_CLOSE", "HistoryLink", "SharedHistory", "TopicFeed"]
+__all__ = ["GAP_CLOSE", "SharedHistory", "TopicFeed"]
 
 #: The close code of subscribers whose topic lost publications that cannot be repaired (RFC
 #: 6455's "Try Again Later"): subscribe again from the last position, and learn the outcome.
@@ -56,21 +58,6 @@ GAP_REASON = "history gap: subscribe again"
 #: Most publications a feed holds while it waits for a baseline or a repair; past it, the
 #: oldest held go (they are in the stream, and the repair reads them).
 MAX_HELD = 10_000
-
-
-class HistoryLink(Protocol):
-    """What a shared history needs of its backplane (``RedisBackplane``)."""
-
-    def store(self, topic: str, options: HistoryOptions, opcode: int, message: bytes) -> None:
-        """Queue the publish script for a publication (never waits)."""
-
-    async def read_history(
-        self, topic: str, first: int, epoch: str, count: int, ttl: float
-    ) -> Snapshot:
-        """One read script (:raises: a Redis error, or trio.TooSlowError)."""
-
-    async def wait_following(self, topic: str) -> None:
-        """Wait until Redis delivers ``topic``'s channel here (:raises trio.TooSlowError:)."""
 
 
 class Stoppable(Recipient, Protocol):
@@ -140,22 +127,21 @@ class SharedHistory:
         fanout: FanOut,
         counters: Counters,
         warn: Callable[..., None],
+        error: Callable[..., None],
     ) -> None:
         self.process = process
         self.topics = topics
         self.fanout = fanout
         self.counters = counters
         self.warn = warn
+        self.error = error
         self.link: HistoryLink | None = None
         self.feeds: dict[str, TopicFeed] = {}
-        #: reads in flight: (topic, first, epoch, count) -> the event and the outcome
-        self._reads: dict[tuple[str, int, str, int], tuple[trio.Event, list[object]]] = {}
+        self._reads = CoalescedReads()
         self._repairs: dict[str, None] = {}
         #: the envelopes of recent snapshots: id -> (snapshot, publications)
         self._envelopes: dict[int, tuple[Snapshot, tuple[Publication, ...]]] = {}
         self._repair_wake = trio.Event()
-        #: reads made (after coalescing)
-        self.reads = 0
 
     def options(self, topic: str) -> HistoryOptions | None:
         return self.process.options(topic)
@@ -168,8 +154,8 @@ class SharedHistory:
         if options is None:
             return False
         assert self.link is not None
-        self.link.store(topic, options, opcode, message)
-        self.counters.history_publications += 1
+        if self.link.store(topic, options, opcode, message):
+            self.counters.history_publications += 1
         return True
 
     # ---------------------------------------------------------------- the feed
@@ -214,11 +200,28 @@ class SharedHistory:
         self._repair(topic)
 
     def _deliver(self, feed: TopicFeed, mirror: TopicHistory, opcode: int, message: bytes) -> None:
-        data: str | bytes = message.decode("utf-8") if opcode == 1 else message
+        data: str | bytes = message.decode("utf-8", "replace") if opcode == 1 else message
         position = Position(mirror.offset + 1, mirror.epoch)
-        kept = mirror.append(feed.options.wrap(feed.topic, position, data), trio.current_time())
+        kept = mirror.append(
+            self._envelope(feed.options, feed.topic, position, data), trio.current_time()
+        )
         payload, wrapped_opcode = message_payload(kept.data)
         self.fanout.send_payload(self.topics.subscribers(feed.topic), payload, wrapped_opcode)
+
+    def _envelope(
+        self, options: HistoryOptions, topic: str, position: Position, data: str | bytes
+    ) -> str | bytes:
+        """``options.wrap``; if a user's envelope function raises, the error is logged and the
+        default envelope is sent instead: the publication was numbered and kept in Redis
+        already, and every process makes its envelope as it arrives, so raising here would
+        lose it (and stop this process's backplane) rather than tell the publisher."""
+        try:
+            return options.wrap(topic, position, data)
+        except Exception as exc:
+            self.error(
+                "history of %r: the envelope function failed at %s: %r", topic, position, exc
+            )
+            return default_envelope(topic, position, data)
 
     def _release_held(self, feed: TopicFeed) -> None:
         """Deliver what was held and now comes next; drop what is older."""
@@ -261,34 +264,50 @@ class SharedHistory:
             self._repair_wake.set()
 
     async def run_repairs(self) -> None:
-        """Repair the feeds that need it, one at a time (a task of the backplane)."""
+        """Repair the feeds that need it, one at a time (a task of the backplane).  A repair
+        that fails (Redis lost or slow) is tried again, backing off from 0.1 s to 2 s; the
+        first failure of a run of them is logged."""
+        delay = 0.1
         while True:
             if not self._repairs:
                 self._repair_wake = trio.Event()
                 await self._repair_wake.wait()
                 continue
             topic = next(iter(self._repairs))
+            del self._repairs[topic]  # a repair may queue the topic again
             try:
                 await self._repair_one(topic)
-            except Exception as exc:  # Redis lost: try again once the feed is checked again
-                self.warn("history of %r: repair failed (%s)", topic, exc)
-                await trio.sleep(0.1)
+            except Exception as exc:
+                if topic in self.feeds:
+                    self._repairs[topic] = None
+                if delay == 0.1:
+                    self.warn("history of %r: repair failed, trying again (%s)", topic, exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
                 continue
-            self._repairs.pop(topic, None)
+            delay = 0.1
 
     async def _repair_one(self, topic: str) -> None:
         feed = self.feeds.get(topic)
-        if feed is None or feed.mirror is None:
+        if feed is None:
             return
         mirror = feed.mirror
+        if mirror is None:  # no baseline yet: the first publication or read gives it
+            feed.repairing = False
+            return
         first = mirror.offset + 1
         count = feed.options.size
         snapshot = await self.read(topic, first, mirror.epoch, count)
-        if self.feeds.get(topic) is not feed or feed.mirror is not mirror:
+        if self.feeds.get(topic) is not feed:
+            return  # forgotten meanwhile
+        if feed.mirror is not mirror or mirror.offset + 1 != first:  # (not expected: held)
+            feed.repairing = False
+            self._repair(topic)
             return
         top = snapshot.position
         if top.epoch == mirror.epoch and top.offset == mirror.offset:
-            pass  # nothing was missing (yet): what is held is later than Redis's top?
+            # nothing missing: what is held in another epoch is stale (Redis says this one)
+            feed.held = {o: v for o, v in feed.held.items() if v[0] == mirror.epoch}
         elif top.epoch == mirror.epoch and snapshot.first_kept == first:
             for entry in snapshot.entries:
                 self._deliver(feed, mirror, entry.opcode, entry.message)
@@ -305,37 +324,15 @@ class SharedHistory:
         feed.repairing = False
         self._release_held(feed)
         feed.woke()
-        newest = feed.mirror
-        assert newest is not None
-        if feed.held and min(feed.held) > newest.offset + 1:
+        if feed.held:
             self._repair(topic)  # still a hole (more was lost, or held ones were dropped)
 
     async def read(self, topic: str, first: int, epoch: str, count: int) -> Snapshot:
-        """One read of ``topic``'s history, shared by every caller asking the same at once."""
+        """:meth:`CoalescedReads.read` of ``topic`` through this history's link."""
         options = self.options(topic)
         ttl = options.ttl if options is not None else 0.001
-        key = (topic, first, epoch, count)
-        pending = self._reads.get(key)
-        if pending is not None:
-            done, outcome = pending
-            await done.wait()
-            if isinstance(outcome[0], BaseException):
-                raise outcome[0]
-            return cast(Snapshot, outcome[0])
-        done, outcome = trio.Event(), []
-        self._reads[key] = (done, outcome)
-        try:
-            assert self.link is not None
-            self.reads += 1
-            snapshot = await self.link.read_history(topic, first, epoch, count, ttl)
-            outcome.append(snapshot)
-            return snapshot
-        except BaseException as exc:
-            outcome.append(exc if isinstance(exc, Exception) else trio.TooSlowError())
-            raise
-        finally:
-            self._reads.pop(key, None)
-            done.set()
+        assert self.link is not None
+        return await self._reads.read(self.link, topic, first, epoch, count, ttl)
 
     # ---------------------------------------------------------------- recoveries
 
@@ -364,10 +361,15 @@ class SharedHistory:
                 self._repair(topic)
             feed.woke()
         top = snapshot.position
-        if since is None:
-            return Recovery(False, top), []
-        reason = decide(since, top, snapshot.first_kept, options.max_recover)
-        if reason is not None:
+        reason = (
+            None if since is None else decide(since, top, snapshot.first_kept, options.max_recover)
+        )
+        if since is None or reason is not None:
+            # the live feed starts where this process's feed is (the read may be ahead of it,
+            # or behind): that is the position the client may count on
+            mirror = feed.mirror
+            if mirror is not None and mirror.epoch == top.epoch:
+                top = mirror.position
             return Recovery(False, top, 0, reason), []
         missed = self._wrapped(topic, snapshot, options, now)
         return Recovery(True, top, len(missed)), list(missed)
@@ -384,10 +386,12 @@ class SharedHistory:
         missed = []
         for entry in snapshot.entries:
             data: str | bytes = (
-                entry.message.decode("utf-8") if entry.opcode == 1 else entry.message
+                entry.message.decode("utf-8", "replace") if entry.opcode == 1 else entry.message
             )
             position = Position(entry.offset, snapshot.position.epoch)
-            missed.append(Publication(position, options.wrap(topic, position, data), now))
+            missed.append(
+                Publication(position, self._envelope(options, topic, position, data), now)
+            )
         if len(self._envelopes) >= 16:
             self._envelopes.clear()
         self._envelopes[id(snapshot)] = (snapshot, tuple(missed))

@@ -5,14 +5,17 @@ position (``o`` the last offset, ``e`` the epoch) and a stream ``stream:<topic>`
 publications (entry id ``<offset>-0``; fields ``d`` the message as published, ``k`` its opcode,
 ``t`` Redis's clock in ms).
 
-* :data:`PUBLISH_SCRIPT`, one per publication, pipelined by the backplane's publisher: makes
+* :data:`PUBLISH_SCRIPT`, one per publication, pipelined by the backplane's publisher: checks
+  that the keys are what they should be (else it fails before writing anything, so no offset
+  is taken for a publication that is not kept), makes
   the hash with a fresh epoch if it is missing (and drops a stream left from a lost history, so
   offsets start at 1 again), takes the next offset, appends to the stream (``MAXLEN`` = ``size``,
   exact), sets both keys' expiry, and ``PUBLISH``es the message with its position.  Atomic, so
   offsets are contiguous whichever process publishes, and every process (the publisher too)
   delivers in offset order what comes back on the topic's channel (``_history_feed.py``).
-* :data:`READ_SCRIPT`: the position (making the hash, with a fresh epoch, if missing: a topic
-  read before anything was published keeps that epoch for its first publications) and, when a
+* :data:`READ_SCRIPT`: the position (making the hash, with a fresh epoch and the topic's
+  ``ttl`` as expiry, if missing: a topic read before anything was published keeps that epoch
+  for its first publications) and, when a
   gap in the same epoch is asked for and is at most ``count`` long, the stream's entries from
   its first offset, with Redis's clock, in one atomic step.
 
@@ -51,6 +54,10 @@ META_TTL = 86_400
 
 PUBLISH_SCRIPT = """
 local meta, stream = KEYS[1], KEYS[2]
+local kinds = {redis.call('TYPE', meta).ok, redis.call('TYPE', stream).ok}
+if (kinds[1] ~= 'none' and kinds[1] ~= 'hash') or (kinds[2] ~= 'none' and kinds[2] ~= 'stream') then
+  return redis.error_reply('WRONGTYPE a history key holds something else: ' .. meta)
+end
 local epoch = redis.call('HGET', meta, 'e')
 if not epoch then
   epoch = ARGV[1]
@@ -105,10 +112,12 @@ def publish_args(
     return [new_epoch(), options.size, ttl_ms, meta_ttl, head, opcode, message]
 
 
-def read_args(first: int, epoch: str, count: int) -> list[bytes | int | str]:
+def read_args(first: int, epoch: str, count: int, ttl: float) -> list[bytes | int | str]:
     """ARGV of :data:`READ_SCRIPT`: the entries from offset ``first`` (0: none) if the topic is
-    in ``epoch`` and at most ``count`` of them are asked for."""
-    return [new_epoch(), META_TTL, first, epoch, max(count, 0)]
+    in ``epoch`` and at most ``count`` of them are asked for.  A hash the read makes (nothing
+    was published) lives the topic's ``ttl``: a client that asks for many names leaves keys
+    that go within ``ttl``, not within a day."""
+    return [new_epoch(), max(1, math.ceil(ttl)), first, epoch, max(count, 0)]
 
 
 @attrs.frozen

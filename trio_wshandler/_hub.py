@@ -22,7 +22,8 @@ from ._errors import UnknownConnectionError
 from ._extensions import DeflateOptions
 from ._fanout import FanOut
 from ._history import ProcessHistory
-from ._history_feed import HistoryLink, SharedHistory
+from ._history_feed import SharedHistory
+from ._history_reads import HistoryLink
 from ._options import ConnectionLimits
 from ._recovery import HistorySource, LocalHistory
 from ._registry import ConnectionRegistry
@@ -31,6 +32,14 @@ from ._topics import TopicMap
 from .codec import DataLike, message_payload
 
 __all__ = ["NO_REMOTE", "Backplane", "ConnectionHost", "Hub", "Remote"]
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class ConnectionHost(Protocol):
@@ -168,7 +177,12 @@ class Hub:
     def _share_history(self) -> None:
         assert self.history is not None
         shared = SharedHistory(
-            self.history, self.topics, self.fanout, self.counters, self.host.log_warning
+            self.history,
+            self.topics,
+            self.fanout,
+            self.counters,
+            self.host.log_warning,
+            self.host.log_error,
         )
         shared.link = cast(Backplane, self.remote)
         self.shared = self.source = shared
@@ -237,6 +251,8 @@ class Hub:
             if parts is None or self.shared is None:
                 return True  # damaged, or this handler keeps no history
             offset, epoch, message = parts
+            if envelope.opcode == 1 and not _utf8(message):
+                return True  # not made by our script (it keeps text as text): damaged
             self.shared.received(envelope.target, offset, epoch, envelope.opcode, message)
         elif envelope.target not in registry:
             return False

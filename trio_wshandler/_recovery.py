@@ -35,8 +35,9 @@ __all__ = ["OVERRUN_CLOSE", "HistorySource", "LocalHistory", "Recovering", "subs
 #: Again Later"): the client should reconnect and subscribe from its last position again.
 OVERRUN_CLOSE = 1013
 
-#: How long a replay waits for this process to receive publications that the store has
-#: numbered already (Redis: in flight on the pub/sub connection, or being repaired)
+#: How long a replay waits, in all, for this process to receive publications that the store
+#: has numbered already (Redis: in flight on the pub/sub connection, or being repaired); then
+#: the connection is closed with 1013
 CATCH_UP_TIMEOUT = 5.0
 
 
@@ -165,10 +166,19 @@ async def _replay(
             replayed += len(missed)
             last = missed[-1].position if missed else position
             found = source.follow(topic, last)
-            while found is None:  # the store numbered more than has reached this process
-                with trio.fail_after(CATCH_UP_TIMEOUT):
-                    await source.caught_up(topic)
-                found = source.follow(topic, last)
+            if found is None:  # the store numbered more than has reached this process
+                try:
+                    with trio.fail_after(CATCH_UP_TIMEOUT):
+                        while found is None:
+                            await source.caught_up(topic)
+                            found = source.follow(topic, last)
+                except trio.TooSlowError:
+                    counters.recovery_failed("unavailable")
+                    why = "history unavailable: subscribe again"
+                    raise ConnectionClosedError(
+                        f"the replay of {topic!r} could not catch up with the topic in"
+                        f" {CATCH_UP_TIMEOUT} s: closed with 1013"
+                    ) from None
             catch_up, missed = found
             position = catch_up.position
             if not catch_up.recovered:
