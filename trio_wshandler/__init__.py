@@ -11,6 +11,7 @@ from __future__ import annotations
 from . import codec
 from ._auth import AbstractAuthenticator, BasicAuthenticator, TokenAuthenticator
 from ._backplane import BackplaneError, RedisBackplane
+from ._caps import ConnectionCaps
 from ._connection import FrameAction, WebSocketConnection
 from ._errors import (
     AuthenticationError,
@@ -41,6 +42,7 @@ __all__ = [
     "BasicAuthenticator",
     "CallContext",
     "CloseCode",
+    "ConnectionCaps",
     "ConnectionClosedError",
     "ConnectionLimits",
     "ConnectionRegistry",

@@ -26,7 +26,7 @@ from ._http import HttpHandler
 from ._prometheus import PrometheusHandler
 from ._server import Server, serve
 from ._worker_metrics import WorkerMetrics
-from ._workers import load_handler, supervise
+from ._workers import caps_of, load_handler, supervise
 
 logger = logging.getLogger("trio_wshandler.cli")
 
@@ -152,6 +152,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", help="Redis URL: the workers form one cluster (a RedisBackplane)")
     p.add_argument("--certfile", help="PEM certificate (chain): serve wss:// (TLS)")
     p.add_argument("--keyfile", help="PEM private key, if not in --certfile")
+    caps = p.add_argument_group("caps (per worker; 429 with Retry-After, docs/guide.md)")
+    caps.add_argument("--max-per-address", type=int, help="connections per client address")
+    caps.add_argument("--max-attempts", type=int, help="upgrade attempts per address ...")
+    caps.add_argument("--attempts-per", type=float, default=10.0, help="... per this many s")
+    caps.add_argument("--max-per-user", type=int, help="connections per authenticated user")
+    caps.add_argument(
+        "--trusted-proxy",
+        action="append",
+        metavar="NETWORK",
+        help="a proxy whose X-Forwarded-For is believed (repeatable)",
+    )
     p.add_argument(
         "--metrics-path",
         help="serve Prometheus metrics at this path (e.g. /metrics; needs the metrics extra)",
@@ -219,13 +230,14 @@ def _serve(args: argparse.Namespace) -> int:
             _parser().error(
                 "--metrics-path needs prometheus-client: pip install trio_wshandler[metrics]"
             )
+    caps = caps_of(args)  # checked here, before any worker starts
     if args.workers > 1:
         try:
             return trio.run(supervise, args)
         except OSError as exc:
             logger.error("%s", exc)
             return 1
-    handler = load_handler(args.app, args.redis)
+    handler = load_handler(args.app, args.redis, caps)
     routes: HttpHandler | Mapping[str, HttpHandler] = handler
     background = None
     if args.metrics_path is not None:

@@ -16,10 +16,12 @@ from typing import Any
 
 import trio
 
+from ._admission import Admission
 from ._auth import AbstractAuthenticator
 from ._backplane import RedisBackplane
+from ._caps import CapsTable, ConnectionCaps
 from ._connection import WebSocketConnection
-from ._extensions import DeflateOptions, negotiate_deflate
+from ._extensions import DeflateOptions
 from ._history import HistoryLike, ProcessHistory
 from ._hub import Hub
 from ._lifecycle import prepare_connection, refuse_after_101, run_connection
@@ -30,7 +32,6 @@ from ._registry import ConnectionRegistry
 from ._stats import HandlerStats
 from ._topics import check_topic
 from ._types import CallContext, Request, Response
-from ._upgrade import check_upgrade, switching_protocols
 from .codec import CloseCode, DataLike, validate_close_code
 
 __all__ = ["WebSocketHandler"]
@@ -92,6 +93,9 @@ class WebSocketHandler(HandlerSettings):
         names to :class:`HistoryOptions`, or a function of the name that returns one or None.
         Kept in this process's memory, or with a ``backplane`` in Redis (one history per topic
         for the whole cluster; docs/guide.md, "Topic history with the Redis backplane").
+    ``caps`` (None)
+        a :class:`ConnectionCaps`: connections and upgrade attempts per client address,
+        connections per user; refused with 429 and ``Retry-After`` (docs/guide.md, "Caps").
     ``name`` ("websocket")
         what :meth:`stats` and the ``handler`` label of Prometheus metrics call this handler.
     ``logger``
@@ -120,6 +124,7 @@ class WebSocketHandler(HandlerSettings):
         require_origin: bool = False,
         backplane: RedisBackplane | None = None,
         history: HistoryLike | None = None,
+        caps: ConnectionCaps | None = None,
         name: str = "websocket",
         logger: logging.Logger | None = None,
     ) -> None:
@@ -160,10 +165,15 @@ class WebSocketHandler(HandlerSettings):
         self._compression = compression
         if origins is None and require_origin:
             raise ValueError("require_origin needs origins (the origins to allow)")
-        self._origins = None if origins is None else OriginCheck.build(origins, require_origin)
+        if caps is not None and not isinstance(caps, ConnectionCaps):
+            raise TypeError(f"caps must be a ConnectionCaps or None, not {caps!r}")
+        origin_check = None if origins is None else OriginCheck.build(origins, require_origin)
         self.logger = logger if logger is not None else logging.getLogger("trio_wshandler")
         self._hub = Hub(self, compression)
         self._counters = self._hub.counters
+        self._admission = Admission(
+            origin_check, None if caps is None else CapsTable(caps), self._counters
+        )
         self._registry: ConnectionRegistry[WebSocketConnection] = self._hub.registry
         if history is not None:
             self._hub.keep_history(ProcessHistory(history))
@@ -184,6 +194,15 @@ class WebSocketHandler(HandlerSettings):
         self._hub.connect(backplane)
         self.backplane = backplane
 
+    def use_caps(self, caps: ConnectionCaps) -> None:
+        """Cap what one client may open (as ``caps=`` does); before the handler serves (the
+        command line's ``serve --max-per-address ...`` sets it on a factory's handler)."""
+        if not isinstance(caps, ConnectionCaps):
+            raise TypeError(f"caps must be a ConnectionCaps, not {caps!r}")
+        if self._registry:
+            raise RuntimeError("caps are set before the handler serves")
+        self._admission.caps = CapsTable(caps)
+
     # ---------------------------------------------------------------- settings
 
     @property
@@ -201,44 +220,13 @@ class WebSocketHandler(HandlerSettings):
     async def handle_request(self, cx: CallContext, hdr: Request, body: bytes) -> Response:
         """Validate an upgrade request and answer it: 101 accepts it.
 
-        Checks the ``Origin`` first (403; see ``origins``), then runs the authenticator (a
-        crash in either is a 500).  Then: 503 once stopped or full; then the checks of the
+        Checks the ``caps`` of the client's address first (429), then the ``Origin`` (403;
+        see ``origins``), then runs the authenticator (a crash in either is a 500) and checks
+        the cap of its user (429).  Then: 503 once stopped or full; then the checks of the
         opening handshake (``_upgrade.check_upgrade``: 405, 400 or 426).  Subclasses call
         ``await super().handle_request(...)`` and add checks or headers (``with_headers``).
         """
-        if self._origins is not None:
-            try:
-                origin_refusal = self._origins.refusal(hdr.headers.get("origin"))
-            except Exception:
-                self.log_error("origin check failed for %s", cx.peer, exc_info=True)
-                return Response(500, "origin check failed: internal error", close=True)
-            if origin_refusal is not None:
-                text, detail = origin_refusal
-                self.log_debug("upgrade from %s refused: %s", cx.peer, detail)
-                return Response(403, f"forbidden: {text}", close=True)
-        if self.auth is not None:
-            try:
-                refusal = await self.auth.authenticate_request(cx.listener_id, hdr, cx)
-            except Exception:
-                self.log_error("authenticator failed for %s", cx.peer, exc_info=True)
-                return Response(500, "authentication failed: internal error", close=True)
-            if refusal is not None:
-                return refusal
-        if self._stopped:
-            return Response(503, "this WebSocket handler has been stopped", close=True)
-        if self.max_connections is not None and len(self._registry) >= self.max_connections:
-            return Response(
-                503,
-                f"too many connections (max_connections={self.max_connections})",
-                {"Retry-After": "5"},
-                close=True,
-            )
-        accept = check_upgrade(hdr)
-        if isinstance(accept, Response):
-            return accept
-        protocol = self.select_subprotocol(hdr.header_tokens("sec-websocket-protocol"))
-        deflate = negotiate_deflate(hdr.header("sec-websocket-extensions"), self._compression)
-        return switching_protocols(accept, protocol, None if deflate is None else deflate[1])
+        return await self._admission.answer(self, cx, hdr)
 
     def response_sent(self, status: int) -> None:
         """The server sent this handler's answer to a request (101: the upgrade went out):
@@ -298,11 +286,15 @@ class WebSocketHandler(HandlerSettings):
         # state that the package runs (``_core.ConnectionCore``)
         core = connection._core
         prepare_connection(core, cx, hdr, stopping=stopping, extensions=extensions)
-        if tasks is None:
-            async with open_listener_tasks() as tasks:
+        self._admission.started(cx.id)
+        try:
+            if tasks is None:
+                async with open_listener_tasks() as tasks:
+                    await run_connection(core, stream, initial_data, tasks)
+            else:
                 await run_connection(core, stream, initial_data, tasks)
-        else:
-            await run_connection(core, stream, initial_data, tasks)
+        finally:
+            self._admission.ended(cx.id)
 
     # ---------------------------------------------------------------- sending
 

@@ -115,6 +115,13 @@ METRICS: tuple[tuple[str, str, str, str, str], ...] = (
         "Subscriptions from a position that did not recover, by reason.",
     ),
     (
+        "cap_refusals",
+        "counter",
+        "cap_refusals",
+        "reason",
+        "Handshakes refused (429) by a cap, by reason (address, attempts, user).",
+    ),
+    (
         "history_gaps_repaired",
         "counter",
         "history_gaps_repaired",

@@ -82,6 +82,10 @@ _HISTORY = (
 )
 
 
+#: the fields of :class:`Counters` that count by a name (a reason)
+_BY_NAME = ("recovery_failures", "cap_refusals")
+
+
 class Counters:
     """The live counters of one handler (see :class:`HandlerStats` for what each one counts).
 
@@ -89,7 +93,7 @@ class Counters:
     the package reads them through :meth:`WebSocketHandler.stats`.
     """
 
-    __slots__ = (*_INT_COUNTERS, *_CODE_COUNTERS, *_RETIRED, *_HISTORY, "recovery_failures")
+    __slots__ = (*_INT_COUNTERS, *_CODE_COUNTERS, *_RETIRED, *_HISTORY, *_BY_NAME)
 
     def __init__(self) -> None:
         self.upgrades = 0
@@ -111,6 +115,11 @@ class Counters:
         self.history_publications = self.recoveries = self.recoveries_succeeded = 0
         self.history_gaps_repaired = self.history_gaps_closed = 0
         self.recovery_failures: dict[str, int] = {}
+        self.cap_refusals: dict[str, int] = {}
+
+    def count_cap(self, reason: str) -> None:
+        """A handshake refused by a cap (``reason``: address, attempts or user)."""
+        self.cap_refusals[reason] = self.cap_refusals.get(reason, 0) + 1
 
     def recovery_failed(self, reason: str) -> None:
         """A subscription from a position did not recover (``reason``: epoch, too_old,
@@ -242,6 +251,9 @@ class HandlerStats:
     #: gaps that could not be repaired (no longer kept, or a new epoch): the topic's
     #: subscribers here were closed with 1013
     history_gaps_closed: int = 0
+    #: handshakes refused (429) by a cap (``caps=``), by reason: "address" (connections per
+    #: address), "attempts" (upgrade attempts per address), "user" (connections per user)
+    cap_refusals: Mapping[str, int] = attrs.field(factory=lambda: MappingProxyType({}))
 
     @property
     def frames_per_write(self) -> float:
@@ -276,9 +288,8 @@ class HandlerStats:
             values[field] = _frozen_codes(getattr(counters, field))
         for field in _HISTORY:
             values[field] = getattr(counters, field)
-        values["recovery_failures"] = MappingProxyType(
-            dict(sorted(counters.recovery_failures.items()))
-        )
+        for field in _BY_NAME:
+            values[field] = MappingProxyType(dict(sorted(getattr(counters, field).items())))
         return cls(
             name=name,
             connections=live,
@@ -297,7 +308,8 @@ class HandlerStats:
         for field in _CODE_COUNTERS:
             data[field] = {str(code): n for code, n in data[field].items()}
         data["backplane"] = None if self.backplane is None else attrs.asdict(self.backplane)
-        data["recovery_failures"] = dict(self.recovery_failures)
+        for field in _BY_NAME:
+            data[field] = dict(getattr(self, field))
         return data
 
     @classmethod
@@ -307,7 +319,8 @@ class HandlerStats:
         values = {k: v for k, v in data.items() if k in known}
         for field in _CODE_COUNTERS:
             values[field] = _frozen_codes({int(k): v for k, v in values[field].items()})
-        values["recovery_failures"] = MappingProxyType(dict(values.get("recovery_failures", {})))
+        for field in _BY_NAME:
+            values[field] = MappingProxyType(dict(values.get(field, {})))
         if values.get("backplane") is not None:
             values["backplane"] = BackplaneStats(**values["backplane"])
         return cls(**values)

@@ -25,9 +25,10 @@ from typing import Any
 import trio
 
 from ._backplane import RedisBackplane
+from ._caps import ConnectionCaps
 from ._handler import WebSocketHandler
 
-__all__ = ["STOP_GRACE", "load_handler", "supervise"]
+__all__ = ["STOP_GRACE", "caps_of", "load_handler", "supervise"]
 
 logger = logging.getLogger("trio_wshandler.cli")
 
@@ -38,9 +39,11 @@ STOP_GRACE = 15.0
 RESTART_MIN, RESTART_MAX, RESTART_RESET = 0.5, 30.0, 60.0
 
 
-def load_handler(spec: str, redis: str | None) -> WebSocketHandler:
+def load_handler(
+    spec: str, redis: str | None, caps: ConnectionCaps | None = None
+) -> WebSocketHandler:
     """The handler ``module:factory`` makes (a class or a callable without arguments),
-    with a backplane on ``redis`` if given."""
+    with a backplane on ``redis`` and ``caps`` if given."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise SystemExit(f"serve: expected module:factory, got {spec!r}")
@@ -54,7 +57,28 @@ def load_handler(spec: str, redis: str | None) -> WebSocketHandler:
         raise SystemExit(f"serve: {spec}() returned {handler!r}, not a WebSocketHandler")
     if redis:
         handler.use_backplane(RedisBackplane(redis))
+    if caps is not None:
+        handler.use_caps(caps)
     return handler
+
+
+def caps_of(args: argparse.Namespace) -> ConnectionCaps | None:
+    """The caps the command line asks for, or None (``serve --max-per-address`` ...)."""
+    asked = (args.max_per_address, args.max_attempts, args.max_per_user)
+    if all(value is None for value in asked):
+        if args.trusted_proxy:
+            raise SystemExit("serve: --trusted-proxy needs a cap (--max-per-address, ...)")
+        return None
+    try:
+        return ConnectionCaps(
+            max_per_address=args.max_per_address,
+            max_attempts=args.max_attempts,
+            per=args.attempts_per,
+            max_per_user=args.max_per_user,
+            trusted_proxies=tuple(args.trusted_proxy or ()),
+        )
+    except ValueError as exc:
+        raise SystemExit(f"serve: {exc}") from None
 
 
 def _worker_argv(args: argparse.Namespace, port: int, number: int) -> list[str]:
@@ -65,6 +89,12 @@ def _worker_argv(args: argparse.Namespace, port: int, number: int) -> list[str]:
         argv += ["--worker-number", str(number)]
     if args.redis:
         argv += ["--redis", args.redis]
+    for flag in ("max_per_address", "max_attempts", "max_per_user"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    argv += ["--attempts-per", str(args.attempts_per)]
+    for network in args.trusted_proxy or ():
+        argv += ["--trusted-proxy", network]
     if args.certfile:
         argv += ["--certfile", args.certfile]
     if args.keyfile:
