@@ -89,7 +89,7 @@ async def test_one_slow_consumer_does_not_stall_the_others() -> None:
 
     assert received == [message_count] * normal
     assert all(in_order)
-    assert stuck_conn.close_code == 1008 and stuck_conn.close_reason == "slow consumer"
+    assert stuck_conn.close_code == 1013 and stuck_conn.close_reason == "slow consumer"
     # the server held at most max_queue_bytes (+1 message) for the stuck client
     assert peak_queued <= (1 << 20) + size + 100
     assert all(c.close_code == 1000 for c in handler.connections[1:])
@@ -139,7 +139,7 @@ async def test_a_full_queue_is_written_before_the_policy_applies() -> None:
             assert (await raw.receive_frame()).payload == f"m{i}".encode()
 
 
-async def test_close_policy_send_raises_and_closes_1008() -> None:
+async def test_close_policy_send_raises_and_closes_1013() -> None:
     handler = RecordingHandler(max_queue=3, heartbeat=None)
     async with running(handler) as server:
         stuck = await stuck_client(server.port)
@@ -151,7 +151,7 @@ async def test_close_policy_send_raises_and_closes_1008() -> None:
         raw = RawClient(stuck)  # now read: every message queued, then the Close
         for _ in range(sent):
             assert len((await raw.receive_frame()).payload) == 65536
-        await raw.expect_close(1008)
+        await raw.expect_close(1013)
         await stuck.aclose()
 
 

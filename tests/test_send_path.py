@@ -83,7 +83,7 @@ async def test_a_client_that_floods_and_never_reads_is_stopped() -> None:
             assert await other.recv() == "fine"
         with trio.fail_after(5):
             await conn.wait_closed()
-        assert (conn.close_code, conn.close_reason) == (1008, "send timeout")
+        assert (conn.close_code, conn.close_reason) == (1013, "send timeout")
         await trio.aclose_forcefully(flooder)
 
 

@@ -12,6 +12,7 @@ from . import codec
 from ._auth import AbstractAuthenticator, BasicAuthenticator, TokenAuthenticator
 from ._backplane import BackplaneError, RedisBackplane
 from ._caps import ConnectionCaps
+from ._close_codes import CLOSE_CODES, CloseAdvice, should_reconnect
 from ._connection import FrameAction, WebSocketConnection
 from ._errors import (
     AuthenticationError,
@@ -35,12 +36,14 @@ from .codec import CloseCode, Frame, Opcode
 __version__ = "0.1.0"
 
 __all__ = [
+    "CLOSE_CODES",
     "AbstractAuthenticator",
     "AuthenticationError",
     "BackplaneError",
     "BackplaneStats",
     "BasicAuthenticator",
     "CallContext",
+    "CloseAdvice",
     "CloseCode",
     "ConnectionCaps",
     "ConnectionClosedError",
@@ -73,4 +76,5 @@ __all__ = [
     "codec",
     "default_envelope",
     "serve",
+    "should_reconnect",
 ]

@@ -160,7 +160,7 @@ class WebSocketConnection:
 
         When the send queue is full, the handler's ``slow_consumer`` policy applies: under
         ``"drop"`` the message is dropped and counted in :attr:`dropped_messages`; under
-        ``"close"`` the client is closed (1008) and this raises.  With permessage-deflate
+        ``"close"`` the client is closed (1013) and this raises.  With permessage-deflate
         negotiated, a message of at least ``DeflateOptions.threshold`` bytes goes compressed.
 
         :raises ConnectionClosedError: the connection is closing or closed (the message was not

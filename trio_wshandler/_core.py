@@ -202,7 +202,7 @@ class ConnectionCore(Generic[H]):
             nbytes,
         )
         self.counters.slow_consumer_closes += 1
-        self.start_close(CloseCode.POLICY_VIOLATION, "slow consumer")
+        self.start_close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
 
     def not_sent_reason(self) -> str:
         return (
@@ -351,7 +351,7 @@ class ConnectionCore(Generic[H]):
         if isinstance(exc, WriteTimeout):
             self.settings.log_warning("connection %s: %s; closing", self.id, exc)
             self.counters.send_timeouts += 1
-            self.close_code = self.close_code or CloseCode.POLICY_VIOLATION
+            self.close_code = self.close_code or CloseCode.TRY_AGAIN_LATER
             self.close_reason = self.close_reason or "send timeout"
         elif not isinstance(exc, OSError | trio.BrokenResourceError | trio.ClosedResourceError):
             self.settings.log_error("connection %s: %s failed", self.id, task, exc_info=exc)

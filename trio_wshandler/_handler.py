@@ -60,7 +60,7 @@ class WebSocketHandler(HandlerSettings):
         checked and documented (``handler.limits``).
     ``slow_consumer`` ("close")
         what happens when a message does not fit in a client's send queue: ``"close"`` closes
-        that client with 1008 "slow consumer"; ``"drop"`` drops the message for that client
+        that client with 1013 "slow consumer"; ``"drop"`` drops the message for that client
         only and counts it in ``connection.dropped_messages``.  Both log a warning.
     ``send_timeout`` (30.0 s, or None)
         a client whose socket accepts no data for this long is disconnected.

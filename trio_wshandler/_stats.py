@@ -218,7 +218,7 @@ class HandlerStats:
     largest_queue_bytes: int
     #: messages dropped because a client's queue was full (``slow_consumer="drop"``)
     dropped_messages: int
-    #: connections closed (1008) because their queue was full (``slow_consumer="close"``)
+    #: connections closed (1013) because their queue was full (``slow_consumer="close"``)
     slow_consumer_closes: int
     #: connections dropped because their socket took no byte for ``send_timeout``
     send_timeouts: int

@@ -73,6 +73,8 @@ class CloseCode(IntEnum):
     MESSAGE_TOO_BIG = 1009
     MANDATORY_EXT = 1010
     INTERNAL_SERVER_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
     TLS_HANDSHAKE = 1015
 
     @property
@@ -93,6 +95,8 @@ _CLOSE_TEXTS = {
     CloseCode.MESSAGE_TOO_BIG: "Message Too Big",
     CloseCode.MANDATORY_EXT: "Mandatory Ext.",
     CloseCode.INTERNAL_SERVER_ERROR: "Internal Server Error",
+    CloseCode.SERVICE_RESTART: "Service Restart",
+    CloseCode.TRY_AGAIN_LATER: "Try Again Later",
     CloseCode.TLS_HANDSHAKE: "TLS Handshake",
 }
 

@@ -3,7 +3,7 @@
 //   const client = new TrioPubSub("wss://example.com/ws", {
 //     onMessage: (topic, data, envelope) => ...,       // every publication, replayed or live
 //     onSubscribed: (topic, answer, since) => ...,     // answer.recovered, answer.reason
-//     onStatus: (status) => ...,                       // "connecting", "connected", "disconnected"
+//     onStatus: (status) => ...,   // "connecting", "connected", "disconnected", "closed" (terminal)
 //     onOther: (message) => ...,                       // anything else the server sends
 //   });
 //   client.subscribe("room");
@@ -14,7 +14,9 @@
 // drops it
 // reconnects with exponential backoff and jitter and subscribes again from those positions: the
 // server replays what was missed and says recovered: true, or says why it could not (the page
-// then reloads what it shows from its own source).
+// then reloads what it shows from its own source).  It comes back only after a close that asks
+// for it (TrioPubSub.shouldReconnect: a restart 1012, try again later 1013, a lost connection,
+// ...); after a terminal one (1001 the server is going away, 1008 policy, ...) it stays closed.
 (function (global) {
   "use strict";
 
@@ -47,11 +49,26 @@
         for (const topic of this.topics.keys()) this.sendSubscribe(topic);
       };
       ws.onmessage = (event) => this.received(event.data);
-      ws.onclose = () => {
+      ws.onclose = (event) => {
         if (this.ws !== ws) return;
+        if (!TrioPubSub.shouldReconnect(event.code)) {
+          // a terminal code (the server is going away, a protocol or policy error): not on our
+          // own; the page may call connect() again on the user's action
+          this.closedWith = event.code;
+          this.status("closed");
+          return;
+        }
         this.status("disconnected");
         if (!this.closed) this.reconnectLater();
       };
+    }
+
+    // The server's rule (trio_wshandler/_close_codes.py, should_reconnect): 1011, 1012, 1013,
+    // a lost connection (1005, 1006), 3000-3499 and 4000-4499 reconnect; the rest do not.
+    static shouldReconnect(code) {
+      if (code === undefined || code === null || code === 1005 || code === 1006) return true;
+      if (code === 1011 || code === 1012 || code === 1013) return true;
+      return (code >= 3000 && code <= 3499) || (code >= 4000 && code <= 4499);
     }
 
     reconnectLater() {
