@@ -4,13 +4,16 @@ server, and a user's handler on every core (``serve module:factory --workers N``
 
 Both stop gracefully on Ctrl-C (SIGINT) or SIGTERM: the listener stops accepting, every client
 gets Close 1001 and its hooks run, and the process exits 0 within ``close_timeout`` plus a
-second; a second signal exits at once (status 130).
+second; a second signal exits at once (status 130).  SIGHUP restarts: every client gets Close
+1012 (service restart: come back), and the process runs itself again on the same port (a
+worker of ``serve --workers N`` exits instead: its supervisor restarts the workers in turn).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -27,6 +30,7 @@ from ._prometheus import PrometheusHandler
 from ._server import Server, serve
 from ._worker_metrics import WorkerMetrics
 from ._workers import caps_of, load_handler, supervise
+from .codec import CloseCode
 
 logger = logging.getLogger("trio_wshandler.cli")
 
@@ -44,11 +48,13 @@ async def _run(
     args: argparse.Namespace,
     describe: str,
     background: Callable[[], Awaitable[None]] | None = None,
-) -> None:
+) -> int | None:
+    """Serve until a signal; the port to restart on after SIGHUP, None after SIGINT/SIGTERM."""
     context = _ssl_context(args)
     scheme = "https" if context else "http"
     ws_scheme = "wss" if context else "ws"
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    restart = None
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             if background is not None:
                 nursery.start_soon(background)
@@ -70,12 +76,18 @@ async def _run(
                 flush=True,
             )
             async for signum in signals:  # the first signal: stop gracefully
+                code, reason = CloseCode.GOING_AWAY, "server is stopping"
+                if signum == signal.SIGHUP:  # a restart: the clients should come back
+                    code, reason = CloseCode.SERVICE_RESTART, "service restart"
+                    restart = server.port
                 logger.info(
-                    "%s: stopping (Close 1001 to %d client(s))",
+                    "%s: %s (Close %d to %d client(s))",
                     signal.Signals(signum).name,
+                    "restarting" if restart is not None else "stopping",
+                    code,
                     len(handler),
                 )
-                handler.stop()
+                handler.stop(code, reason)
                 server.stop()
                 break
             nursery.start_soon(_second_signal, signals)
@@ -86,6 +98,20 @@ async def _run(
                 logger.warning("%d client(s) still connected after %s s", len(handler), grace)
             nursery.cancel_scope.cancel()
     logger.info("stopped")
+    return restart
+
+
+def _restart(args: argparse.Namespace, port: int) -> int:
+    """After SIGHUP: a worker of ``serve --workers N`` exits (its supervisor has started its
+    replacement already); a process on its own runs itself again, on the same port."""
+    if getattr(args, "reuse_port", False):
+        return 0
+    argv = [sys.executable, "-m", "trio_wshandler", *args.argv, "--port", str(port)]
+    logger.info("restarting: %s", " ".join(argv))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+    return 1  # (not reached)
 
 
 async def _second_signal(signals: AsyncIterator[int]) -> None:
@@ -178,6 +204,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for a restart (SIGHUP)
     if args.keyfile and not args.certfile:
         _parser().error("--keyfile needs --certfile")
     logging.basicConfig(
@@ -208,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         describe = "echo server on {ws} (Ctrl-C to stop)"
     status = 0
     try:
-        trio.run(_run, routes, handler, args, describe)
+        restart = trio.run(_run, routes, handler, args, describe)
+        if restart is not None:
+            return _restart(args, restart)
     except* _Interrupted:
         status = 130
     except* OSError as group:  # e.g. the port is in use
@@ -251,7 +280,9 @@ def _serve(args: argparse.Namespace) -> int:
     status = 0
     describe = f"serving {args.app} on {{ws}} (Ctrl-C to stop)"
     try:
-        trio.run(_run, routes, handler, args, describe, background)
+        restart = trio.run(_run, routes, handler, args, describe, background)
+        if restart is not None:
+            return _restart(args, restart)
     except* _Interrupted:
         status = 130
     except* (OSError, BackplaneError) as group:

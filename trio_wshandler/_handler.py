@@ -182,6 +182,8 @@ class WebSocketHandler(HandlerSettings):
         if backplane is not None:
             self.use_backplane(backplane)
         self._stopped = False
+        #: the Close that stop() gave (and gives a connection whose upgrade raced it)
+        self.stopping_with: tuple[int, str] = (CloseCode.GOING_AWAY, "server is stopping")
 
     def use_backplane(self, backplane: RedisBackplane) -> None:
         """Connect this handler to other processes (as ``backplane=`` does); call it before
@@ -386,6 +388,7 @@ class WebSocketHandler(HandlerSettings):
         ``code`` (1001).  Returns at once; ``await wait_stopped()`` waits for them to end."""
         validate_close_code(code)
         self._stopped = True
+        self.stopping_with = (code, reason)
         for connection in self._registry.snapshot():
             connection.stop(code, reason)
 

@@ -66,6 +66,9 @@ class ConnectionHost(Protocol):
     def compression(self) -> DeflateOptions | None: ...
     @property
     def stopped(self) -> bool: ...
+    @property
+    def stopping_with(self) -> tuple[int, str]:
+        """The Close of a stopped handler (code, reason)."""
 
     async def deregister_connection(self, connection: Any) -> None: ...
 

@@ -69,8 +69,10 @@ def prepare_connection(
         agreement = agreement_from_response(extensions) if extensions else None
     if agreement is not None:
         core.use_deflate(agreement, host.compression is not None)
-    if host.stopped or stopping is not None:
-        core.stop(CloseCode.GOING_AWAY, stopping or "server is stopping")
+    if host.stopped:  # the handler stopped while the 101 was on its way: its Close (1012 for
+        core.stop(*host.stopping_with)  # a restart, so the client comes back)
+    elif stopping is not None:
+        core.stop(CloseCode.GOING_AWAY, stopping)
     host.log_info("connection %s from %s opened: %s", core.id, peer_text(cx), hdr.raw_target)
 
 

@@ -18,6 +18,7 @@ import importlib
 import logging
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from typing import Any
@@ -34,6 +35,8 @@ logger = logging.getLogger("trio_wshandler.cli")
 
 #: Seconds the workers get to stop gracefully after SIGTERM before they are killed.
 STOP_GRACE = 15.0
+#: Seconds a replacement worker has to listen during a rolling restart (SIGHUP).
+STARTUP_TIMEOUT = 30.0
 #: Restart backoff for a worker that died: from RESTART_MIN doubling to RESTART_MAX seconds
 #: (back to RESTART_MIN after a worker ran for RESTART_RESET seconds).
 RESTART_MIN, RESTART_MAX, RESTART_RESET = 0.5, 30.0, 60.0
@@ -121,11 +124,13 @@ async def supervise(args: argparse.Namespace) -> int:
     stopping = trio.Event()
     ended = trio.Event()  # every worker has exited after ``stopping``
     processes: dict[int, trio.Process] = {}
+    # worker number -> its replacement, and the event set once it is adopted (SIGHUP)
+    handover: dict[int, tuple[trio.Process, trio.Event]] = {}
     running = [args.workers]
 
     async def worker(number: int) -> None:
         try:
-            await _keep_running(number, args, port, processes, stopping)
+            await _keep_running(number, args, port, processes, stopping, handover)
         finally:
             running[0] -= 1
             if not running[0]:
@@ -133,7 +138,7 @@ async def supervise(args: argparse.Namespace) -> int:
 
     scheme = "wss" if args.certfile else "ws"
     try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 for number in range(args.workers):
                     nursery.start_soon(worker, number)
@@ -143,6 +148,9 @@ async def supervise(args: argparse.Namespace) -> int:
                     flush=True,
                 )
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        await _rolling_restart(args, port, processes, handover, nursery)
+                        continue
                     logger.info(
                         "%s: stopping %d worker(s)", signal.Signals(signum).name, len(processes)
                     )
@@ -179,12 +187,18 @@ async def _keep_running(
     port: int,
     processes: dict[int, trio.Process],
     stopping: trio.Event,
+    handover: dict[int, tuple[trio.Process, trio.Event]],
 ) -> None:
-    """Run worker ``number``; restart it, with backoff, whenever it dies unasked."""
+    """Run worker ``number``; restart it, with backoff, whenever it dies unasked; carry on
+    with its replacement when a rolling restart made one (``handover``)."""
     delay = RESTART_MIN
+    adopted: trio.Process | None = None
     while not stopping.is_set():
         started = trio.current_time()
-        process = await trio.lowlevel.open_process(_worker_argv(args, port, number))
+        if adopted is None:
+            process = await trio.lowlevel.open_process(_worker_argv(args, port, number))
+        else:
+            process, adopted = adopted, None
         processes[number] = process
         try:
             status = await process.wait()
@@ -194,6 +208,11 @@ async def _keep_running(
                     process.kill()
                     await process.wait()
             processes.pop(number, None)
+        replacement = handover.pop(number, None)
+        if replacement is not None:  # restarted on purpose: its replacement serves already
+            adopted = replacement[0]
+            replacement[1].set()
+            continue
         if stopping.is_set():
             if status != 0:
                 logger.warning(
@@ -212,3 +231,69 @@ async def _keep_running(
         with trio.move_on_after(delay):
             await stopping.wait()
         delay = min(delay * 2, RESTART_MAX)
+
+
+async def _rolling_restart(
+    args: argparse.Namespace,
+    port: int,
+    processes: dict[int, trio.Process],
+    handover: dict[int, tuple[trio.Process, trio.Event]],
+    nursery: trio.Nursery,
+) -> None:
+    """SIGHUP: replace the workers one at a time.  Each replacement starts and listens on the
+    shared port first; then the old worker gets SIGHUP (its clients get 1012, service restart,
+    and reconnect: the kernel hands them to the workers listening).  At most one worker is
+    missing at any time, never all; a replacement that does not start leaves the old one."""
+    logger.info("SIGHUP: restarting %d worker(s) in turn", len(processes))
+    for number in sorted(processes):
+        old = processes.get(number)
+        if old is None:
+            continue
+        new = await trio.lowlevel.open_process(
+            _worker_argv(args, port, number), stdout=subprocess.PIPE
+        )
+        if not await _listening(new, nursery):
+            logger.error("worker %d: its replacement did not start; keeping it", number)
+            with trio.CancelScope(shield=True):
+                new.kill()
+                await new.wait()
+            continue
+        adopted = trio.Event()
+        handover[number] = (new, adopted)
+        old.send_signal(signal.SIGHUP)
+        with trio.move_on_after(STOP_GRACE):
+            await adopted.wait()  # the old one exited, the new one is its worker now
+        if not adopted.is_set():
+            logger.warning(
+                "worker %d (pid %d) still running after %s s: killed", number, old.pid, STOP_GRACE
+            )
+            old.kill()
+            with trio.CancelScope(shield=True):
+                await adopted.wait()
+    logger.info("restarted")
+
+
+async def _listening(process: trio.Process, nursery: trio.Nursery) -> bool:
+    """Wait for a new worker's first line (it prints it once it listens), then pass its
+    output on to ours; False if it exits or says nothing within STARTUP_TIMEOUT."""
+    assert process.stdout is not None
+    stdout = process.stdout
+    line = b""
+    with trio.move_on_after(STARTUP_TIMEOUT):
+        while b"\n" not in line:
+            chunk = await stdout.receive_some()
+            if not chunk:
+                return False
+            line += chunk
+    if b"\n" not in line:
+        return False
+    sys.stdout.buffer.write(line)
+    sys.stdout.flush()
+
+    async def forward() -> None:
+        while chunk := await stdout.receive_some():
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+
+    nursery.start_soon(forward)
+    return True
