@@ -110,6 +110,13 @@ async def test_the_publisher_delivers_in_offset_order_too(redis: RedisServer) ->
         assert sorted(e["data"] for e in got) == sorted(f"{n}{i}" for n in "ab" for i in range(100))
 
 
+async def publish_numbered(handler: WebSocketHandler, n: int) -> None:
+    """``m0`` ... on "room" from ``handler``, and wait until Redis has numbered them all."""
+    for i in range(n):
+        handler.publish("room", f"m{i}")
+    await wait_for(lambda: handler.backplane is not None and handler.backplane.published >= n)
+
+
 async def publish_many(handler: WebSocketHandler, name: str, n: int) -> None:
     for i in range(n):
         handler.publish("room", f"{name}{i}")
@@ -146,9 +153,7 @@ async def test_a_position_too_old_or_from_another_epoch_recovers_nothing(
 async def test_publications_racing_a_recovery_arrive_once_in_order(redis: RedisServer) -> None:
     a, b = node(redis), node(redis)
     async with serving(a, b) as (_, server_b):
-        for i in range(30):
-            a.publish("room", f"m{i}")
-        await wait_for(lambda: a.backplane is not None and a.backplane.published >= 30)
+        await publish_numbered(a, 30)
         async with connect(ws_url(server_b)) as ws:
             [conn] = await b.wait_connections(1)
             async with trio.open_nursery() as nursery:

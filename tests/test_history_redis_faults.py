@@ -20,7 +20,15 @@ from trio_wshandler._backplane_wire import Envelope, Kind, encode
 
 from .conftest import wait_for, ws_url
 from .redis_server import RedisServer
-from .test_history_redis import command, epoch_of, kill_pubsub, node, receive, serving
+from .test_history_redis import (
+    command,
+    epoch_of,
+    kill_pubsub,
+    node,
+    publish_numbered,
+    receive,
+    serving,
+)
 
 
 class SlowLink:
@@ -88,9 +96,7 @@ async def test_a_second_loss_during_a_repair_is_repaired_too(redis: RedisServer)
 async def test_a_shared_read_is_made_again_when_its_maker_is_cancelled(redis: RedisServer) -> None:
     a, b = node(redis), node(redis)
     async with serving(a, b) as (_, server_b):
-        for i in range(20):
-            a.publish("room", f"m{i}")
-        await wait_for(lambda: a.backplane is not None and a.backplane.published >= 20)
+        await publish_numbered(a, 20)
         epoch = await epoch_of(b)
         shared = b._hub.shared
         assert shared is not None

@@ -5,6 +5,7 @@ replaces its workers one at a time (a replacement listens before the old one sto
 from __future__ import annotations
 
 import signal
+import subprocess
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -15,6 +16,16 @@ from websockets.exceptions import ConnectionClosed
 from trio_wshandler import should_reconnect
 
 from .test_workers import WAIT, clients_on_both_workers, open_client, serve_command
+
+
+def stop_and_read_log(process: subprocess.Popen[str]) -> str:
+    """SIGTERM: it exits 0, and its log (stderr) has no traceback; the log."""
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(WAIT) == 0
+    assert process.stderr is not None
+    log = process.stderr.read()
+    assert "Traceback" not in log, log
+    return log
 
 
 async def closed_with(ws: Any) -> int | None:
@@ -34,12 +45,7 @@ async def test_sighup_restarts_one_process_on_the_same_port() -> None:
             assert again == pid  # the same process, run again (exec)
             await back.send("all:still here")
             assert await back.recv() == "still here"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(WAIT) == 0
-        assert process.stderr is not None
-        log = process.stderr.read()
-        assert "SIGHUP: restarting (Close 1012" in log, log
-        assert "Traceback" not in log, log
+        assert "SIGHUP: restarting (Close 1012" in stop_and_read_log(process)
 
 
 async def test_a_rolling_restart_of_two_workers() -> None:
@@ -77,9 +83,4 @@ async def test_a_rolling_restart_of_two_workers() -> None:
                 await trio.sleep(0.05)
             assert len(new) == 2 and not new & old, (new, old)  # served by the replacements
             assert supervisor.poll() is None
-        supervisor.send_signal(signal.SIGTERM)
-        assert supervisor.wait(WAIT) == 0
-        assert supervisor.stderr is not None
-        log = supervisor.stderr.read()
-        assert "SIGHUP: restarting 2 worker(s) in turn" in log, log
-        assert "Traceback" not in log, log
+        assert "SIGHUP: restarting 2 worker(s) in turn" in stop_and_read_log(supervisor)
