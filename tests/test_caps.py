@@ -13,12 +13,14 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
 from websockets.trio.client import connect
 
-from trio_wshandler import ConnectionCaps, TokenAuthenticator, WebSocketHandler
+from trio_wshandler import ConnectionCaps, Response, TokenAuthenticator, WebSocketHandler
+from trio_wshandler import _caps as caps_module
 from trio_wshandler._caps import RESERVATION_TIMEOUT, CapsTable
 
 from .conftest import TIMEOUT, wait_for, ws_url
@@ -56,6 +58,27 @@ def test_the_forwarded_header_is_believed_only_from_a_trusted_proxy() -> None:
         ConnectionCaps(max_per_address=0)
 
 
+def test_addresses_are_read_as_proxies_write_them() -> None:
+    table = CapsTable(ConnectionCaps(trusted_proxies=("10.0.0.1",)))
+    for written in ("198.51.100.9", "198.51.100.9:5555", "::ffff:198.51.100.9"):
+        assert table.client_group("10.0.0.1", {"x-forwarded-for": written}) == "198.51.100.9/32"
+    assert table.client_group("::ffff:192.0.2.7", {}) == "192.0.2.7/32"  # a dual-stack peer
+    bracketed = table.client_group("10.0.0.1", {"x-forwarded-for": "[2001:db8::1]:443"})
+    assert bracketed == "2001:db8::/64"
+
+
+def test_a_flood_of_fresh_addresses_keeps_a_bounded_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(caps_module, "MAX_BUCKETS", 100)
+    table = CapsTable(ConnectionCaps(max_attempts=1, per=60.0))
+    assert table.admit("first", "g0", now=0.0) is None
+    table.release("first")
+    for i in range(1, 1000):
+        assert table.admit(f"c{i}", f"g{i}", now=0.0) is None
+        table.release(f"c{i}")
+    assert len(table._buckets) <= 100  # the least recently seen went
+    assert table.admit("again", "g999", now=0.0) is not None  # a recent one is remembered
+
+
 def test_attempts_are_a_token_bucket() -> None:
     table = CapsTable(ConnectionCaps(max_attempts=3, per=3.0))
     for i in range(3):
@@ -79,11 +102,12 @@ def test_slots_are_reserved_started_released_and_expire() -> None:
     assert table.admit_user("b", "alice") is not None  # alice has a connection
     table.release("b")
     assert table.connections_of("g") == 1
-    # a reservation whose connection never started is freed after RESERVATION_TIMEOUT; a
-    # started one is not
+    # a 101 whose connection never started frees its slot RESERVATION_TIMEOUT after the 101
+    # (not after the request: an authenticator may take its time); a started one does not
     assert table.admit("d", "g", now=1.0) is None
-    assert table.admit("e", "g", now=1.0) is not None
-    assert table.admit("e", "g", now=1.0 + RESERVATION_TIMEOUT) is None
+    table.upgraded("d", now=40.0)
+    assert table.admit("e", "g", now=40.0 + RESERVATION_TIMEOUT - 1) is not None
+    assert table.admit("e", "g", now=40.0 + RESERVATION_TIMEOUT) is None
     assert table.connections_of("g") == 2  # a (started) and e
     table.release("a")
     table.release("a")  # twice is harmless
@@ -181,6 +205,55 @@ async def test_a_refused_upgrade_frees_its_slot() -> None:
         await trio.aclose_forcefully(stream)
         assert status == 101  # the one slot was free
         assert dict(handler.stats().cap_refusals) == {}
+
+
+def slots_of(handler: WebSocketHandler) -> int:
+    """The cap slots 127.0.0.1 holds in ``handler`` (a test reads the table)."""
+    table = handler._admission.caps
+    assert table is not None
+    return table.connections_of("127.0.0.1/32")
+
+
+class RefusingAfterSuper(WebSocketHandler):
+    """Refuses, after ``super()`` accepted, without closing the HTTP connection."""
+
+    async def handle_request(self, cx: Any, hdr: Any, body: bytes) -> Any:
+        await super().handle_request(cx, hdr, body)
+        return Response(403, "not today")
+
+
+class FailingConnection(WebSocketHandler):
+    def get_connection(self, cx: Any, hdr: Any, cid: str) -> Any:
+        raise RuntimeError("no connection for you")
+
+
+async def test_slots_of_refusals_after_super_and_failed_connections_are_freed() -> None:
+    for handler in (
+        RefusingAfterSuper(caps=ConnectionCaps(max_per_address=1), heartbeat=None),
+        FailingConnection(caps=ConnectionCaps(max_per_address=1), heartbeat=None),
+    ):
+        async with serving(handler) as server:
+            for _ in range(3):  # each on a connection of its own
+                status, _, stream = await handshake(server.port)
+                await trio.aclose_forcefully(stream)
+                assert status == (403 if isinstance(handler, RefusingAfterSuper) else 101)
+            # and several on one kept-alive connection
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            if isinstance(handler, RefusingAfterSuper):
+                request = (
+                    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade"
+                    b"\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    b"Sec-WebSocket-Version: 13\r\n\r\n"
+                )
+                answers = b""
+                for _ in range(3):
+                    await stream.send_all(request)
+                    with trio.fail_after(TIMEOUT):
+                        while answers.count(b"not today") < _ + 1:
+                            answers += await stream.receive_some()
+                assert answers.count(b"HTTP/1.1 403") == 3
+            await trio.aclose_forcefully(stream)
+            await wait_for(lambda h=handler: slots_of(h) == 0)
 
 
 async def test_the_forwarded_address_counts_only_through_a_trusted_proxy() -> None:

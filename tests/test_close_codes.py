@@ -1,5 +1,7 @@
 """Close codes that say what to do (issue #20): the table, the rule, the guide and the browser
-client agree, and the library's own closes use the codes the table gives."""
+client agree.  (That the library sends those codes in those situations is checked where each
+situation is tested: slow consumer and send timeout 1013 in test_hardening/test_send_path,
+restart 1012 in test_restart, history 1013 in test_recovery and test_history_redis*.)"""
 
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ CODES = [None, *range(1000, 1016), 2999, 3000, 3499, 3500, 3999, 4000, 4499, 450
 
 
 def test_the_rule() -> None:
-    assert [c for c in CLOSE_CODES if should_reconnect(c)] == [1011, 1012, 1013]
+    assert [c for c in CLOSE_CODES if should_reconnect(c)] == [1001, 1011, 1012, 1013]
     assert should_reconnect(None) and should_reconnect(1005) and should_reconnect(1006)
-    assert not should_reconnect(1001) and not should_reconnect(1008)
+    assert not should_reconnect(1000) and not should_reconnect(1008)
     assert should_reconnect(3000) and should_reconnect(3499) and not should_reconnect(3500)
     assert should_reconnect(4000) and should_reconnect(4499) and not should_reconnect(4500)
     assert not should_reconnect(4999) and not should_reconnect(2999)

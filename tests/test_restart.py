@@ -84,3 +84,28 @@ async def test_a_rolling_restart_of_two_workers() -> None:
             assert len(new) == 2 and not new & old, (new, old)  # served by the replacements
             assert supervisor.poll() is None
         assert "SIGHUP: restarting 2 worker(s) in turn" in stop_and_read_log(supervisor)
+
+
+async def test_a_second_sighup_does_not_stop_one_process() -> None:
+    with serve_command("--port", "0") as (process, port):
+        async with AsyncExitStack() as stack:
+            ws, pid = await open_client(stack, port)
+            process.send_signal(signal.SIGHUP)
+            process.send_signal(signal.SIGHUP)  # while the first one drains
+            assert await closed_with(ws) == 1012
+            await trio.sleep(0.3)
+            process.send_signal(signal.SIGHUP)  # while it starts again: ignored until it serves
+            _, again = await open_client(stack, port)
+            assert again == pid and process.poll() is None
+        stop_and_read_log(process)
+
+
+async def test_sigterm_during_a_rolling_restart_stops_at_once() -> None:
+    with serve_command("--port", "0", "--workers", "2") as (supervisor, port):
+        async with AsyncExitStack() as stack:
+            await clients_on_both_workers(stack, port)
+            supervisor.send_signal(signal.SIGHUP)
+            await trio.sleep(0.1)  # the first replacement is starting
+            start = trio.current_time()
+            stop_and_read_log(supervisor)
+            assert trio.current_time() - start < WAIT

@@ -47,8 +47,12 @@ def serve_command(*args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
         assert match, (line, process.stderr.read() if process.poll() is not None else "")
         yield process, int(match.group(1))
     finally:
-        if process.poll() is None:
-            process.kill()
+        if process.poll() is None:  # SIGTERM first: a supervisor stops its workers
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
         process.wait(10)
 
 

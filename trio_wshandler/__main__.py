@@ -12,6 +12,7 @@ worker of ``serve --workers N`` exits instead: its supervisor restarts the worke
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -101,6 +102,22 @@ async def _run(
     return restart
 
 
+def _end_with_parent() -> None:
+    """A worker of ``serve --workers N`` ends if its supervisor dies (even by SIGKILL): it gets
+    SIGTERM then (Linux's parent-death signal; elsewhere nothing is done)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the supervisor died before that: end now
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _restart(args: argparse.Namespace, port: int) -> int:
     """After SIGHUP: a worker of ``serve --workers N`` exits (its supervisor has started its
     replacement already); a process on its own runs itself again, on the same port."""
@@ -116,6 +133,9 @@ def _restart(args: argparse.Namespace, port: int) -> int:
 
 async def _second_signal(signals: AsyncIterator[int]) -> None:
     async for signum in signals:
+        if signum == signal.SIGHUP:  # a restart is under way already
+            logger.info("SIGHUP: stopping already")
+            continue
         logger.warning("%s again: exiting at once", signal.Signals(signum).name)
         raise _Interrupted
 
@@ -203,6 +223,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # a SIGHUP before the signal receiver is in place (while starting, or right after a
+    # restart's exec) must not end the process: it is taken once serving
+    with contextlib.suppress(ValueError):  # (not the main thread: not ours to set)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for a restart (SIGHUP)
     if args.keyfile and not args.certfile:
@@ -248,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.reuse_port:
+        _end_with_parent()
     if args.workers < 1:
         _parser().error("--workers must be at least 1")
     if args.metrics_path is not None:

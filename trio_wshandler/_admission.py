@@ -74,6 +74,8 @@ class Admission:
         finally:
             if response is None or response.code != 101 or response.close:
                 caps.release(cx.id)  # no upgrade: the slot reserved for it goes
+            else:
+                caps.upgraded(cx.id, trio.current_time())
 
     def started(self, cid: str) -> None:
         """The connection of an accepted upgrade started: it keeps its slot until it ends."""
@@ -81,6 +83,8 @@ class Admission:
             self.caps.started(cid)
 
     def ended(self, cid: str) -> None:
+        """The connection ended, or the answer sent was not an upgrade after all (a subclass
+        refused what :meth:`answer` accepted): its slot is freed."""
         if self.caps is not None:
             self.caps.release(cid)
 

@@ -12,7 +12,7 @@ otherwise), from the right, skipping the trusted proxies' own addresses.
 A handshake that passes the address caps *reserves* its slot before the authenticator runs, so
 that 200 simultaneous handshakes from one address cannot all pass a cap of 20 before any of
 them is registered; the slot is freed when the answer is not an upgrade, when the connection
-ends, or, for a 101 that never started a connection, ``RESERVATION_TIMEOUT`` seconds later.
+ends, or, for a 101 that never started a connection, ``RESERVATION_TIMEOUT`` seconds after it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ __all__ = ["RESERVATION_TIMEOUT", "CapRefusal", "CapsTable", "ConnectionCaps"]
 #: A slot reserved by a handshake whose connection never started is freed after this long.
 RESERVATION_TIMEOUT = 30.0
 
-#: Most addresses whose attempt buckets are kept; past it, the full ones (idle addresses) go.
+#: Most addresses whose attempt buckets are kept; past it, the least recently seen goes (an
+#: address forgotten gets a full bucket again: a flood of fresh addresses cannot grow memory).
 MAX_BUCKETS = 100_000
 
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -102,7 +103,8 @@ class CapsTable:
         self._buckets: dict[str, tuple[float, float]] = {}
         #: connection id -> (group, user) of every reserved slot
         self._slots: dict[str, tuple[str, str | None]] = {}
-        #: connection id -> deadline of the slots whose connection has not started
+        #: connection id -> deadline of the slots answered 101 whose connection has not
+        #: started (a handshake still being answered has no deadline: it ends by itself)
         self._pending: dict[str, float] = {}
         self._per_group: dict[str, int] = {}
         self._per_user: dict[str, int] = {}
@@ -136,6 +138,7 @@ class CapsTable:
         the connection's slot is reserved (free it with :meth:`release` if no upgrade
         follows)."""
         self._expire(now)
+        self.release(cid)  # a second upgrade request on one connection (keep-alive)
         caps = self.caps
         if caps.max_attempts is not None:
             wait = self._take_token(group, now)
@@ -155,7 +158,6 @@ class CapsTable:
                 5,
             )
         self._slots[cid] = (group, None)
-        self._pending[cid] = now + RESERVATION_TIMEOUT
         self._per_group[group] = self._per_group.get(group, 0) + 1
         return None
 
@@ -172,6 +174,12 @@ class CapsTable:
         self._slots[cid] = (slot[0], user)
         self._per_user[user] = self._per_user.get(user, 0) + 1
         return None
+
+    def upgraded(self, cid: str, now: float) -> None:
+        """The answer was a 101: the slot is kept for the connection it starts, or freed
+        ``RESERVATION_TIMEOUT`` seconds from now if none does."""
+        if cid in self._slots:
+            self._pending[cid] = now + RESERVATION_TIMEOUT
 
     def started(self, cid: str) -> None:
         """The connection started: its slot lasts until :meth:`release`."""
@@ -199,22 +207,16 @@ class CapsTable:
         caps = self.caps
         assert caps.max_attempts is not None
         rate = caps.max_attempts / caps.per
-        tokens, last = self._buckets.get(group, (float(caps.max_attempts), now))
-        tokens = min(float(caps.max_attempts), tokens + (now - last) * rate)
+        buckets = self._buckets
+        tokens, last = buckets.pop(group, (float(caps.max_attempts), now))  # moved to the end:
+        tokens = min(float(caps.max_attempts), tokens + (now - last) * rate)  # least recent first
+        if len(buckets) >= MAX_BUCKETS:  # the least recently seen address is forgotten (a
+            del buckets[next(iter(buckets))]  # flood of fresh addresses cannot grow it)
         if tokens < 1.0:
-            self._buckets[group] = (tokens, now)
+            buckets[group] = (tokens, now)
             return (1.0 - tokens) / rate
-        self._buckets[group] = (tokens - 1.0, now)
-        if len(self._buckets) > MAX_BUCKETS:
-            self._forget_full(now, rate)
+        buckets[group] = (tokens - 1.0, now)
         return None
-
-    def _forget_full(self, now: float, rate: float) -> None:
-        """Let go of the buckets that are full again (their addresses went quiet)."""
-        full = float(self.caps.max_attempts or 0)
-        self._buckets = {
-            g: (t, last) for g, (t, last) in self._buckets.items() if t + (now - last) * rate < full
-        }
 
     def _expire(self, now: float) -> None:
         """Free the reservations of 101s that never started a connection (in deadline order:
@@ -228,10 +230,20 @@ class CapsTable:
 
 
 def _parse(text: str) -> _Address | None:
+    """An address as a peer or a proxy writes it: ``1.2.3.4``, ``1.2.3.4:5555``, ``::1``,
+    ``[::1]:443``; an IPv4-mapped IPv6 address is its IPv4 address."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:  # IPv4 with a port (an IPv6 address has at least two colons)
+        text = text.partition(":")[0]
     try:
-        return ipaddress.ip_address(text.strip().strip("[]"))
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _decrement(counts: dict[str, int], key: str) -> None:

@@ -1,9 +1,11 @@
 """Which close codes the library sends, and whether a client should come back after each.
 
 A client cannot tell from a bare code whether to reconnect: a restart and a permanent shutdown
-both looked like 1001.  Every code we send is listed in :data:`CLOSE_CODES` with what it means
-and the action it asks of the client; :func:`should_reconnect` is the rule our own clients
-follow (``static/pubsub.js`` has the same), and the one a user's client may copy.
+both looked like 1001.  Now a restart is 1012 (come back at once), and 1001 says the server is
+going away (a client comes back with backoff, as after a deploy).  Every code we send is listed
+in :data:`CLOSE_CODES` with what it means and the action it asks of the client;
+:func:`should_reconnect` is the rule our own clients follow (``static/pubsub.js`` has the
+same), and the one a user's client may copy.
 
 Application codes (3000-4999, sent with ``stop()``/``stop_one()``) follow a documented split,
 as Centrifugo's do: 3000-3499 and 4000-4499 ask the client to reconnect, 3500-3999 and
@@ -41,12 +43,17 @@ def _table(*rows: tuple[int, str, str]) -> Mapping[int, CloseAdvice]:
 
 #: Every close code the library sends on its own, with its action and its situations.
 CLOSE_CODES: Mapping[int, CloseAdvice] = _table(
-    (1000, TERMINAL, "a normal close asked for by the application (stop(1000))"),
+    (
+        1000,
+        TERMINAL,
+        "a normal close asked for by the application (stop(1000), or got_raw_message"
+        " returning BREAK)",
+    ),
     (
         1001,
-        TERMINAL,
-        "stop() of the handler or listener (the server is going away), idle_timeout, or the"
-        " peer shut its side without a Close",
+        RECONNECT,
+        "stop() of the handler or listener (the server is going away: a deploy's SIGTERM brings"
+        " another up), idle_timeout, or the peer shut its side without a Close",
     ),
     (1002, TERMINAL, "a protocol error (reconnecting would repeat it)"),
     (1007, TERMINAL, "invalid UTF-8 in a Text message or Close reason; invalid deflate data"),

@@ -230,10 +230,13 @@ class WebSocketHandler(HandlerSettings):
         """
         return await self._admission.answer(self, cx, hdr)
 
-    def response_sent(self, status: int) -> None:
-        """The server sent this handler's answer to a request (101: the upgrade went out):
-        counted in :meth:`stats` (``upgrades``, ``refused``)."""
+    def response_sent(self, status: int, cid: str = "") -> None:
+        """The server sent this handler's answer to request ``cid`` (101: the upgrade went
+        out): counted in :meth:`stats` (``upgrades``, ``refused``).  Any other answer frees
+        the request's cap slot (a subclass may refuse what ``super()`` accepted)."""
         self._counters.response(status)
+        if status != 101 and cid:
+            self._admission.ended(cid)
 
     def select_subprotocol(self, offered: list[str]) -> str | None:
         """The subprotocol to accept among those the client offered (first of ours it offers)."""
@@ -282,6 +285,7 @@ class WebSocketHandler(HandlerSettings):
                 )
         except Exception:
             self.log_error("get_connection() failed for %s", cx.peer, exc_info=True)
+            self._admission.ended(cx.id)
             await refuse_after_101(stream, self.close_timeout)
             return
         # the one place the handler reaches into a connection: from the user's object to the

@@ -79,8 +79,9 @@ class UpgradeHandler(HttpHandler, Protocol):
     def stop_listener(self, listener_id: str) -> None:
         """Close the connections accepted by listener ``listener_id`` (1001)."""
 
-    def response_sent(self, status: int) -> None:
-        """The server sent its answer to a request (101: the upgrade went out)."""
+    def response_sent(self, status: int, cid: str = "") -> None:
+        """The server sent its answer to request ``cid`` (``cx.id``; 101: the upgrade went
+        out)."""
 
 
 @attrs.frozen
@@ -290,7 +291,7 @@ async def serve_http(
                 else:
                     assert data is not None
                     await stream.send_all(data)
-                    handler.response_sent(101)
+                    handler.response_sent(101, cx.id)
                     extensions = next(
                         (v for k, v in response.headers.items() if k.lower() == _EXTENSIONS), ""
                     )
@@ -300,7 +301,7 @@ async def serve_http(
                 403, response.body or "upgrade refused", response.headers, close=True
             )
         if isinstance(handler, UpgradeHandler):
-            handler.response_sent(response.code)
+            handler.response_sent(response.code, cx.id)
         if not await _send_response(stream, conn, response, request.method == "HEAD", on_error):
             return None
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:

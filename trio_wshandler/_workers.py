@@ -147,10 +147,25 @@ async def supervise(args: argparse.Namespace) -> int:
                     " workers (Ctrl-C to stop)",
                     flush=True,
                 )
+                restarting: list[trio.CancelScope] = []
+
+                async def rolling_restart() -> None:
+                    with trio.CancelScope() as scope:
+                        restarting.append(scope)
+                        try:
+                            await _rolling_restart(args, port, processes, handover, nursery)
+                        finally:
+                            restarting.remove(scope)
+
                 async for signum in signals:
                     if signum == signal.SIGHUP:
-                        await _rolling_restart(args, port, processes, handover, nursery)
+                        if restarting:
+                            logger.info("SIGHUP: a rolling restart is under way already")
+                        else:
+                            nursery.start_soon(rolling_restart)
                         continue
+                    for scope in restarting:  # a stop does not wait for a restart to end
+                        scope.cancel()
                     logger.info(
                         "%s: stopping %d worker(s)", signal.Signals(signum).name, len(processes)
                     )
@@ -252,48 +267,74 @@ async def _rolling_restart(
         new = await trio.lowlevel.open_process(
             _worker_argv(args, port, number), stdout=subprocess.PIPE
         )
-        if not await _listening(new, nursery):
-            logger.error("worker %d: its replacement did not start; keeping it", number)
-            with trio.CancelScope(shield=True):
+        try:
+            ready = await _listening(new, nursery)
+            if not ready or processes.get(number) is not old or old.returncode is not None:
+                if not ready:
+                    logger.error("worker %d: its replacement did not start; keeping it", number)
+                new.kill()  # (or the old one ended meanwhile: it was restarted as usual)
+                continue
+            adopted = trio.Event()
+            handover[number] = (new, adopted)
+            old.send_signal(signal.SIGHUP)
+            with trio.move_on_after(STOP_GRACE):
+                await adopted.wait()  # the old one exited, the new one is its worker now
+            if not adopted.is_set():
+                logger.warning(
+                    "worker %d (pid %d) still running after %s s: killed",
+                    number,
+                    old.pid,
+                    STOP_GRACE,
+                )
+                old.kill()
+        finally:
+            if handover.get(number, (None,))[0] is new and processes.get(number) is not new:
+                # not adopted (cancelled by a stop, or the old one would not die): keep none
+                # of it, and the old worker, if it still runs, stays that worker
+                del handover[number]
+            if processes.get(number) is not new and new.returncode is None:
                 new.kill()
-                await new.wait()
-            continue
-        adopted = trio.Event()
-        handover[number] = (new, adopted)
-        old.send_signal(signal.SIGHUP)
-        with trio.move_on_after(STOP_GRACE):
-            await adopted.wait()  # the old one exited, the new one is its worker now
-        if not adopted.is_set():
-            logger.warning(
-                "worker %d (pid %d) still running after %s s: killed", number, old.pid, STOP_GRACE
-            )
-            old.kill()
-            with trio.CancelScope(shield=True):
-                await adopted.wait()
     logger.info("restarted")
 
 
 async def _listening(process: trio.Process, nursery: trio.Nursery) -> bool:
-    """Wait for a new worker's first line (it prints it once it listens), then pass its
-    output on to ours; False if it exits or says nothing within STARTUP_TIMEOUT."""
+    """Wait until a new worker says it listens (its "serving ..." line; what it prints before
+    is passed on), then pass the rest of its output on to ours; False if it exits or says
+    nothing within STARTUP_TIMEOUT."""
     assert process.stdout is not None
     stdout = process.stdout
-    line = b""
+    buffered = line = b""
     with trio.move_on_after(STARTUP_TIMEOUT):
-        while b"\n" not in line:
+        while True:
+            line, newline, rest = buffered.partition(b"\n")
+            if newline:
+                _echo(line + newline)
+                buffered = rest
+                if line.startswith(b"serving "):
+                    break
+                continue
             chunk = await stdout.receive_some()
             if not chunk:
                 return False
-            line += chunk
-    if b"\n" not in line:
+            buffered += chunk
+    if not line.startswith(b"serving "):
         return False
-    sys.stdout.buffer.write(line)
-    sys.stdout.flush()
+    _echo(buffered)
 
     async def forward() -> None:
         while chunk := await stdout.receive_some():
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
+            _echo(chunk)
 
     nursery.start_soon(forward)
     return True
+
+
+def _echo(data: bytes | bytearray) -> None:
+    """A worker's output, on ours (lost if ours is gone: the worker must not block on it)."""
+    if not data:
+        return
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass

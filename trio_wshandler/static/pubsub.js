@@ -15,8 +15,9 @@
 // reconnects with exponential backoff and jitter and subscribes again from those positions: the
 // server replays what was missed and says recovered: true, or says why it could not (the page
 // then reloads what it shows from its own source).  It comes back only after a close that asks
-// for it (TrioPubSub.shouldReconnect: a restart 1012, try again later 1013, a lost connection,
-// ...); after a terminal one (1001 the server is going away, 1008 policy, ...) it stays closed.
+// for it (TrioPubSub.shouldReconnect: going away 1001, a restart 1012, try again later 1013, a
+// lost connection, ...); after a terminal one (1002/1007 protocol, 1008 policy, 1009 too big,
+// ...) it stays closed.
 (function (global) {
   "use strict";
 
@@ -63,11 +64,11 @@
       };
     }
 
-    // The server's rule (trio_wshandler/_close_codes.py, should_reconnect): 1011, 1012, 1013,
-    // a lost connection (1005, 1006), 3000-3499 and 4000-4499 reconnect; the rest do not.
+    // The server's rule (trio_wshandler/_close_codes.py, should_reconnect): 1001, 1011, 1012,
+    // 1013, a lost connection (1005, 1006), 3000-3499 and 4000-4499 reconnect; others do not.
     static shouldReconnect(code) {
       if (code === undefined || code === null || code === 1005 || code === 1006) return true;
-      if (code === 1011 || code === 1012 || code === 1013) return true;
+      if (code === 1001 || code === 1011 || code === 1012 || code === 1013) return true;
       return (code >= 3000 && code <= 3499) || (code >= 4000 && code <= 4499);
     }
 
