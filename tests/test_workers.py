@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import trio
-from websockets.exceptions import ConnectionClosed, InvalidMessage
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidMessage
 from websockets.trio.client import connect
 
 from .conftest import scrape_metrics
@@ -63,7 +63,7 @@ async def open_client(stack: AsyncExitStack, port: int) -> tuple[Any, int]:
         try:
             ws = await stack.enter_async_context(connect(f"ws://127.0.0.1:{port}/"))
             break
-        except (OSError, EOFError, InvalidMessage):
+        except (OSError, EOFError, InvalidMessage, ConnectionClosedError):
             # refused while workers start; reset when the kernel had handed the connection
             # to a worker's socket as that worker was killed (SO_REUSEPORT): retry, bounded
             if trio.current_time() > deadline:
