@@ -90,15 +90,16 @@ def decode(data: bytes) -> Envelope | None:
         return None
 
 
-def history_parts(payload: bytes) -> tuple[int, str, bytes] | None:
-    """The offset, epoch and message of a HISTORY envelope's payload (made by the publish
-    script of ``_history_redis.py``), or None if it is damaged."""
+def history_parts(payload: bytes, opcode: int) -> tuple[int, str, str | bytes] | None:
+    """The offset, epoch and published message (Text decoded: ``opcode`` 1) of a HISTORY
+    envelope's payload (made by the publish script of ``_history_redis.py``), or None if it
+    is damaged: our script keeps text as valid UTF-8."""
     offset, _, rest = payload.partition(b" ")
     epoch, sep, message = rest.partition(b" ")
     if not sep or not offset.isdigit() or not epoch:
         return None
     try:
-        return int(offset), epoch.decode("ascii"), message
+        return int(offset), epoch.decode("ascii"), message.decode() if opcode == 1 else message
     except UnicodeDecodeError:
         return None
 

@@ -87,28 +87,24 @@ class TopicFeed:
         self.options = options
         #: None until the first publication or read gives the baseline
         self.mirror: TopicHistory | None = None
-        #: offset -> (epoch, opcode, message) of publications that came too early
-        self.held: dict[int, tuple[str, int, bytes]] = {}
+        #: offset -> (epoch, message as published) of publications that came too early
+        self.held: dict[int, tuple[str, str | bytes]] = {}
         self.repairing = False
         self.advanced = trio.Event()
 
-    @property
-    def position(self) -> Position | None:
-        mirror = self.mirror
-        return None if mirror is None else mirror.position
-
-    def covers(self, since: Position, now: float) -> bool:
-        """The mirror alone can decide a recovery from ``since``."""
+    def recover(self, since: Position, now: float) -> tuple[Recovery, list[Publication]] | None:
+        """A recovery from ``since`` decided by the mirror alone, or None if the mirror cannot
+        tell (another epoch, ahead of it, or older than it keeps: Redis may keep more)."""
         mirror = self.mirror
         if mirror is None or since.epoch != mirror.epoch or since.offset > mirror.offset:
-            return False
-        mirror.expire(now)
-        recovery, _ = mirror.recover(since, now)
-        return recovery.recovered or recovery.reason == "too_many"
+            return None
+        found = mirror.recover(since, now)
+        recovery = found[0]
+        return found if recovery.recovered or recovery.reason == "too_many" else None
 
-    def hold(self, offset: int, epoch: str, opcode: int, message: bytes) -> None:
+    def hold(self, offset: int, epoch: str, data: str | bytes) -> None:
         held = self.held
-        held[offset] = (epoch, opcode, message)
+        held[offset] = (epoch, data)
         if len(held) > MAX_HELD:
             del held[min(held)]
 
@@ -175,8 +171,8 @@ class SharedHistory:
         self.feeds.pop(topic, None)
         self._repairs.pop(topic, None)
 
-    def received(self, topic: str, offset: int, epoch: str, opcode: int, message: bytes) -> None:
-        """A publication came on ``topic``'s channel."""
+    def received(self, topic: str, offset: int, epoch: str, data: str | bytes) -> None:
+        """A publication came on ``topic``'s channel (``data`` as published)."""
         feed = self.feed(topic)
         if feed is None:
             return  # not followed here (any more)
@@ -186,21 +182,20 @@ class SharedHistory:
             # is no subscriber's here (a replay reads it from the stream)
             mirror = feed.mirror = TopicHistory(feed.options, epoch, offset - 1)
         if feed.repairing:
-            feed.hold(offset, epoch, opcode, message)
+            feed.hold(offset, epoch, data)
             return
         if epoch == mirror.epoch:
             if offset <= mirror.offset:
                 return  # delivered already
             if offset == mirror.offset + 1:
-                self._deliver(feed, mirror, opcode, message)
+                self._deliver(feed, mirror, data)
                 self._release_held(feed)
                 feed.woke()
                 return
-        feed.hold(offset, epoch, opcode, message)
+        feed.hold(offset, epoch, data)
         self._repair(topic)
 
-    def _deliver(self, feed: TopicFeed, mirror: TopicHistory, opcode: int, message: bytes) -> None:
-        data: str | bytes = message.decode("utf-8", "replace") if opcode == 1 else message
+    def _deliver(self, feed: TopicFeed, mirror: TopicHistory, data: str | bytes) -> None:
         position = Position(mirror.offset + 1, mirror.epoch)
         kept = mirror.append(
             self._envelope(feed.options, feed.topic, position, data), trio.current_time()
@@ -231,9 +226,9 @@ class SharedHistory:
             nxt = mirror.offset + 1
             item = held.pop(nxt, None)
             if item is not None and item[0] == mirror.epoch:
-                self._deliver(feed, mirror, item[1], item[2])
+                self._deliver(feed, mirror, item[1])
                 continue
-            for offset in [o for o, (e, _, _) in held.items() if e == mirror.epoch and o < nxt]:
+            for offset in [o for o, (e, _) in held.items() if e == mirror.epoch and o < nxt]:
                 del held[offset]
             break
 
@@ -310,7 +305,7 @@ class SharedHistory:
             feed.held = {o: v for o, v in feed.held.items() if v[0] == mirror.epoch}
         elif top.epoch == mirror.epoch and snapshot.first_kept == first:
             for entry in snapshot.entries:
-                self._deliver(feed, mirror, entry.opcode, entry.message)
+                self._deliver(feed, mirror, entry.data)
             self.counters.history_gaps_repaired += 1
         else:
             self._close_subscribers(topic)
@@ -347,8 +342,9 @@ class SharedHistory:
         if feed.mirror is not None and feed.held == {} and not feed.repairing:
             if since is None:
                 return Recovery(False, feed.mirror.position), []
-            if feed.covers(since, now):
-                return feed.mirror.recover(since, now)
+            found = feed.recover(since, now)
+            if found is not None:
+                return found
         options = feed.options
         first = since.offset + 1 if since is not None else 0
         snapshot = await self.read(
@@ -385,13 +381,9 @@ class SharedHistory:
             return cached[1]
         missed = []
         for entry in snapshot.entries:
-            data: str | bytes = (
-                entry.message.decode("utf-8", "replace") if entry.opcode == 1 else entry.message
-            )
             position = Position(entry.offset, snapshot.position.epoch)
-            missed.append(
-                Publication(position, self._envelope(options, topic, position, data), now)
-            )
+            envelope = self._envelope(options, topic, position, entry.data)
+            missed.append(Publication(position, envelope, now))
         if len(self._envelopes) >= 16:
             self._envelopes.clear()
         self._envelopes[id(snapshot)] = (snapshot, tuple(missed))
@@ -399,7 +391,7 @@ class SharedHistory:
 
     def follow(self, topic: str, last: Position) -> tuple[Recovery, list[Publication]] | None:
         """What came after ``last`` (replayed already), from the mirror; None if the feed has
-        not come that far yet (wait for :meth:`advanced`)."""
+        not come that far yet (wait with :meth:`caught_up`)."""
         feed = self.feed(topic)
         mirror = None if feed is None else feed.mirror
         now = trio.current_time()

@@ -129,6 +129,11 @@ class Entry:
     message: bytes
     time_ms: int
 
+    @property
+    def data(self) -> str | bytes:
+        """The message as published (Text decoded; our script keeps it valid UTF-8)."""
+        return self.message.decode("utf-8", "replace") if self.opcode == 1 else self.message
+
 
 @attrs.frozen
 class Snapshot:

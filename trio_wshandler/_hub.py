@@ -34,14 +34,6 @@ from .codec import DataLike, message_payload
 __all__ = ["NO_REMOTE", "Backplane", "ConnectionHost", "Hub", "Remote"]
 
 
-def _utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 class ConnectionHost(Protocol):
     """What a connection needs of its handler; read when needed, so that a changed setting
     applies to live connections."""
@@ -250,13 +242,10 @@ class Hub:
             subscribers = self.topics.subscribers(envelope.target)
             self.fanout.send_payload(subscribers, envelope.payload, envelope.opcode)
         elif kind == Kind.HISTORY:
-            parts = history_parts(envelope.payload)
+            parts = history_parts(envelope.payload, envelope.opcode)
             if parts is None or self.shared is None:
                 return True  # damaged, or this handler keeps no history
-            offset, epoch, message = parts
-            if envelope.opcode == 1 and not _utf8(message):
-                return True  # not made by our script (it keeps text as text): damaged
-            self.shared.received(envelope.target, offset, epoch, envelope.opcode, message)
+            self.shared.received(envelope.target, *parts)
         elif envelope.target not in registry:
             return False
         elif kind == Kind.ONE:
