@@ -56,6 +56,10 @@ def test_the_forwarded_header_is_believed_only_from_a_trusted_proxy() -> None:
         ConnectionCaps(trusted_proxies=("not a network",))
     with pytest.raises(ValueError):
         ConnectionCaps(max_per_address=0)
+    with pytest.raises(TypeError):
+        ConnectionCaps(max_per_address=2.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        ConnectionCaps(per=None)  # type: ignore[arg-type]
 
 
 def test_addresses_are_read_as_proxies_write_them() -> None:

@@ -24,6 +24,8 @@ from typing import Any
 
 import attrs
 
+from ._options import positive
+
 __all__ = ["RESERVATION_TIMEOUT", "CapRefusal", "CapsTable", "ConnectionCaps"]
 
 #: A slot reserved by a handshake whose connection never started is freed after this long.
@@ -41,11 +43,16 @@ def _networks(values: Iterable[str]) -> tuple[_Network, ...]:
     return tuple(ipaddress.ip_network(v, strict=False) for v in values)
 
 
-def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
-    ):
-        raise ValueError(f"{attribute.name} must be a positive number or None, got {value!r}")
+def _positive(*, integer: bool, allow_none: bool) -> Any:
+    """An attrs validator: ``_options.positive`` (the check of every other option)."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        positive(attribute.name, value, allow_none=allow_none, integer=integer)
+
+    return check
+
+
+_COUNT = _positive(integer=True, allow_none=True)
 
 
 @attrs.frozen
@@ -70,10 +77,10 @@ class ConnectionCaps:
     Refusals are ``429 Too Many Requests`` with ``Retry-After`` (seconds).
     """
 
-    max_per_address: int | None = attrs.field(default=None, validator=_positive_or_none)
-    max_attempts: int | None = attrs.field(default=None, validator=_positive_or_none)
-    per: float = attrs.field(default=10.0, validator=_positive_or_none)
-    max_per_user: int | None = attrs.field(default=None, validator=_positive_or_none)
+    max_per_address: int | None = attrs.field(default=None, validator=_COUNT)
+    max_attempts: int | None = attrs.field(default=None, validator=_COUNT)
+    per: float = attrs.field(default=10.0, validator=_positive(integer=False, allow_none=False))
+    max_per_user: int | None = attrs.field(default=None, validator=_COUNT)
     ipv4_prefix: int = attrs.field(default=32, validator=attrs.validators.in_(range(0, 33)))
     ipv6_prefix: int = attrs.field(default=64, validator=attrs.validators.in_(range(0, 129)))
     trusted_proxies: tuple[str, ...] = attrs.field(default=(), converter=tuple)

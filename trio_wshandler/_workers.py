@@ -80,7 +80,7 @@ def caps_of(args: argparse.Namespace) -> ConnectionCaps | None:
             max_per_user=args.max_per_user,
             trusted_proxies=tuple(args.trusted_proxy or ()),
         )
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise SystemExit(f"serve: {exc}") from None
 
 
