@@ -37,6 +37,7 @@ from typing import Any
 
 import trio
 from counters_harness import drain, raw_clients
+from history import GAP, TEXT, envelope_frame, frame_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from redis_server import RedisServer, redis_binary, redis_version
@@ -47,21 +48,10 @@ from trio_wshandler import (
     RedisBackplane,
     WebSocketConnection,
     WebSocketHandler,
-    default_envelope,
     serve,
 )
 
-TEXT = "m" * 64
-GAP = 100
 BURST = 500
-
-
-def frame_size(payload: int) -> int:
-    return payload + (2 if payload < 126 else 4)
-
-
-def envelope_frame(offset: int, epoch: str) -> int:
-    return frame_size(len(default_envelope("h", Position(offset, epoch), TEXT).encode()))
 
 
 def commandstats(port: int) -> dict[str, int]:
@@ -151,7 +141,7 @@ class Bench:
 
     async def publish_round(self, topic: str, m: int) -> dict[str, Any]:
         if topic == "h":
-            expected = sum(envelope_frame(self.offset + i, self.epoch) for i in range(1, m + 1))
+            expected = sum(envelope_frame(self.offset + i) for i in range(1, m + 1))
             self.offset += m
         else:
             expected = m * frame_size(len(TEXT))
@@ -171,7 +161,7 @@ class Bench:
         for connection in self.storm_connections:
             connection.subscribe("h")
         await trio.sleep(0.05)
-        expected = sum(envelope_frame(self.offset + i, self.epoch) for i in range(1, GAP + 1))
+        expected = sum(envelope_frame(self.offset + i) for i in range(1, GAP + 1))
         self.offset += GAP
         wall = time.monotonic()
         async with trio.open_nursery() as nursery:
@@ -185,7 +175,7 @@ class Bench:
         for connection in [self.reader_connection, *self.storm_connections]:
             connection.unsubscribe("h")  # b follows h no more: nothing is mirrored
         await self.publish("h", GAP)  # numbered by Redis when it returns
-        expected = sum(envelope_frame(self.offset + i, self.epoch) for i in range(1, GAP + 1))
+        expected = sum(envelope_frame(self.offset + i) for i in range(1, GAP + 1))
         self.offset += GAP
         before = commandstats(self.redis.port)
         recovered = 0

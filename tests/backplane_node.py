@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 
 import trio
 
@@ -70,10 +71,15 @@ class NodeHandler(WebSocketHandler):
 
 
 async def main(url: str, prefix: str) -> None:
+    await run_node(url, prefix, NodeHandler)
+
+
+async def run_node(url: str, prefix: str, make: Callable[..., WebSocketHandler]) -> None:
+    """Serve ``make(backplane=...)`` with this cluster's backplane settings; print the port."""
     backplane = RedisBackplane(
         url, prefix=prefix, heartbeat=0.1, presence_ttl=1.0, command_timeout=0.5
     )
-    handler = NodeHandler(backplane=backplane)
+    handler = make(backplane=backplane)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve, handler, "127.0.0.1", 0)
         print(f"port {server.port} node {backplane.node_id}", flush=True)

@@ -15,13 +15,8 @@ import sys
 
 import trio
 
-from trio_wshandler import (
-    HistoryOptions,
-    PubSubConnection,
-    RedisBackplane,
-    WebSocketHandler,
-    serve,
-)
+from tests.backplane_node import run_node
+from trio_wshandler import HistoryOptions, PubSubConnection, WebSocketHandler
 
 ROOM = HistoryOptions(size=100, ttl=60)
 
@@ -46,16 +41,8 @@ class NodeHandler(WebSocketHandler):
 
 
 async def main(url: str, prefix: str) -> None:
-    backplane = RedisBackplane(
-        url, prefix=prefix, heartbeat=0.1, presence_ttl=1.0, command_timeout=0.5
-    )
-    handler = NodeHandler(
-        backplane=backplane,
-        history=lambda topic: ROOM if topic.startswith("room") else None,
-    )
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve, handler, "127.0.0.1", 0)
-        print(f"port {server.port} node {backplane.node_id}", flush=True)
+    history = {"history": lambda topic: ROOM if topic.startswith("room") else None}
+    await run_node(url, prefix, lambda **options: NodeHandler(**options, **history))
 
 
 if __name__ == "__main__":

@@ -160,14 +160,20 @@ async def test_a_handler_without_history_says_so() -> None:
         assert connection.topics == frozenset()
 
 
+def small_queue_handler(size: int = 1000) -> RecordingHandler:
+    """A history of ``size`` large messages (100 MiB kept) behind 64 KiB send queues: a replay
+    must wait for room."""
+    return RecordingHandler(
+        history={"room": HistoryOptions(size=size, ttl=60, max_bytes=100 << 20)},
+        max_queue_bytes=64 * 1024,
+    )
+
+
 async def test_a_replay_larger_than_the_send_queue_waits_for_room_and_misses_nothing() -> None:
     """100 messages of 16 KiB (1.6 MB) replayed through a 64 KiB queue to a client that reads
     nothing at first, while 20 more are published: once it reads, it gets offsets 1 to 120
     once each, in order (the 20 from the history, read again after the replay), then live."""
-    handler = RecordingHandler(
-        history={"room": HistoryOptions(size=1000, ttl=60, max_bytes=100 << 20)},
-        max_queue_bytes=64 * 1024,
-    )
+    handler = small_queue_handler()
     big = "x" * 16384
     async with running(handler) as server, RawClient.connect(server.port) as client:
         [connection] = await handler.wait_connections(1)
@@ -198,10 +204,7 @@ async def test_a_replay_overtaken_by_the_topic_closes_with_1013() -> None:
     """The client reads nothing while the topic publishes more than its history keeps: the
     replay cannot be completed, so the connection is closed with 1013 (subscribe again) after
     what was replayed, never with a silent gap."""
-    handler = RecordingHandler(
-        history={"room": HistoryOptions(size=120, ttl=60, max_bytes=100 << 20)},
-        max_queue_bytes=64 * 1024,
-    )
+    handler = small_queue_handler(size=120)
     big = "y" * 16384
     async with running(handler) as server, RawClient.connect(server.port) as client:
         [connection] = await handler.wait_connections(1)
@@ -266,10 +269,7 @@ async def test_a_live_subscription_is_replaced_so_the_replay_is_not_doubled() ->
     """The connection is subscribed (live) when it asks for a replay that must wait for room;
     small publications made meanwhile would fit its queue: had the live subscription stayed,
     they would arrive live and again in the replay's catch-up.  Each offset arrives once."""
-    handler = RecordingHandler(
-        history={"room": HistoryOptions(size=1000, ttl=60, max_bytes=100 << 20)},
-        max_queue_bytes=64 * 1024,
-    )
+    handler = small_queue_handler()
     big = "z" * 16384
     async with running(handler) as server, RawClient.connect(server.port) as client:
         [connection] = await handler.wait_connections(1)
@@ -290,10 +290,7 @@ async def test_a_live_subscription_is_replaced_so_the_replay_is_not_doubled() ->
 async def test_a_replay_cancelled_half_way_closes_with_1013() -> None:
     """Cancelled while it waits for room, the replay leaves the client with part of the gap and
     no live feed: the connection is closed with 1013 rather than left looking complete."""
-    handler = RecordingHandler(
-        history={"room": HistoryOptions(size=1000, ttl=60, max_bytes=100 << 20)},
-        max_queue_bytes=64 * 1024,
-    )
+    handler = small_queue_handler()
     big = "c" * 16384
     async with running(handler) as server, RawClient.connect(server.port) as client:
         [connection] = await handler.wait_connections(1)
