@@ -24,7 +24,7 @@ from ._extensions import DeflateAgreement, DeflateOptions
 from ._handler import WebSocketHandler
 from ._history import HistoryOptions, Position, Recovery, default_envelope
 from ._http import HttpHandler, HttpLimits
-from ._options import ConnectionLimits
+from ._options import ConnectionLimits, ErrorBudget, RateLimit, RateLimits
 from ._prometheus import PrometheusHandler
 from ._pubsub import PubSubConnection
 from ._registry import ConnectionRegistry
@@ -51,6 +51,7 @@ __all__ = [
     "ConnectionRegistry",
     "DeflateAgreement",
     "DeflateOptions",
+    "ErrorBudget",
     "Frame",
     "FrameAction",
     "HandlerStats",
@@ -62,6 +63,8 @@ __all__ = [
     "Position",
     "PrometheusHandler",
     "PubSubConnection",
+    "RateLimit",
+    "RateLimits",
     "Recovery",
     "RedisBackplane",
     "Request",

@@ -20,11 +20,10 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import attrs
 
-from ._options import positive
+from ._options import checked
 
 __all__ = ["RESERVATION_TIMEOUT", "CapRefusal", "CapsTable", "ConnectionCaps"]
 
@@ -43,16 +42,7 @@ def _networks(values: Iterable[str]) -> tuple[_Network, ...]:
     return tuple(ipaddress.ip_network(v, strict=False) for v in values)
 
 
-def _positive(*, integer: bool, allow_none: bool) -> Any:
-    """An attrs validator: ``_options.positive`` (the check of every other option)."""
-
-    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        positive(attribute.name, value, allow_none=allow_none, integer=integer)
-
-    return check
-
-
-_COUNT = _positive(integer=True, allow_none=True)
+_COUNT = checked(integer=True, allow_none=True)
 
 
 @attrs.frozen
@@ -79,7 +69,7 @@ class ConnectionCaps:
 
     max_per_address: int | None = attrs.field(default=None, validator=_COUNT)
     max_attempts: int | None = attrs.field(default=None, validator=_COUNT)
-    per: float = attrs.field(default=10.0, validator=_positive(integer=False, allow_none=False))
+    per: float = attrs.field(default=10.0, validator=checked())
     max_per_user: int | None = attrs.field(default=None, validator=_COUNT)
     ipv4_prefix: int = attrs.field(default=32, validator=attrs.validators.in_(range(0, 33)))
     ipv6_prefix: int = attrs.field(default=64, validator=attrs.validators.in_(range(0, 129)))

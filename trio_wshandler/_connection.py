@@ -18,11 +18,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import trio
+
 from ._core import ConnectionCore
 from ._history import Position, Recovery
+from ._options import RateLimit, RateLimits
 from ._reader import FrameAction
 from ._recovery import subscribe_from
 from ._state import OPEN
+from ._throttle import spend_budget
 from ._types import CallContext, Request
 from .codec import CloseCode, DataLike, Frame, Opcode, encode_message
 
@@ -94,6 +98,19 @@ class WebSocketConnection:
         """
         return FrameAction.PROCESS
 
+    def message_refused(self, limit: RateLimit) -> None:
+        """A message from the client was refused unread by a rate limit (``RateLimits`` with
+        ``policy="drop"``; ``limit`` is the bucket that was empty).  Default: nothing.  It may
+        send (say, a "slow down" message); an exception closes the connection with 1011."""
+
+    def report_error(self) -> None:
+        """Count a bad command of the client against its error budget
+        (``RateLimits(error_budget=...)``): past the budget, the connection is closed with
+        1008 "too many errors".  Counted in ``stats().errors_reported`` either way."""
+        core = self._core
+        core.counters.errors_reported += 1
+        spend_budget(core)
+
     # ---------------------------------------------------------------- what it is
 
     @property
@@ -147,6 +164,20 @@ class WebSocketConnection:
     def compression(self) -> DeflateAgreement | None:
         """The permessage-deflate parameters negotiated with this client, or None."""
         return self._core.deflate
+
+    @property
+    def rate_limits(self) -> RateLimits | None:
+        """What this client may send (the handler's ``rate_limits`` when made); set it to give
+        one connection its own, e.g. more for a premium user once authenticated.  Setting it
+        starts from full buckets and a new error budget."""
+        gate = self._core.protocol.gate
+        return None if gate is None else gate.limits
+
+    @rate_limits.setter
+    def rate_limits(self, value: RateLimits | None) -> None:
+        if value is not None and not isinstance(value, RateLimits):
+            raise TypeError(f"rate_limits must be a RateLimits or None, not {value!r}")
+        self._core.protocol.limit_rate(value, trio.current_time)
 
     @property
     def queued_bytes(self) -> int:

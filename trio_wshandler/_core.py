@@ -86,6 +86,8 @@ class ConnectionCore(Generic[H]):
             raw_frames=raw_frames,
             counters=self.counters,
         )
+        if self.settings.rate_limits is not None:  # (a connection may set its own)
+            self.protocol.limit_rate(self.settings.rate_limits, trio.current_time)
         self.deflate: DeflateAgreement | None = None
         self.deflate_bits = 0  # the server window of compressed messages to it; 0: none
         self.flusher: Flusher | None = None  # while the listener's flusher writes it

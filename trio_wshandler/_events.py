@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import attrs
 
+from ._options import RateLimit
 from .codec import Opcode
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "PingReceived",
     "PongReceived",
     "ProtocolFailed",
+    "RateRefused",
+    "Throttled",
 ]
 
 
@@ -77,6 +80,25 @@ class ProtocolFailed:
 
 
 @attrs.frozen
+class Throttled:
+    """A rate limit's bucket is empty (``policy="delay"``): read on after ``seconds``; the
+    frame whose header said so is parsed then."""
+
+    seconds: float
+
+
+@attrs.frozen
+class RateRefused:
+    """A message refused by a rate limit (``policy="drop"`` or ``"close"``; see ``_rate.py``):
+    ``limit`` is the :class:`~trio_wshandler.RateLimit` whose bucket was empty.  ``unread``: the
+    parser skips it; else it is compressed with the client's context kept (later messages refer
+    to its bytes), so it is inflated all the same, and the protocol discards it."""
+
+    limit: RateLimit
+    unread: bool = True
+
+
+@attrs.frozen
 class DataSkipped:
     """A data frame dropped unread because we have sent our Close (:data:`SKIPPED`)."""
 
@@ -95,6 +117,8 @@ Event = (
     | CloseReceived
     | CloseCompleted
     | ProtocolFailed
+    | Throttled
+    | RateRefused
 )
 
 

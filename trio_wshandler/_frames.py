@@ -25,7 +25,16 @@ import codecs
 from collections.abc import Generator, Iterator
 from typing import Any
 
-from ._events import SKIPPED, DataSkipped, MessageReceived, PingReceived, PongReceived
+from ._events import (
+    SKIPPED,
+    DataSkipped,
+    MessageReceived,
+    PingReceived,
+    PongReceived,
+    RateRefused,
+    Throttled,
+)
+from ._rate import RateGate
 from ._unmask import unmask
 
 __all__ = ["FrameParser", "HandOver", "ToWsproto"]
@@ -74,7 +83,16 @@ class HandOver:
 
 
 #: what :meth:`FrameParser.events` gives
-Item = MessageReceived | PingReceived | PongReceived | DataSkipped | ToWsproto | HandOver
+Item = (
+    MessageReceived
+    | PingReceived
+    | PongReceived
+    | DataSkipped
+    | ToWsproto
+    | HandOver
+    | Throttled
+    | RateRefused
+)
 
 
 class Utf8Error(Exception):
@@ -88,11 +106,19 @@ class FrameParser:
     :data:`SKIPPED` for each piece of data read after our Close (while ``closing``),
     :class:`ToWsproto` and :class:`HandOver` for the protocol; :class:`Utf8Error` is raised for
     invalid UTF-8.
+
+    With a ``gate`` (``_rate.RateGate``), each data frame's header is shown to it first:
+    :class:`Throttled` when the frame must wait (it is parsed again after), :class:`RateRefused`
+    when its message is refused (then skipped unread).  ``wsproto_data`` sends every data frame
+    to wsproto (``raw_frames``: wsproto then makes one event per frame).  ``compressed``:
+    permessage-deflate was agreed (a first frame may have RSV1); ``keep_context``:
+    with the client's context takeover (a refused compressed message must still be inflated).
     """
 
     __slots__ = (
         "_data",
         "_decoder",
+        "_dropping",
         "_fin",
         "_frames",
         "_left",
@@ -103,13 +129,31 @@ class FrameParser:
         "_route",
         "_size",
         "closing",
+        "compressed",
+        "gate",
+        "keep_context",
         "max_fragments",
         "max_size",
+        "wsproto_data",
     )
 
-    def __init__(self, max_size: int, max_fragments: int) -> None:
+    def __init__(
+        self,
+        max_size: int,
+        max_fragments: int,
+        *,
+        gate: RateGate | None = None,
+        wsproto_data: bool = False,
+        compressed: bool = False,
+        keep_context: bool = False,
+    ) -> None:
         self.max_size = max_size
         self.max_fragments = max_fragments
+        self.gate = gate
+        self.wsproto_data = wsproto_data
+        self.compressed = compressed
+        self.keep_context = keep_context
+        self._dropping = False  # the message in progress was refused by the gate: skipped
         #: our Close was sent: data is checked as before but not delivered
         self.closing = False
         self._data: bytes | memoryview = b""  # what was read and not parsed yet (at most a
@@ -191,6 +235,23 @@ class FrameParser:
                     start = pos + 14
                     length = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 message = self._message
+                gate = self.gate
+                refused = False
+                if gate is not None and self._gated(b0, b1, length):
+                    if start > end:  # the header is not all here yet
+                        break
+                    verdict = gate.admit(length, opcode != 0)
+                    if verdict is not None:
+                        if isinstance(verdict, float):  # (policy "delay")
+                            yield Throttled(verdict)
+                            continue  # the same header, parsed again
+                        if b0 & 0x40 and self.keep_context:  # inflated all the same
+                            yield RateRefused(verdict, unread=False)
+                        else:  # skipped unread
+                            yield RateRefused(verdict)
+                            self._dropping = refused = True
+                            message = self._message = opcode
+                            self._size = self._frames = 0
                 if opcode:  # Text or Binary: a new message
                     clean = not message and length <= self.max_size
                 else:  # a Continuation
@@ -199,13 +260,18 @@ class FrameParser:
                         and self._size + length <= self.max_size
                         and self._frames < self.max_fragments
                     )
+                if refused:  # (its first frame may be compressed: RSV1)
+                    clean = True
+                    b0 &= 0x8F
+                elif self.wsproto_data:
+                    clean = False
                 if not clean or b0 & 0x70 or not b1 & 0x80 or not _minimal(b1 & 0x7F, length):
                     # not a clean data frame: wsproto judges it
                     pos = yield from self._to_wsproto(data, pos, end, b0, length)
                     continue
                 if start > end:  # the masking key is not all here yet
                     break
-                if opcode:
+                if opcode and not self._dropping:
                     stop = start + length
                     if b0 & 0x80 and stop <= end and not self.closing:
                         # the common case: a whole message, all here
@@ -235,6 +301,19 @@ class FrameParser:
         finally:
             # an idle connection keeps no bytes it has read: at most a header cut short
             self._data = bytes(data[pos:]) if pos < end else b""
+
+    def _gated(self, b0: int, b1: int, length: int) -> bool:
+        """The data frame's header is one the gate judges: a valid first frame of a message
+        (not larger than ``max_size`` unless compressed), or a later frame of one admitted;
+        any other frame goes on as it would without a gate (wsproto fails an invalid one)."""
+        if self.closing or not b1 & 0x80 or not _minimal(b1 & 0x7F, length):
+            return False
+        rsv = b0 & 0x70
+        if b0 & 0x0F:
+            if rsv:
+                return rsv == 0x40 and self.compressed and not self._message
+            return not self._message and length <= self.max_size
+        return bool(self._message) and not rsv and not self._dropping
 
     def _to_wsproto(
         self, data: bytes | memoryview, pos: int, end: int, b0: int, length: int
@@ -287,6 +366,10 @@ class FrameParser:
         if last:
             self._route = _HEADER
         final = last and self._fin
+        if self._dropping:  # refused by the gate: not unmasked, not validated
+            if final:
+                self._end_message()
+            return None
         message = self._message
         if message == _TEXT:
             piece = unmask(data, start, stop, self._mask, phase)
@@ -320,5 +403,6 @@ class FrameParser:
 
     def _end_message(self) -> None:
         self._message = 0
+        self._dropping = False
         self._decoder = None
         self._pieces = []

@@ -26,7 +26,13 @@ from ._history import HistoryLike, ProcessHistory
 from ._hub import Hub
 from ._lifecycle import prepare_connection, refuse_after_101, run_connection
 from ._listener_tasks import ListenerTasks, open_listener_tasks
-from ._options import ConnectionLimits, HandlerSettings, SlowConsumerPolicy, positive
+from ._options import (
+    ConnectionLimits,
+    HandlerSettings,
+    RateLimits,
+    SlowConsumerPolicy,
+    positive,
+)
 from ._origin import OriginCheck, OriginsLike
 from ._registry import ConnectionRegistry
 from ._stats import HandlerStats
@@ -96,6 +102,11 @@ class WebSocketHandler(HandlerSettings):
     ``caps`` (None)
         a :class:`ConnectionCaps`: connections and upgrade attempts per client address,
         connections per user; refused with 429 and ``Retry-After`` (docs/guide.md, "Caps").
+    ``rate_limits`` (None)
+        a :class:`RateLimits`: token buckets on what each client sends (messages, bytes), what
+        happens when one is empty ("delay", "drop" or "close" with 1008), and an error budget;
+        ``connection.rate_limits`` overrides it for one connection (docs/guide.md, "Rate
+        limits").
     ``name`` ("websocket")
         what :meth:`stats` and the ``handler`` label of Prometheus metrics call this handler.
     ``logger``
@@ -125,6 +136,7 @@ class WebSocketHandler(HandlerSettings):
         backplane: RedisBackplane | None = None,
         history: HistoryLike | None = None,
         caps: ConnectionCaps | None = None,
+        rate_limits: RateLimits | None = None,
         name: str = "websocket",
         logger: logging.Logger | None = None,
     ) -> None:
@@ -152,6 +164,7 @@ class WebSocketHandler(HandlerSettings):
             send_timeout=send_timeout,
             close_timeout=close_timeout,
             idle_timeout=idle_timeout,
+            rate_limits=rate_limits,
         )
         self.auth = auth
         #: what :meth:`stats` and Prometheus (the ``handler`` label) call this handler

@@ -24,7 +24,7 @@ from ._fanout import FanOut
 from ._history import ProcessHistory
 from ._history_feed import SharedHistory
 from ._history_reads import HistoryLink
-from ._options import ConnectionLimits
+from ._options import ConnectionLimits, RateLimits
 from ._recovery import HistorySource, LocalHistory
 from ._registry import ConnectionRegistry
 from ._stats import Counters
@@ -56,6 +56,8 @@ class ConnectionHost(Protocol):
     def pong_timeout(self) -> float: ...
     @property
     def compression(self) -> DeflateOptions | None: ...
+    @property
+    def rate_limits(self) -> RateLimits | None: ...
     @property
     def stopped(self) -> bool: ...
     @property

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._extensions import agreement_from_response, negotiate_deflate
+from ._linger import linger
 from ._listener_tasks import ListenerTasks
-from ._reader import Reader, linger
+from ._reader import Reader
 from ._writer import tls_writer
 from .codec import CloseCode, Opcode, encode_message
 

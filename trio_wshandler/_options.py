@@ -10,6 +10,7 @@ once, and documented here once (the guide's table is checked against these defau
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import attrs
@@ -18,13 +19,19 @@ from .codec import MAX_CONTROL_PAYLOAD
 
 __all__ = [
     "ConnectionLimits",
+    "ErrorBudget",
     "HandlerSettings",
+    "RateLimit",
+    "RateLimits",
+    "RatePolicy",
     "SlowConsumerPolicy",
+    "checked",
     "heartbeat_payload",
     "positive",
 ]
 
 SlowConsumerPolicy = Literal["close", "drop"]
+RatePolicy = Literal["delay", "drop", "close"]
 
 
 def positive(name: str, value: Any, *, allow_none: bool = False, integer: bool = False) -> Any:
@@ -81,6 +88,98 @@ class ConnectionLimits:
     max_queue_bytes: int = attrs.field(default=1 << 20, validator=_positive_int)
 
 
+def checked(*, integer: bool = False, allow_none: bool = False) -> Any:
+    """An attrs validator: :func:`positive` (the check of every other option)."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        positive(attribute.name, value, allow_none=allow_none, integer=integer)
+
+    return check
+
+
+def _unit(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in ("messages", "bytes"):
+        raise ValueError(f"unit must be 'messages' or 'bytes', got {value!r}")
+
+
+@attrs.frozen
+class RateLimit:
+    """One token bucket: ``rate`` tokens every ``per`` seconds, holding at most ``burst``.
+
+    ``unit="messages"`` costs one token per data message; ``unit="bytes"`` one per payload byte
+    received (as sent on the wire: compressed messages count their compressed size).  ``burst``
+    (default ``rate``: one period's worth) is what a client may send at once after a quiet
+    spell.  A message larger than ``burst`` bytes waits for a full bucket, then takes it into
+    debt.
+    """
+
+    #: tokens added every ``per`` seconds
+    rate: float = attrs.field(validator=checked())
+    #: the period of ``rate``, in seconds (1.0: per second; 60.0: per minute)
+    per: float = attrs.field(default=1.0, validator=checked())
+    #: the bucket's size (None: ``rate``)
+    burst: float | None = attrs.field(default=None, validator=checked(allow_none=True))
+    #: "messages" or "bytes"
+    unit: Literal["messages", "bytes"] = attrs.field(default="messages", validator=_unit)
+
+    @property
+    def capacity(self) -> float:
+        """The bucket's size: ``burst``, or ``rate`` when it is not set."""
+        return self.rate if self.burst is None else self.burst
+
+    @property
+    def per_second(self) -> float:
+        return self.rate / self.per
+
+
+@attrs.frozen
+class ErrorBudget:
+    """Close (1008 "too many errors") a client refused more than ``errors`` times within ``per``
+    seconds (messages dropped by a rate limit, errors reported by the application)."""
+
+    #: refusals allowed within ``per`` seconds; one more closes the connection
+    errors: int = attrs.field(default=10, validator=checked(integer=True))
+    #: the window, in seconds
+    per: float = attrs.field(default=60.0, validator=checked())
+
+
+def _limits(value: Iterable[RateLimit] | RateLimit) -> tuple[RateLimit, ...]:
+    return (value,) if isinstance(value, RateLimit) else tuple(value)
+
+
+def _each_limit(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    for limit in value:
+        if not isinstance(limit, RateLimit):
+            raise TypeError(f"limits must be RateLimit values, not {limit!r}")
+
+
+def _policy(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in ("delay", "drop", "close"):
+        raise ValueError(f"policy must be 'delay', 'drop' or 'close', got {value!r}")
+
+
+def _budget(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not isinstance(value, ErrorBudget):
+        raise TypeError(f"error_budget must be an ErrorBudget or None, not {value!r}")
+
+
+@attrs.frozen
+class RateLimits:
+    """What one connection may send (``WebSocketHandler(rate_limits=...)`` for every
+    connection, ``connection.rate_limits = ...`` for one): token buckets (``limits``, all of
+    them must have tokens), what happens when one is empty (``policy``), and an error budget.
+    See ``_rate.py``, where they are applied, and the guide's "Rate limits"."""
+
+    #: the buckets (one :class:`RateLimit` or several)
+    limits: tuple[RateLimit, ...] = attrs.field(
+        default=(), converter=_limits, validator=_each_limit
+    )
+    #: "delay" (default), "drop" or "close"
+    policy: RatePolicy = attrs.field(default="delay", validator=_policy)
+    #: close a client that is refused too often (None: never)
+    error_budget: ErrorBudget | None = attrs.field(default=None, validator=_budget)
+
+
 class HandlerSettings:
     """What a handler's connections read of it: the limits they are made with, the policies and
     timeouts they apply, and the timers (``heartbeat``, ``heartbeat_message``, ``pong_timeout``,
@@ -98,6 +197,7 @@ class HandlerSettings:
         send_timeout: float | None,
         close_timeout: float,
         idle_timeout: float | None,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         if slow_consumer not in ("close", "drop"):
             raise ValueError(f"slow_consumer must be 'close' or 'drop', got {slow_consumer!r}")
@@ -109,6 +209,19 @@ class HandlerSettings:
         self.send_timeout: float | None = positive("send_timeout", send_timeout, allow_none=True)
         self.close_timeout: float = positive("close_timeout", close_timeout)
         self._idle_timeout: float | None = positive("idle_timeout", idle_timeout, allow_none=True)
+        self.rate_limits = rate_limits
+
+    @property
+    def rate_limits(self) -> RateLimits | None:
+        """What each client may send (:class:`RateLimits`), or None; a connection made after a
+        change gets the new value (``connection.rate_limits`` sets one connection's)."""
+        return self._rate_limits
+
+    @rate_limits.setter
+    def rate_limits(self, value: RateLimits | None) -> None:
+        if value is not None and not isinstance(value, RateLimits):
+            raise TypeError(f"rate_limits must be a RateLimits or None, not {value!r}")
+        self._rate_limits = value
 
     def _settings_changed(self) -> None:
         """A timer setting changed (the handler has its live connections follow it)."""

@@ -8,7 +8,8 @@ compressed messages, and every frame that breaks a rule: wsproto says which rule
 and validates RSV bits, opcodes, fragment sequences, control-frame rules, Close payloads and
 UTF-8.  Each frame goes to one of them (the hot path routes); the differential test
 (``tests/test_differential.py``) holds them to the same events and the same Close for the same
-bytes, cut anywhere.  With ``raw_frames`` (``got_raw_message``) wsproto takes everything.
+bytes, cut anywhere.  With ``raw_frames`` (``got_raw_message``) wsproto takes every data frame
+(the hot path still reads each header: rate limits, Pings).
 
 What wsproto leaves to the application is here: the size and fragment limits (``_limits.py``,
 checked on each frame *header*, so a frame that declares a huge length is refused before any of
@@ -18,7 +19,7 @@ the closing handshake (who closed, what to answer).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import cast
 
 from wsproto.extensions import Extension
@@ -37,10 +38,13 @@ from ._events import (
     PingReceived,
     PongReceived,
     ProtocolFailed,
+    RateRefused,
 )
 from ._extensions import DeflateAgreement
 from ._frames import FrameParser, HandOver, ToWsproto, Utf8Error
 from ._limits import STAND_IN, InboundLimits
+from ._options import RateLimits
+from ._rate import RateGate
 from ._state import CLOSE_DONE, CLOSE_RECEIVED, CLOSE_SENT, NO_CLOSE
 from ._stats import Counters
 from .codec import CloseCode, Opcode, encode_message
@@ -71,9 +75,12 @@ class WebSocketProtocol:
         "_assembler",
         "_broken",
         "_counters",
+        "_discard",
+        "_gate",
         "_hot_path",
         "_in_message",
         "_inflater",
+        "_keep_context",
         "_limits",
         "_parser",
         "_proto",
@@ -96,8 +103,12 @@ class WebSocketProtocol:
         self._state = NO_CLOSE  # of the closing handshake (``_state.HandshakeState``)
         self.raw_frames = raw_frames
         # the parsers are made when first needed: a connection that never sends costs neither
-        # (wsproto's is about half a KiB), and most never need wsproto's until a Pong or Close
-        self._hot_path = hot_path and not raw_frames
+        # (wsproto's is about half a KiB), and most never need wsproto's until a Pong or Close.
+        # (With raw_frames the hot path reads the headers and sends every data frame to wsproto.)
+        self._hot_path = hot_path
+        self._gate: RateGate | None = None
+        self._discard = False  # wsproto's next message was refused by the gate: not delivered
+        self._keep_context = False  # compressed messages share the client's context
         self._parser: FrameParser | None = None
         self._proto: FrameProtocol | None = None
         self._assembler = MessageAssembler()  # wsproto's pieces of a message (raw: of a frame)
@@ -111,7 +122,21 @@ class WebSocketProtocol:
         Call it before any data is received: wsproto's parser takes its extensions when made.
         """
         self._inflater = Inflater(agreement, self._limits.max_size)
+        self._keep_context = not agreement.client_no_context_takeover
         self._proto = None  # (made again, with the inflater, when needed)
+
+    def limit_rate(self, limits: RateLimits | None, clock: Callable[[], float]) -> None:
+        """Check what the client sends against ``limits`` (``_rate.py``; None: no limit), from
+        the next frame header on.  The gate also keeps the error budget (:attr:`gate`)."""
+        gate = None if limits is None else RateGate(limits, clock, self._counters)
+        self._gate = gate
+        if self._parser is not None:
+            self._parser.gate = gate if gate is not None and gate.limiting else None
+
+    @property
+    def gate(self) -> RateGate | None:
+        """The rate limits in force (and the error budget), or None."""
+        return self._gate
 
     def _wsproto(self) -> FrameProtocol:
         proto = self._proto
@@ -142,8 +167,15 @@ class WebSocketProtocol:
             if self._hot_path:
                 parser = self._parser
                 if parser is None:
-                    limits = self._limits
-                    parser = self._parser = FrameParser(limits.max_size, limits.max_fragments)
+                    limits, gate = self._limits, self._gate
+                    parser = self._parser = FrameParser(
+                        limits.max_size,
+                        limits.max_fragments,
+                        gate=gate if gate is not None and gate.limiting else None,
+                        wsproto_data=self.raw_frames,
+                        compressed=self._inflater is not None,
+                        keep_context=self._keep_context,
+                    )
                     parser.closing = self._state is not NO_CLOSE
                 parser.feed(data)
             else:
@@ -190,6 +222,8 @@ class WebSocketProtocol:
                 elif cls is HandOver:
                     self._hand_over(cast(HandOver, item))
                 else:
+                    if cls is RateRefused and not cast(RateRefused, item).unread:
+                        self._discard = True  # wsproto inflates it: not delivered
                     yield cast(Event, item)
         except ParseFailed as exc:
             yield self._failed(int(exc.code), str(exc))
@@ -203,6 +237,10 @@ class WebSocketProtocol:
             if opcode is WsOpcode.TEXT or opcode is WsOpcode.BINARY:
                 if self._state is not NO_CLOSE:
                     yield SKIPPED  # counted by the reader's per-step budget
+                    continue
+                if self._discard:  # refused by the gate, inflated for the context's sake
+                    self._discard = not frame.message_finished
+                    yield SKIPPED
                     continue
                 if self.raw_frames:
                     data_frame = self._raw_frame(frame)

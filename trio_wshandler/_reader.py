@@ -32,25 +32,27 @@ from ._events import (
     PingReceived,
     PongReceived,
     ProtocolFailed,
+    RateRefused,
+    Throttled,
 )
 from ._flusher import Flusher, plain_socket_fd
+from ._options import RateLimit
 from ._protocol import WebSocketProtocol
 from ._send_queue import SendQueue
 from ._state import OPEN, ConnectionState
+from ._stats import Counters
+from ._throttle import refused, wait
 from .codec import CloseCode, Frame, Opcode
 
 __all__ = [
     "EVENTS_PER_STEP",
     "INFLATE_PER_STEP",
-    "LINGER_BYTES",
-    "LINGER_QUIET",
     "MAX_RECEIVE_BYTES",
     "RECEIVE_BYTES",
     "FrameAction",
     "Hooks",
     "Readable",
     "Reader",
-    "linger",
 ]
 
 #: Bytes asked of the socket per receive; while each read fills what it asked for (a client
@@ -68,16 +70,6 @@ EVENTS_PER_STEP = 32
 #: frames that each inflate to ``max_message_size``, and one 64 KiB read could then cost
 #: dozens of milliseconds of inflating without a yield.
 INFLATE_PER_STEP = 1 << 20
-
-#: After failing a connection (a protocol error, a limit), what the peer still sends is read
-#: and discarded, up to ``LINGER_BYTES``, until it closes, sends nothing for ``LINGER_QUIET``
-#: seconds, or the closing deadline passes.  Closing a socket with unread data makes the kernel
-#: send a reset, which can destroy our Close frame in the peer's receive buffer before it is
-#: read: the peer would see 1006 instead of why (say 1009 for a message that is too big, which
-#: it was still sending).  The quiet period ends the wait for a peer that answered our Close
-#: and waits for us to close (on TLS no FIN can tell it we are done).
-LINGER_BYTES = 4 << 20
-LINGER_QUIET = 0.25
 
 
 class FrameAction(enum.Enum):
@@ -97,6 +89,8 @@ class Hooks(Protocol):
     async def got_message(self, message: str | bytes) -> None: ...
 
     def got_raw_message(self, frame: Frame) -> FrameAction: ...
+
+    def message_refused(self, limit: RateLimit) -> None: ...
 
 
 class _Log(Protocol):
@@ -125,6 +119,8 @@ class Readable(Protocol):
 
     @property
     def settings(self) -> _Log: ...
+    @property
+    def counters(self) -> Counters: ...
     @property
     def flusher(self) -> Flusher | None:
         """The listener's flusher, while it writes this connection (plain TCP)."""
@@ -305,6 +301,12 @@ class Reader:
         if isinstance(event, DataFrame):
             await self._raw_data_frame(event)
             return False
+        if isinstance(event, Throttled):  # a rate limit's bucket is empty: wait
+            await wait(core, event.seconds)
+            return False
+        if isinstance(event, RateRefused):  # or the message was refused
+            refused(core, event.limit)
+            return False
         if isinstance(event, PingReceived):
             if self._raw(Frame(Opcode.PING, event.payload)) is FrameAction.PROCESS:
                 pong = core.protocol.pong(event.payload)
@@ -412,25 +414,3 @@ def _go_on(coro: Coroutine[Any, Any, None], trap: Any) -> Generator[Any, Any, No
                 value = coro.send(answer)
             except StopIteration:
                 return
-
-
-async def linger(stream: trio.abc.Stream) -> None:
-    """Our Close is written: send FIN (plain TCP), then read and drop what the peer still
-    sends (see ``LINGER_BYTES``; the caller's closing deadline bounds the time)."""
-    if isinstance(stream, trio.abc.HalfCloseableStream):
-        try:
-            await stream.send_eof()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            return
-    discarded = 0
-    while discarded < LINGER_BYTES:
-        with trio.move_on_after(LINGER_QUIET):
-            try:
-                data = await stream.receive_some(RECEIVE_BYTES)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            if not data:
-                return
-            discarded += len(data)
-            continue
-        return  # quiet

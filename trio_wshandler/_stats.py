@@ -67,6 +67,9 @@ _INT_COUNTERS = (
     "send_timeouts",
     "heartbeat_timeouts",
     "idle_timeouts",
+    "rate_limited",
+    "rate_dropped",
+    "errors_reported",
 )
 #: what ended connections wrote: their queues' ``writes``, ``written``, ``bytes_written``
 _RETIRED = ("retired_writes", "retired_frames", "retired_bytes")
@@ -83,7 +86,7 @@ _HISTORY = (
 
 
 #: the fields of :class:`Counters` that count by a name (a reason)
-_BY_NAME = ("recovery_failures", "cap_refusals")
+_BY_NAME = ("recovery_failures", "cap_refusals", "limit_closes")
 
 
 class Counters:
@@ -93,7 +96,14 @@ class Counters:
     the package reads them through :meth:`WebSocketHandler.stats`.
     """
 
-    __slots__ = (*_INT_COUNTERS, *_CODE_COUNTERS, *_RETIRED, *_HISTORY, *_BY_NAME)
+    __slots__ = (
+        *_INT_COUNTERS,
+        *_CODE_COUNTERS,
+        *_RETIRED,
+        *_HISTORY,
+        *_BY_NAME,
+        "rate_delay_seconds",
+    )
 
     def __init__(self) -> None:
         self.upgrades = 0
@@ -107,6 +117,8 @@ class Counters:
         self.send_timeouts = 0
         self.heartbeat_timeouts = 0
         self.idle_timeouts = 0
+        self.rate_limited = self.rate_dropped = self.errors_reported = 0
+        self.rate_delay_seconds = 0.0
         self.refused: dict[int, int] = {}
         self.close_codes_sent: dict[int, int] = {}
         self.close_codes_received: dict[int, int] = {}
@@ -116,10 +128,15 @@ class Counters:
         self.history_gaps_repaired = self.history_gaps_closed = 0
         self.recovery_failures: dict[str, int] = {}
         self.cap_refusals: dict[str, int] = {}
+        self.limit_closes: dict[str, int] = {}
 
     def count_cap(self, reason: str) -> None:
         """A handshake refused by a cap (``reason``: address, attempts or user)."""
         self.cap_refusals[reason] = self.cap_refusals.get(reason, 0) + 1
+
+    def closed_by_limit(self, reason: str) -> None:
+        """A connection closed (1008) by a rate limit ("rate") or its error budget ("errors")."""
+        self.limit_closes[reason] = self.limit_closes.get(reason, 0) + 1
 
     def recovery_failed(self, reason: str) -> None:
         """A subscription from a position did not recover (``reason``: epoch, too_old,
@@ -254,6 +271,18 @@ class HandlerStats:
     #: handshakes refused (429) by a cap (``caps=``), by reason: "address" (connections per
     #: address), "attempts" (upgrade attempts per address), "user" (connections per user)
     cap_refusals: Mapping[str, int] = attrs.field(factory=lambda: MappingProxyType({}))
+    #: data messages that found a rate limit's bucket empty (``rate_limits=``; under "delay"
+    #: each one waited, under "drop" and "close" it was refused)
+    rate_limited: int = 0
+    #: messages discarded by a rate limit (``policy="drop"``)
+    rate_dropped: int = 0
+    #: seconds readers waited for tokens (``policy="delay"``), all connections together
+    rate_delay_seconds: float = 0.0
+    #: errors the application reported (``WebSocketConnection.report_error``)
+    errors_reported: int = 0
+    #: connections closed (1008) by a limit, by reason: "rate" (``policy="close"``), "errors"
+    #: (the error budget)
+    limit_closes: Mapping[str, int] = attrs.field(factory=lambda: MappingProxyType({}))
 
     @property
     def frames_per_write(self) -> float:
@@ -299,11 +328,12 @@ class HandlerStats:
             frames_written=frames,
             bytes_sent=sent,
             backplane=None if backplane is None else BackplaneStats.of(backplane),
+            rate_delay_seconds=counters.rate_delay_seconds,
             **values,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (str keys, ints and bools) for JSON; :meth:`from_dict` reads it back."""
+        """Plain data (str keys, numbers and bools) for JSON; :meth:`from_dict` reads it back."""
         data = attrs.asdict(self, recurse=False)
         for field in _CODE_COUNTERS:
             data[field] = {str(code): n for code, n in data[field].items()}

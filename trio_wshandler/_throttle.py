@@ -1,0 +1,117 @@
+"""Where a rate-limited connection waits, or is refused: the I/O side of ``_rate.py``.
+
+The parser (``_frames.FrameParser``) asks the connection's ``_rate.RateGate`` at each data
+frame header; the reader (``_reader.py``) acts on its answers here: under ``"delay"`` it reads
+and handles nothing more for the seconds the gate said (:func:`wait`), under ``"drop"`` it tells
+the user's object and counts the refusal against the error budget (:func:`refused`), under
+``"close"`` it closes with 1008.  ``WebSocketConnection.report_error`` counts against the same
+budget (:func:`spend_budget`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import trio
+
+from ._options import RateLimit
+from ._protocol import WebSocketProtocol
+from ._rate import ERRORS_REASON, RATE_CLOSE_CODE, RATE_REASON
+from ._send_queue import SendQueue
+from ._state import OPEN, ConnectionState
+from ._stats import Counters
+from .codec import CloseCode
+
+__all__ = ["Limited", "refused", "spend_budget", "wait"]
+
+
+class _Hooks(Protocol):
+    def message_refused(self, limit: RateLimit) -> None: ...
+
+
+class _Log(Protocol):
+    def log_info(self, msg: str, *args: object) -> None: ...
+
+    def log_error(self, msg: str, *args: object, exc_info: bool = ...) -> None: ...
+
+
+class Limited(Protocol):
+    """What a rate limit needs of a connection (``_core.ConnectionCore`` provides it)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def state(self) -> ConnectionState: ...
+    @property
+    def protocol(self) -> WebSocketProtocol: ...
+    @property
+    def queue(self) -> SendQueue: ...
+    @property
+    def counters(self) -> Counters: ...
+    @property
+    def connection(self) -> _Hooks: ...
+    @property
+    def settings(self) -> _Log: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self, now: float) -> None: ...
+
+    def cork(self) -> None: ...
+
+    def uncork(self) -> None: ...
+
+    def start_close(self, code: int, reason: str) -> None: ...
+
+
+async def wait(core: Limited, seconds: float) -> None:
+    """Policy ``"delay"``: read and handle nothing more of this client for ``seconds`` (what
+    the hooks sent goes out first; the heartbeat and idle timeout leave it alone meanwhile, as
+    under backpressure).  The wait ends early when the connection begins closing: what the
+    client still sends is then skipped, and its Close is read in time."""
+    core.uncork()
+    core.pause()
+    start = trio.current_time()
+    until = start + seconds
+    try:
+        while core.state is OPEN and trio.current_time() < until:
+            await core.queue.wait_progress(until)  # (woken by writes, and by a closing)
+    finally:
+        now = trio.current_time()
+        core.counters.rate_delay_seconds += now - start
+        core.resume(now)
+        core.cork()
+
+
+def refused(core: Limited, limit: RateLimit) -> None:
+    """A message refused unread: policy ``"close"`` closes (1008), ``"drop"`` tells the user's
+    object (``message_refused``) and counts against the error budget."""
+    gate = core.protocol.gate
+    if gate is not None and gate.policy == "close":
+        _close(core, "rate")
+        return
+    try:
+        core.connection.message_refused(limit)
+    except Exception:
+        core.settings.log_error(
+            "connection %s: message_refused() failed; closing", core.id, exc_info=True
+        )
+        core.start_close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
+        return
+    spend_budget(core)
+
+
+def spend_budget(core: Limited) -> None:
+    """One refusal against the connection's error budget: closes it (1008) when spent."""
+    gate = core.protocol.gate
+    if gate is not None and gate.refused() and core.state <= OPEN:
+        _close(core, "errors")
+
+
+def _close(core: Limited, why: str) -> None:
+    if core.state > OPEN:
+        return
+    reason = RATE_REASON if why == "rate" else ERRORS_REASON
+    core.settings.log_info("connection %s: %s; closing (%d)", core.id, reason, RATE_CLOSE_CODE)
+    core.counters.closed_by_limit(why)
+    core.start_close(RATE_CLOSE_CODE, reason)
