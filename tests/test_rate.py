@@ -17,6 +17,7 @@ from trio_wshandler._events import (
     Throttled,
 )
 from trio_wshandler._extensions import DeflateAgreement
+from trio_wshandler._frames import MAX_SKIPPED
 from trio_wshandler._protocol import WebSocketProtocol
 from trio_wshandler._rate import RateGate
 from trio_wshandler._stats import Counters
@@ -32,9 +33,9 @@ class Clock:
         return self.now
 
 
-def gate(*limits: RateLimit, policy: str = "delay", budget: ErrorBudget | None = None) -> tuple[
-    RateGate, Clock, Counters
-]:
+def gate(
+    *limits: RateLimit, policy: str = "delay", budget: ErrorBudget | None = None
+) -> tuple[RateGate, Clock, Counters]:
     clock, counters = Clock(), Counters()
     rates = RateLimits(limits, policy=policy, error_budget=budget)  # type: ignore[arg-type]
     return RateGate(rates, clock, counters), clock, counters
@@ -97,7 +98,7 @@ def test_messages_buckets_ignore_later_frames_and_drop_counts() -> None:
 
 
 def test_the_error_budget_is_a_sliding_window() -> None:
-    g, clock, _ = gate(budget=ErrorBudget(errors=3, per=10.0))
+    g, _, _ = gate(budget=ErrorBudget(errors=3, per=10.0))
     assert not g.limiting
     assert [g.refused() for _ in range(3)] == [False, False, False]
     assert g.refused()  # the 4th within 10 s
@@ -165,6 +166,17 @@ def messages(events: list[object]) -> list[object]:
     return [e.data for e in events if isinstance(e, MessageReceived)]
 
 
+def expanded(events: list[object]) -> list[object]:
+    """The events with a run of refusals (``count``) as that many single ones."""
+    out: list[object] = []
+    for e in events:
+        if isinstance(e, RateRefused):
+            out += [RateRefused(e.limit, e.unread)] * e.count
+        else:
+            out.append(e)
+    return out
+
+
 @pytest.mark.parametrize("cut", [False, True], ids=["whole", "byte-by-byte"])
 def test_delay_delivers_every_message_at_the_pace(cut: bool) -> None:
     clock = Clock()
@@ -185,7 +197,7 @@ def test_drop_skips_whole_messages_unread(cut: bool) -> None:
     data += text("bad ", fin=False) + client_frame(b"\xff\xfe", 0, fin=False)
     data += client_frame(b"", 9)  # a Ping in the middle of it is still answered
     data += client_frame(b"end", 0)
-    events = run(p, data, clock, cut=cut)
+    events = expanded(run(p, data, clock, cut=cut))
     assert messages(events) == ["m0", "m1", "m2"]
     assert [type(e).__name__ for e in events if not isinstance(e, MessageReceived)] == [
         "RateRefused",
@@ -214,7 +226,7 @@ def test_a_dropped_message_still_breaks_the_protocol_where_it_would() -> None:
 def test_close_refuses_once_and_a_budget_counts_drops() -> None:
     clock = Clock()
     p = protocol(RateLimits(RateLimit(10, burst=2), policy="close"), clock)
-    events = run(p, b"".join(text(f"m{i}") for i in range(5)), clock, cut=False)
+    events = expanded(run(p, b"".join(text(f"m{i}") for i in range(5)), clock, cut=False))
     refused = [e for e in events if isinstance(e, RateRefused)]
     assert messages(events) == ["m0", "m1"] and len(refused) == 3  # the reader closes at the 1st
     assert p.gate is not None and p.gate.policy == "close"
@@ -239,7 +251,7 @@ def test_dropped_compressed_messages_leave_the_context_whole(keep_context: bool)
         if not keep_context:
             compressor = zlib.compressobj(wbits=-15)
         data += compress(f"{line}{i}".encode(), compressor)
-    events = run(p, data, clock, cut=False)
+    events = expanded(run(p, data, clock, cut=False))
     assert messages(events) == [f"{line}0", f"{line}1"]
     assert [e.unread for e in events if isinstance(e, RateRefused)] == [not keep_context] * 4
     clock.now = 10.0
@@ -253,7 +265,7 @@ def test_raw_frames_are_limited_too() -> None:
     clock = Clock()
     p = protocol(RateLimits(RateLimit(1000, burst=2), policy="drop"), clock, raw=True)
     data = text("a") + text("b", fin=False) + client_frame(b"c", 0) + text("d") + text("e")
-    events = run(p, data, clock, cut=False)
+    events = expanded(run(p, data, clock, cut=False))
     frames = [(e.opcode, e.data, e.fin) for e in events if type(e).__name__ == "DataFrame"]
     assert [f[1] for f in frames] == ["a", "b", "c"]
     assert sum(isinstance(e, RateRefused) for e in events) == 2
@@ -287,6 +299,23 @@ def test_random_streams_cut_anywhere_give_the_same_events() -> None:
                 policy="drop",
             )
             p = protocol(limits, clock)
-            events = run(p, data, clock, cut=cuts, step=rng.randrange(1, 200))
+            events = expanded(run(p, data, clock, cut=cuts, step=rng.randrange(1, 200)))
             results.append([(type(e).__name__, getattr(e, "data", None)) for e in events])
         assert results[0] == results[1]
+
+
+def test_a_flooders_read_is_refused_in_runs() -> None:
+    """The whole messages of one read that the gate refuses (a messages bucket is empty) are
+    skipped together: one event for the run, the counters bumped by its length."""
+    clock = Clock()
+    counters = Counters()
+    p = WebSocketProtocol(max_message_size=1 << 20, max_fragments=64, counters=counters)
+    p.limit_rate(RateLimits(RateLimit(10, burst=5), policy="drop"), clock)
+    data = b"".join(text(f"{i:04}") for i in range(1000)) + client_frame(b"", 9)
+    data += b"".join(text(f"{i:04}") for i in range(1000, 1010)) + text("cut")[:3]
+    events = run(p, data, clock, cut=False)
+    runs = [e.count for e in events if isinstance(e, RateRefused)]
+    assert messages(events) == ["0000", "0001", "0002", "0003", "0004"]
+    assert sum(runs[:-1]) == 995 and runs[-1] == 10  # the Ping between is answered in order
+    assert max(runs) == 1 + MAX_SKIPPED  # (a run is one event of the reader's step budget)
+    assert counters.rate_dropped == counters.rate_limited == 1005

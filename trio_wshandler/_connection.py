@@ -98,10 +98,11 @@ class WebSocketConnection:
         """
         return FrameAction.PROCESS
 
-    def message_refused(self, limit: RateLimit) -> None:
-        """A message from the client was refused unread by a rate limit (``RateLimits`` with
-        ``policy="drop"``; ``limit`` is the bucket that was empty).  Default: nothing.  It may
-        send (say, a "slow down" message); an exception closes the connection with 1011."""
+    def message_refused(self, limit: RateLimit, count: int) -> None:
+        """``count`` messages from the client were refused unread by a rate limit
+        (``RateLimits`` with ``policy="drop"``; ``limit`` is the bucket that was empty): one,
+        or a flooder's run of whole messages read together.  Default: nothing.  It may send
+        (say, a "slow down" message); an exception closes the connection with 1011."""
 
     def report_error(self) -> None:
         """Count a bad command of the client against its error budget

@@ -16,6 +16,7 @@ __all__ = [
     "DataFrame",
     "DataSkipped",
     "Event",
+    "HandOver",
     "MessageAssembler",
     "MessageReceived",
     "PingReceived",
@@ -23,6 +24,7 @@ __all__ = [
     "ProtocolFailed",
     "RateRefused",
     "Throttled",
+    "ToWsproto",
 ]
 
 
@@ -96,6 +98,8 @@ class RateRefused:
 
     limit: RateLimit
     unread: bool = True
+    #: messages refused together: a flooder's whole messages that were all in one read
+    count: int = 1
 
 
 @attrs.frozen
@@ -106,6 +110,29 @@ class DataSkipped:
 #: The one :class:`DataSkipped` event: the reader counts it against its per-step budget, so a
 #: peer that floods frames after our Close cannot hold the event loop.
 SKIPPED = DataSkipped()
+
+
+class ToWsproto:
+    """From the hot path (``_frames.py``) to the protocol: feed ``data`` to wsproto (the bytes
+    of one frame it parses, or of part of it)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data = data  # (a view of the bytes read: wsproto copies what it is given)
+
+
+class HandOver:
+    """Show wsproto the message this parser began, before a frame only wsproto may judge: its
+    opcode, the UTF-8 bytes of a character not yet complete, and its size and frames so far."""
+
+    __slots__ = ("frames", "opcode", "pending", "size")
+
+    def __init__(self, opcode: int, pending: bytes, size: int, frames: int) -> None:
+        self.opcode = opcode
+        self.pending = pending
+        self.size = size
+        self.frames = frames
 
 
 Event = (

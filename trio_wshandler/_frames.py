@@ -28,16 +28,18 @@ from typing import Any
 from ._events import (
     SKIPPED,
     DataSkipped,
+    HandOver,
     MessageReceived,
     PingReceived,
     PongReceived,
     RateRefused,
     Throttled,
+    ToWsproto,
 )
 from ._rate import RateGate
 from ._unmask import unmask
 
-__all__ = ["FrameParser", "HandOver", "ToWsproto"]
+__all__ = ["MAX_SKIPPED", "FrameParser", "Utf8Error"]
 
 _TEXT, _BINARY = 1, 2
 #: where the bytes that follow go
@@ -46,6 +48,10 @@ _HEADER, _HOT, _WSPROTO, _WSPROTO_ALL = 0, 1, 2, 3
 _WSPROTO_MESSAGE = -1
 
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+#: Most messages refused together in one event: the reader handles ``EVENTS_PER_STEP`` events
+#: per task step, so a step refuses at most 32 x 65 messages (about 0.3 ms of CPU).
+MAX_SKIPPED = 64
 
 #: the extended payload length's bytes, by the 7-bit length field
 _LENGTH_BYTES = (0,) * 126 + (2, 8)
@@ -58,28 +64,6 @@ def _minimal(field: int, length: int) -> bool:
     if field == 127:
         return 0xFFFF < length < 1 << 63
     return True
-
-
-class ToWsproto:
-    """Feed ``data`` to wsproto (the bytes of one frame it parses, or of part of it)."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes | memoryview) -> None:
-        self.data = data  # (a view of the bytes read: wsproto copies what it is given)
-
-
-class HandOver:
-    """Show wsproto the message this parser began, before a frame only wsproto may judge: its
-    opcode, the UTF-8 bytes of a character not yet complete, and its size and frames so far."""
-
-    __slots__ = ("frames", "opcode", "pending", "size")
-
-    def __init__(self, opcode: int, pending: bytes, size: int, frames: int) -> None:
-        self.opcode = opcode
-        self.pending = pending
-        self.size = size
-        self.frames = frames
 
 
 #: what :meth:`FrameParser.events` gives
@@ -128,6 +112,7 @@ class FrameParser:
         "_pieces",
         "_route",
         "_size",
+        "_slow",
         "closing",
         "compressed",
         "gate",
@@ -151,6 +136,7 @@ class FrameParser:
         self.max_fragments = max_fragments
         self.gate = gate
         self.wsproto_data = wsproto_data
+        self._slow = gate is not None or wsproto_data  # the headers' longer path
         self.compressed = compressed
         self.keep_context = keep_context
         self._dropping = False  # the message in progress was refused by the gate: skipped
@@ -235,8 +221,8 @@ class FrameParser:
                     start = pos + 14
                     length = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 message = self._message
-                gate = self.gate
                 refused = False
+                gate = self.gate if self._slow else None
                 if gate is not None and self._gated(b0, b1, length):
                     if start > end:  # the header is not all here yet
                         break
@@ -247,7 +233,12 @@ class FrameParser:
                             continue  # the same header, parsed again
                         if b0 & 0x40 and self.keep_context:  # inflated all the same
                             yield RateRefused(verdict, unread=False)
-                        else:  # skipped unread
+                        elif b0 & 0x80 and start + length <= end:  # all here: skipped,
+                            # with the whole messages after it that the gate refuses too
+                            pos, more = self._skip_refused(data, start + length, end, gate)
+                            yield RateRefused(verdict, count=1 + more)
+                            continue
+                        else:  # skipped unread as it comes
                             yield RateRefused(verdict)
                             self._dropping = refused = True
                             message = self._message = opcode
@@ -260,18 +251,19 @@ class FrameParser:
                         and self._size + length <= self.max_size
                         and self._frames < self.max_fragments
                     )
-                if refused:  # (its first frame may be compressed: RSV1)
-                    clean = True
-                    b0 &= 0x8F
-                elif self.wsproto_data:
-                    clean = False
+                if self._slow:  # rate limited, or raw frames
+                    if refused:  # (its first frame may be compressed: RSV1)
+                        clean = True
+                        b0 &= 0x8F
+                    elif self.wsproto_data:
+                        clean = False
                 if not clean or b0 & 0x70 or not b1 & 0x80 or not _minimal(b1 & 0x7F, length):
                     # not a clean data frame: wsproto judges it
                     pos = yield from self._to_wsproto(data, pos, end, b0, length)
                     continue
                 if start > end:  # the masking key is not all here yet
                     break
-                if opcode and not self._dropping:
+                if opcode and not refused:  # (a frame after a refused one is not clean)
                     stop = start + length
                     if b0 & 0x80 and stop <= end and not self.closing:
                         # the common case: a whole message, all here
@@ -301,6 +293,48 @@ class FrameParser:
         finally:
             # an idle connection keeps no bytes it has read: at most a header cut short
             self._data = bytes(data[pos:]) if pos < end else b""
+
+    def use_gate(self, gate: RateGate | None) -> None:
+        """Ask ``gate`` from the next header on (None: no more)."""
+        self.gate = gate
+        self._slow = gate is not None or self.wsproto_data
+
+    def _skip_refused(
+        self, data: bytes | memoryview, pos: int, end: int, gate: RateGate
+    ) -> tuple[int, int]:
+        """Skip the whole single-frame messages from ``pos`` on while the gate refuses every
+        message (a flooder's read): where parsing goes on, and how many were skipped.  Stops
+        at anything else (a frame cut short, a control frame, a fragment, a frame the protocol
+        or the compression context must see), left to the loop of :meth:`events`."""
+        if not gate.refusing():
+            return pos, 0
+        count = 0
+        max_size = self.max_size
+        while end - pos >= 2 and count < MAX_SKIPPED:
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            opcode = b0 & 0x0F
+            if b0 & 0xB0 != 0x80 or not b1 & 0x80 or not (opcode == 1 or opcode == 2):
+                break  # not final, RSV2/3, not masked, not a Text or Binary
+            if b0 & 0x40 and (not self.compressed or self.keep_context):
+                break  # RSV1 that is invalid, or a context that needs the message inflated
+            length = b1 & 0x7F
+            start = pos + 6
+            if length == 126:
+                if end - pos < 4:
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                start = pos + 8
+                if length < 126:
+                    break  # not minimal: wsproto says so
+            elif length == 127:
+                break  # (rare in a flood: the loop of events() takes it)
+            if start + length > end or (length > max_size and not b0 & 0x40):
+                break
+            pos = start + length
+            count += 1
+        gate.refuse(count)
+        return pos, count
 
     def _gated(self, b0: int, b1: int, length: int) -> bool:
         """The data frame's header is one the gate judges: a valid first frame of a message

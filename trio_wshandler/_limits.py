@@ -117,7 +117,7 @@ class InboundLimits(Extension):
         return None
 
     def resume(self, size: int, frames: int) -> None:
-        """wsproto takes over a message the hot path began (``_frames.HandOver``): its frames so
+        """wsproto takes over a message the hot path began (``_events.HandOver``): its frames so
         far, uncompressed, count as if wsproto had seen them."""
         self._done_bytes, self._done_frames, self._compressed = size, frames, False
 

@@ -33,15 +33,17 @@ from ._events import (
     CloseReceived,
     DataFrame,
     Event,
+    HandOver,
     MessageAssembler,
     MessageReceived,
     PingReceived,
     PongReceived,
     ProtocolFailed,
     RateRefused,
+    ToWsproto,
 )
 from ._extensions import DeflateAgreement
-from ._frames import FrameParser, HandOver, ToWsproto, Utf8Error
+from ._frames import FrameParser, Utf8Error
 from ._limits import STAND_IN, InboundLimits
 from ._options import RateLimits
 from ._rate import RateGate
@@ -131,7 +133,7 @@ class WebSocketProtocol:
         gate = None if limits is None else RateGate(limits, clock, self._counters)
         self._gate = gate
         if self._parser is not None:
-            self._parser.gate = gate if gate is not None and gate.limiting else None
+            self._parser.use_gate(gate if gate is not None and gate.limiting else None)
 
     @property
     def gate(self) -> RateGate | None:
@@ -213,7 +215,9 @@ class WebSocketProtocol:
                 return
             for item in parser.events():
                 cls = item.__class__
-                if cls is ToWsproto:
+                if cls is MessageReceived:  # the common item first
+                    yield item  # type: ignore[misc]
+                elif cls is ToWsproto:
                     # wsproto copies what it is given (its buffer is a bytearray)
                     self._wsproto().receive_bytes(cast(bytes, cast(ToWsproto, item).data))
                     yield from self._wsproto_events()

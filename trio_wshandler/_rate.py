@@ -77,7 +77,17 @@ class RateGate:
     the reader calls :meth:`refused` for each refusal (the error budget).
     """
 
-    __slots__ = ("_buckets", "_clock", "_counters", "_errors", "_waiting", "limits")
+    __slots__ = (
+        "_buckets",
+        "_clock",
+        "_counters",
+        "_drop",
+        "_errors",
+        "_refusing",
+        "_until",
+        "_waiting",
+        "limits",
+    )
 
     def __init__(
         self, limits: RateLimits, clock: Callable[[], float], counters: Counters | None = None
@@ -88,6 +98,11 @@ class RateGate:
         self._buckets = [_Bucket(limit) for limit in limits.limits]
         self._errors: collections.deque[float] | None = None  # refusal times, when budgeted
         self._waiting = False  # the message at the head waits (counted once as limited)
+        self._drop = limits.policy == "drop"
+        # a flooder's messages are refused without a look at the buckets until ``_until``,
+        # when a messages bucket that refused the last one has a token again
+        self._until = 0.0
+        self._refusing: RateLimit | None = None
 
     @property
     def limiting(self) -> bool:
@@ -105,8 +120,14 @@ class RateGate:
         of an admitted message is never refused: its bytes are charged, into debt if need
         be)."""
         now = self._clock()
+        if first and now < self._until:  # (under "drop" and "close" only)
+            counters = self._counters
+            counters.rate_limited += 1
+            counters.rate_dropped += self._drop
+            return self._refusing
         wait = 0.0
         refusing: RateLimit | None = None
+        until = 0.0
         delay = self.limits.policy == "delay"
         if first or delay:
             for bucket in self._buckets:
@@ -120,14 +141,16 @@ class RateGate:
                 if tokens < need - _EPSILON:  # (the wait's rounding cannot make another)
                     wait = max(wait, (need - tokens) / bucket.rate)
                     refusing = bucket.limit
+                    if bucket.messages:  # no message can pass it before then
+                        until = max(until, now + (need - tokens) / bucket.rate)
         if refusing is not None:
             if not self._waiting:
                 self._counters.rate_limited += 1
                 self._waiting = delay
             if delay:
                 return wait
-            if self.limits.policy == "drop":
-                self._counters.rate_dropped += 1
+            self._until, self._refusing = until, refusing
+            self._counters.rate_dropped += self._drop
             return refusing
         self._waiting = False
         for bucket in self._buckets:
@@ -140,9 +163,20 @@ class RateGate:
                 bucket.tokens -= size
         return None
 
-    def refused(self) -> bool:
-        """A refusal (a dropped message, an error the application reported): True when the
-        error budget is spent (the connection is to be closed)."""
+    def refusing(self) -> bool:
+        """Every message is refused now (a messages bucket is empty): the parser may skip a
+        run of them with one look at the clock (:meth:`refuse` counts them)."""
+        return self._clock() < self._until
+
+    def refuse(self, count: int) -> None:
+        """``count`` more messages refused while :meth:`refusing`."""
+        counters = self._counters
+        counters.rate_limited += count
+        counters.rate_dropped += count if self._drop else 0
+
+    def refused(self, count: int = 1) -> bool:
+        """``count`` refusals (dropped messages, errors the application reported): True when
+        the error budget is spent (the connection is to be closed)."""
         budget = self.limits.error_budget
         if budget is None:
             return False
@@ -150,5 +184,5 @@ class RateGate:
         if errors is None:
             errors = self._errors = collections.deque(maxlen=budget.errors + 1)
         now = self._clock()
-        errors.append(now)
+        errors.extend([now] * min(count, budget.errors + 1))
         return len(errors) > budget.errors and now - errors[0] <= budget.per

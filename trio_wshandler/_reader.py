@@ -90,7 +90,7 @@ class Hooks(Protocol):
 
     def got_raw_message(self, frame: Frame) -> FrameAction: ...
 
-    def message_refused(self, limit: RateLimit) -> None: ...
+    def message_refused(self, limit: RateLimit, count: int) -> None: ...
 
 
 class _Log(Protocol):
@@ -259,14 +259,20 @@ class Reader:
         handled = 0
         inflated = protocol.inflated_total
         for event in protocol.events():
-            if event.__class__ is MessageReceived:  # the common event first, inline
+            cls = event.__class__
+            if cls is MessageReceived:  # the common event first, inline
                 if core.state is OPEN:
-                    await self._deliver(event.data)
+                    await self._deliver(event.data)  # type: ignore[union-attr]
+            elif cls is RateRefused:  # a limited flooder's: inline too
+                refusal = cast(RateRefused, event)
+                if refused(core, refusal.limit, refusal.count):
+                    return True  # failed (1008)
+                handled += refusal.count >> 3  # (eight refused messages weigh one event)
             elif await self.dispatch(event):
-                return isinstance(event, ProtocolFailed)
+                return cls is ProtocolFailed or cls is RateRefused  # failed
             handled += 1
             if (
-                handled == EVENTS_PER_STEP or protocol.inflated_total - inflated > INFLATE_PER_STEP
+                handled >= EVENTS_PER_STEP or protocol.inflated_total - inflated > INFLATE_PER_STEP
             ):  # let other connections have their turn (what was sent goes out first)
                 handled = 0
                 core.uncork()
@@ -305,8 +311,7 @@ class Reader:
             await wait(core, event.seconds)
             return False
         if isinstance(event, RateRefused):  # or the message was refused
-            refused(core, event.limit)
-            return False
+            return refused(core, event.limit, event.count)
         if isinstance(event, PingReceived):
             if self._raw(Frame(Opcode.PING, event.payload)) is FrameAction.PROCESS:
                 pong = core.protocol.pong(event.payload)

@@ -26,7 +26,7 @@ __all__ = ["Limited", "refused", "spend_budget", "wait"]
 
 
 class _Hooks(Protocol):
-    def message_refused(self, limit: RateLimit) -> None: ...
+    def message_refused(self, limit: RateLimit, count: int) -> None: ...
 
 
 class _Log(Protocol):
@@ -63,6 +63,8 @@ class Limited(Protocol):
 
     def start_close(self, code: int, reason: str) -> None: ...
 
+    def fail(self, code: int, reason: str, reply: bytes) -> None: ...
+
 
 async def wait(core: Limited, seconds: float) -> None:
     """Policy ``"delay"``: read and handle nothing more of this client for ``seconds`` (what
@@ -83,35 +85,46 @@ async def wait(core: Limited, seconds: float) -> None:
         core.cork()
 
 
-def refused(core: Limited, limit: RateLimit) -> None:
-    """A message refused unread: policy ``"close"`` closes (1008), ``"drop"`` tells the user's
-    object (``message_refused``) and counts against the error budget."""
+def refused(core: Limited, limit: RateLimit, count: int) -> bool:
+    """``count`` messages refused unread (one, or a flooder's run of them): policy ``"close"``
+    fails the connection (1008), ``"drop"`` tells the user's object (``message_refused``) and
+    counts against the error budget, which fails it when spent.  True when it was failed: the
+    reader reads no more of it (what the flooder still sends is dropped unparsed while our
+    Close goes out: ``_linger.py``)."""
     gate = core.protocol.gate
     if gate is not None and gate.policy == "close":
-        _close(core, "rate")
-        return
+        _fail(core, "rate")
+        return True
     try:
-        core.connection.message_refused(limit)
+        core.connection.message_refused(limit, count)
     except Exception:
         core.settings.log_error(
             "connection %s: message_refused() failed; closing", core.id, exc_info=True
         )
         core.start_close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
-        return
-    spend_budget(core)
+        return False
+    if gate is not None and gate.refused(count):
+        _fail(core, "errors")
+        return True
+    return False
 
 
 def spend_budget(core: Limited) -> None:
-    """One refusal against the connection's error budget: closes it (1008) when spent."""
+    """An error the application reported, against the connection's error budget: closes it
+    (1008) when spent."""
     gate = core.protocol.gate
     if gate is not None and gate.refused() and core.state <= OPEN:
-        _close(core, "errors")
+        core.counters.closed_by_limit("errors")
+        _log(core, ERRORS_REASON)
+        core.start_close(RATE_CLOSE_CODE, ERRORS_REASON)
 
 
-def _close(core: Limited, why: str) -> None:
-    if core.state > OPEN:
-        return
+def _fail(core: Limited, why: str) -> None:
     reason = RATE_REASON if why == "rate" else ERRORS_REASON
-    core.settings.log_info("connection %s: %s; closing (%d)", core.id, reason, RATE_CLOSE_CODE)
+    _log(core, reason)
     core.counters.closed_by_limit(why)
-    core.start_close(RATE_CLOSE_CODE, reason)
+    core.fail(RATE_CLOSE_CODE, reason, core.protocol.close(RATE_CLOSE_CODE, reason))
+
+
+def _log(core: Limited, reason: str) -> None:
+    core.settings.log_info("connection %s: %s; closing (%d)", core.id, reason, RATE_CLOSE_CODE)
