@@ -71,3 +71,26 @@ async def test_readme_example_runs(tmp_path: Any) -> None:
     finally:
         process.kill()
         await process.wait()
+
+
+async def test_the_demo_slows_a_flooding_member() -> None:
+    """The demo's rate limit (20 lines a second after 50): 80 lines sent at once reach the
+    room in about 1.5 s, not at once."""
+    async with (
+        cli("demo") as port,
+        # (the flooder reads none of the room's lines: websockets' client, its queue full,
+        # would not read our Close either, and its close() would wait much longer than its
+        # close_timeout)
+        connect(f"ws://127.0.0.1:{port}/ws", max_queue=None) as flooder,
+        connect(f"ws://127.0.0.1:{port}/ws") as observer,
+    ):
+        for i in range(80):
+            await flooder.send(f"line {i}")
+        times = {}
+        with trio.fail_after(10):
+            while "line 79" not in times:
+                message = json.loads(await observer.recv())
+                if message.get("type") == "chat":
+                    times[message["text"]] = trio.current_time()
+        assert list(times) == [f"line {i}" for i in range(80)]
+        assert times["line 79"] - times["line 0"] >= 1.3  # 30 lines after the burst, at 20/s

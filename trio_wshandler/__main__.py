@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 import trio
 
 from ._backplane import BackplaneError
-from ._demo import ChatHandler, EchoHandler, chat_page, pubsub_script
+from ._demo import DEMO_RATE_LIMITS, ChatHandler, EchoHandler, chat_page, pubsub_script
 from ._extensions import DeflateOptions
 from ._handler import WebSocketHandler
 from ._http import HttpHandler
@@ -241,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         # chat lines are small: let a queue hold as many as fit in max_queue_bytes (1 MiB), so
         # that an observer whose socket lags behind a burst of 10,000 lines is not dropped
-        handler: WebSocketHandler = ChatHandler(max_queue=1 << 16, compression=compression)
+        handler: WebSocketHandler = ChatHandler(
+            max_queue=1 << 16, compression=compression, rate_limits=DEMO_RATE_LIMITS
+        )
         routes: HttpHandler | Mapping[str, HttpHandler] = {
             "/": chat_page(),
             "/pubsub.js": pubsub_script(),

@@ -13,6 +13,7 @@ from typing import Any
 from ._connection import WebSocketConnection
 from ._handler import WebSocketHandler
 from ._history import HistoryOptions, Position
+from ._options import RateLimit, RateLimits
 from ._pubsub import PubSubConnection
 from ._types import CallContext, Request, Response
 
@@ -99,6 +100,12 @@ class ChatConnection(PubSubConnection):
 
     async def connection_closed(self) -> None:
         self.say("system", f"{self.nick} left")
+
+
+#: What one chat member may send in the demo (``python -m trio_wshandler demo``): 20 lines a
+#: second after a burst of 50, and 256 KiB a second; a member who sends faster is read more
+#: slowly ("delay"), so one flooder cannot make the room broadcast 50,000 lines a second.
+DEMO_RATE_LIMITS = RateLimits((RateLimit(20, burst=50), RateLimit(256 * 1024, unit="bytes")))
 
 
 class ChatHandler(WebSocketHandler):
