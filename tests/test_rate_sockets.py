@@ -20,7 +20,9 @@ from trio_wshandler import (
     RateLimits,
     WebSocketConnection,
     WebSocketHandler,
+    serve,
 )
+from trio_wshandler.testing import open_test_client
 
 from .conftest import TIMEOUT, wait_for, ws_url
 from .conftest import running as serving
@@ -183,16 +185,13 @@ async def test_close_sends_1008() -> None:
 async def test_the_error_budget_closes_a_client_that_keeps_failing() -> None:
     budget = RateLimits(error_budget=ErrorBudget(errors=3, per=10.0))
     handler = Handler(rate_limits=budget)
-    async with serving(handler) as server, connect(ws_url(server)) as ws:
+    async with open_test_client(handler) as client:
         for _ in range(3):
-            await ws.send("bad")
-        await ws.send("ping")
-        assert await ws.recv() == "pong"  # three are within the budget
-        await ws.send("bad")
-        with pytest.raises(ConnectionClosed) as closed:
-            await ws.recv()
-        assert closed.value.rcvd is not None
-        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "too many errors")
+            await client.send("bad")
+        await client.send("ping")
+        assert await client.receive() == "pong"  # three are within the budget
+        await client.send("bad")
+        assert await client.receive_close() == (1008, "too many errors")
         stats = handler.stats()
         assert stats.errors_reported == 4 and stats.limit_closes == {"errors": 1}
 
@@ -208,28 +207,25 @@ async def test_drops_spend_the_error_budget() -> None:
         assert 6 <= stats.rate_dropped <= 98 and stats.limit_closes == {"errors": 1}
 
 
-async def test_a_connection_may_have_its_own_limits() -> None:
+async def test_a_connection_may_have_its_own_limits(ws_client: Any, nursery: trio.Nursery) -> None:
     handler = Handler(rate_limits=RateLimits(RateLimit(5, burst=5), policy="drop"))
-    async with serving(handler) as server:
-        async with (
-            connect(ws_url(server)) as normal,
-            connect(ws_url(server), additional_headers={"X-Plan": "premium"}) as premium,
-        ):
-            for i in range(100):
-                await normal.send(str(i))
-                await premium.send(str(i))
-            await trio.sleep(0.3)  # a token back for the normal client's ping (5/s)
-            with trio.fail_after(TIMEOUT):
-                for ws in (normal, premium):
-                    await ws.send("ping")
-                    assert await ws.recv() == "pong"
-        by_plan = {c.hdr.headers.get("x-plan", "normal"): c for c in handler.made}
-        assert len(by_plan["premium"].got) == 100
-        assert 5 <= len(by_plan["normal"].got) <= 6  # five, and one more if 0.2 s went by
-        assert by_plan["premium"].rate_limits == RateLimits(RateLimit(10_000, burst=10_000))
-        assert by_plan["normal"].rate_limits == handler.rate_limits
-        by_plan["normal"].rate_limits = None
-        assert by_plan["normal"].rate_limits is None
+    server = await nursery.start(serve, handler, "127.0.0.1", 0)
+    normal = await ws_client(server)
+    premium = await ws_client(server, headers={"X-Plan": "premium"})
+    for i in range(100):
+        await normal.send(str(i))
+        await premium.send(str(i))
+    await trio.sleep(0.3)  # a token back for the normal client's ping (5/s)
+    for client in (normal, premium):
+        await client.send("ping")
+        assert await client.receive() == "pong"
+    by_plan = {c.hdr.headers.get("x-plan", "normal"): c for c in handler.made}
+    assert len(by_plan["premium"].got) == 100
+    assert 5 <= len(by_plan["normal"].got) <= 6  # five, and one more if 0.2 s went by
+    assert by_plan["premium"].rate_limits == RateLimits(RateLimit(10_000, burst=10_000))
+    assert by_plan["normal"].rate_limits == handler.rate_limits
+    by_plan["normal"].rate_limits = None
+    assert by_plan["normal"].rate_limits is None
 
 
 @pytest.mark.parametrize("keep_context", [False, True], ids=["no-context", "context-takeover"])

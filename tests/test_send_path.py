@@ -32,7 +32,8 @@ async def test_ten_thousand_messages_in_one_write_to_the_echo_process() -> None:
 
 
 async def test_ten_thousand_messages_to_the_chat_demo_reach_everyone() -> None:
-    async with cli("demo") as port:
+    # (without the demo's rate limit, which would take 8 minutes to let them through)
+    async with cli("demo", "--no-rate-limit") as port:
         url = f"ws://127.0.0.1:{port}/ws"
         async with connect(url, max_queue=None) as observer, RawClient.connect(port, "/ws") as raw:
             sender_chats = 0

@@ -33,6 +33,8 @@ from ._stats import BackplaneStats, HandlerStats
 from ._types import CallContext, Request, Response
 from .codec import CloseCode, Frame, Opcode
 
+#: The one place the version is written: pyproject.toml reads it from here (setuptools
+#: reads this plain assignment without importing the package).
 __version__ = "0.1.0"
 
 __all__ = [

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import trio
 
+from . import __version__
 from ._backplane import BackplaneError
 from ._demo import DEMO_RATE_LIMITS, ChatHandler, EchoHandler, chat_page, pubsub_script
 from ._extensions import DeflateOptions
@@ -153,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m trio_wshandler",
         description="Try trio_wshandler: a chat room in the browser, or an echo server.",
     )
+    parser.add_argument("--version", action="version", version=f"trio_wshandler {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,echo,serve}")
     for name, default_port, text in (
         ("demo", 8080, "a chat room: the page at http://HOST:PORT/, the WebSocket at /ws"),
@@ -175,6 +177,13 @@ def _parser() -> argparse.ArgumentParser:
             action="store_true",
             help="decline permessage-deflate (on by default, as browsers expect)",
         )
+        if name == "demo":
+            p.add_argument(
+                "--no-rate-limit",
+                action="store_true",
+                help="let each member send as fast as it can (a limit of 20 lines/s, burst 50, "
+                "by default)",
+            )
         level = p.add_mutually_exclusive_group()
         level.add_argument(
             "-v", "--verbose", action="store_true", help="log debug messages (every refusal)"
@@ -242,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         # chat lines are small: let a queue hold as many as fit in max_queue_bytes (1 MiB), so
         # that an observer whose socket lags behind a burst of 10,000 lines is not dropped
         handler: WebSocketHandler = ChatHandler(
-            max_queue=1 << 16, compression=compression, rate_limits=DEMO_RATE_LIMITS
+            max_queue=1 << 16,
+            compression=compression,
+            rate_limits=None if args.no_rate_limit else DEMO_RATE_LIMITS,
         )
         routes: HttpHandler | Mapping[str, HttpHandler] = {
             "/": chat_page(),
