@@ -22,6 +22,7 @@ from trio_wshandler import (
 from trio_wshandler._demo import EchoHandler
 from trio_wshandler._ids import new_connection_id
 from trio_wshandler.codec import Opcode
+from trio_wshandler.testing import TestClientClosed, open_test_client
 
 from .conftest import (
     RawClient,
@@ -38,12 +39,12 @@ END_HOOKS = ["registered", "deregister_connection", "connection_closed"]
 
 async def test_hooks_run_once_when_the_client_closes() -> None:
     handler = RecordingHandler()
-    async with running(handler) as server:
-        async with connect(ws_url(server)):
-            [conn] = await handler.wait_connections(1)
-            assert conn.is_open and conn.id in handler.connection_ids()
+    async with open_test_client(handler):  # (trio_wshandler.testing; it closes with 1000)
+        [conn] = await handler.wait_connections(1)
+        assert conn.is_open and conn.id in handler.connection_ids()
+    with trio.fail_after(5):
         await conn.closed.wait()
-        await wait_for(lambda: handler.connection_ids() == [])
+    await wait_for(lambda: handler.connection_ids() == [])
     assert conn.events == END_HOOKS
     assert handler.deregistered == [conn.id]
     assert not conn.is_open and conn.close_code == 1000
@@ -83,14 +84,15 @@ async def test_stop_one_sends_1001_and_unknown_id_raises() -> None:
 
 async def test_queued_messages_are_delivered_before_the_close() -> None:
     handler = RecordingHandler()
-    async with running(handler) as server, connect(ws_url(server)) as ws:
+    async with open_test_client(handler) as client:
         [conn] = await handler.wait_connections(1)
         for i in range(100):
             conn.send(f"m{i}")
         conn.stop()
-        got = [await ws.recv() for _ in range(100)]
-        with pytest.raises(ConnectionClosed):
-            await ws.recv()
+        got = [await client.receive() for _ in range(100)]
+        with pytest.raises(TestClientClosed) as closed:
+            await client.receive()
+        assert closed.value.code == 1001
     assert got == [f"m{i}" for i in range(100)]
 
 
@@ -119,7 +121,7 @@ async def test_handler_stop_closes_all_with_1001_and_refuses_new_upgrades() -> N
 
 async def test_wait_closed_returns_after_the_end_hooks() -> None:
     handler = RecordingHandler()
-    async with running(handler) as server, connect(ws_url(server)):
+    async with open_test_client(handler):
         [conn] = await handler.wait_connections(1)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn.wait_closed)
