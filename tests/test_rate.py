@@ -319,3 +319,53 @@ def test_a_flooders_read_is_refused_in_runs() -> None:
     assert sum(runs[:-1]) == 995 and runs[-1] == 10  # the Ping between is answered in order
     assert max(runs) == 1 + MAX_SKIPPED  # (a run is one event of the reader's step budget)
     assert counters.rate_dropped == counters.rate_limited == 1005
+
+
+def test_a_refused_fragmented_message_never_reaches_a_raw_hook() -> None:
+    """Raw frames: the later frames of a refused message are skipped too, and the next
+    messages' later frames are charged as usual (found in review)."""
+    clock = Clock()
+    limits = RateLimits(
+        (RateLimit(1000, burst=1), RateLimit(100, burst=100, unit="bytes")), policy="drop"
+    )
+    p = protocol(limits, clock, raw=True)
+    data = text("a") + text("b1", fin=False) + client_frame(b"b2", 0, fin=False)
+    data += client_frame(b"b3", 0)
+    events = expanded(run(p, data, clock, cut=False))
+    frames = [e.data for e in events if type(e).__name__ == "DataFrame"]
+    assert frames == ["a"] and sum(isinstance(e, RateRefused) for e in events) == 1
+    clock.now = 10.0  # buckets full again: a 1-byte first frame, a 50,000-byte continuation
+    events = run(
+        p, client_frame(b"x", 2, fin=False) + client_frame(b"y" * 50_000, 0), clock, cut=False
+    )
+    assert [len(e.data) for e in events if type(e).__name__ == "DataFrame"] == [1, 50_000]
+    assert p.gate is not None
+    assert isinstance(p.gate.admit(1, True), RateLimit)  # the bytes bucket is in debt
+
+
+def test_a_refused_compressed_fragmented_message_is_not_judged_by_its_wire_size() -> None:
+    """Its compressed size may exceed max_message_size where its message does not (found in
+    review: it was closed with 1009 where no limit would close it)."""
+    clock = Clock()
+    agreement = DeflateAgreement(client_no_context_takeover=True)
+    p = WebSocketProtocol(max_message_size=1000, max_fragments=64)
+    p.use_deflate(agreement)
+    p.limit_rate(RateLimits(RateLimit(1000, burst=1), policy="drop"), clock)
+    compressor = zlib.compressobj(wbits=-15)
+    body = compressor.compress(os.urandom(1000)) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    body = body[:-4]  # incompressible: a little over 1,000 bytes on the wire
+    half = len(body) // 2
+    message = client_frame(body[:half], 2, fin=False, rsv=4) + client_frame(body[half:], 0)
+    events = run(p, client_frame(b"a", 2) + message + client_frame(b"after", 2), clock, cut=False)
+    assert not [e for e in events if isinstance(e, ProtocolFailed)]
+    assert messages(events) == [b"a"] and sum(isinstance(e, RateRefused) for e in events) == 2
+
+
+def test_delay_counts_a_message_once() -> None:
+    g, clock, counters = gate(RateLimit(1, burst=1), RateLimit(10, burst=10, unit="bytes"))
+    assert g.admit(1, True) is None
+    assert isinstance(g.admit(1, True), float)  # its first frame waits for a message token
+    clock.now = 1.0
+    assert g.admit(1, True) is None
+    assert isinstance(g.admit(100, False), float)  # a later frame waits for bytes
+    assert counters.rate_limited == 1

@@ -139,7 +139,8 @@ class FrameParser:
         self._slow = gate is not None or wsproto_data  # the headers' longer path
         self.compressed = compressed
         self.keep_context = keep_context
-        self._dropping = False  # the message in progress was refused by the gate: skipped
+        self._dropping = 0  # the message in progress was refused by the gate: skipped (2:
+        # a compressed one)
         #: our Close was sent: data is checked as before but not delivered
         self.closing = False
         self._data: bytes | memoryview = b""  # what was read and not parsed yet (at most a
@@ -238,9 +239,10 @@ class FrameParser:
                             pos, more = self._skip_refused(data, start + length, end, gate)
                             yield RateRefused(verdict, count=1 + more)
                             continue
-                        else:  # skipped unread as it comes
+                        else:  # skipped unread as it comes (2: it is compressed)
                             yield RateRefused(verdict)
-                            self._dropping = refused = True
+                            self._dropping = 2 if b0 & 0x40 else 1
+                            refused = True
                             message = self._message = opcode
                             self._size = self._frames = 0
                 if opcode:  # Text or Binary: a new message
@@ -255,6 +257,10 @@ class FrameParser:
                     if refused:  # (its first frame may be compressed: RSV1)
                         clean = True
                         b0 &= 0x8F
+                    elif self._dropping:  # a refused message's later frames are skipped here
+                        # (in raw mode too); a compressed one's wire size is not its size
+                        if not opcode and self._dropping == 2:
+                            clean = message > 0 and self._frames < self.max_fragments
                     elif self.wsproto_data:
                         clean = False
                 if not clean or b0 & 0x70 or not b1 & 0x80 or not _minimal(b1 & 0x7F, length):
@@ -365,6 +371,7 @@ class FrameParser:
             # only wsproto may judge this frame, and it must know the message it interrupts
             pending = b"" if self._decoder is None else self._decoder.getstate()[0]
             yield HandOver(message, pending, self._size, self._frames)
+            self._dropping = 0  # (a refused message broken off: wsproto fails what follows)
             self._decoder = None
             self._pieces = []
             message = self._message = _WSPROTO_MESSAGE
@@ -437,6 +444,6 @@ class FrameParser:
 
     def _end_message(self) -> None:
         self._message = 0
-        self._dropping = False
+        self._dropping = 0
         self._decoder = None
         self._pieces = []

@@ -128,6 +128,7 @@ class RateGate:
         wait = 0.0
         refusing: RateLimit | None = None
         until = 0.0
+        until_limit: RateLimit | None = None
         delay = self.limits.policy == "delay"
         if first or delay:
             for bucket in self._buckets:
@@ -142,14 +143,16 @@ class RateGate:
                     wait = max(wait, (need - tokens) / bucket.rate)
                     refusing = bucket.limit
                     if bucket.messages:  # no message can pass it before then
-                        until = max(until, now + (need - tokens) / bucket.rate)
+                        ready = now + (need - _EPSILON - tokens) / bucket.rate
+                        if ready > until:
+                            until, until_limit = ready, bucket.limit
         if refusing is not None:
-            if not self._waiting:
+            if not self._waiting and first:  # (counted per message, at its first frame)
                 self._counters.rate_limited += 1
                 self._waiting = delay
             if delay:
                 return wait
-            self._until, self._refusing = until, refusing
+            self._until, self._refusing = until, until_limit or refusing
             self._counters.rate_dropped += self._drop
             return refusing
         self._waiting = False

@@ -271,8 +271,9 @@ class HandlerStats:
     #: handshakes refused (429) by a cap (``caps=``), by reason: "address" (connections per
     #: address), "attempts" (upgrade attempts per address), "user" (connections per user)
     cap_refusals: Mapping[str, int] = attrs.field(factory=lambda: MappingProxyType({}))
-    #: data messages that found a rate limit's bucket empty (``rate_limits=``; under "delay"
-    #: each one waited, under "drop" and "close" it was refused)
+    #: data messages that found a rate limit's bucket empty at their first frame
+    #: (``rate_limits=``; under "delay" each one waited, under "drop" and "close" it was
+    #: refused)
     rate_limited: int = 0
     #: messages discarded by a rate limit (``policy="drop"``)
     rate_dropped: int = 0
