@@ -104,8 +104,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the package."""
-    session.install("mypy", "-e", ".[redis,metrics]")
+    """mypy --strict on the package (pytest too: the package's pytest plugin imports it)."""
+    session.install("mypy", "pytest", "-e", ".[redis,metrics]")
     session.run("mypy", "--strict", "trio_wshandler")
 
 
