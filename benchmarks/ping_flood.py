@@ -68,11 +68,12 @@ def flood(port: int, clients: int, seconds: float) -> None:
     print(f"sent {sum(sent)} pings", flush=True)
 
 
-def round_trips(port: int, seconds: float) -> list[float]:
+def round_trips(port: int, seconds: float, path: str = "/") -> list[float]:
+    """A normal client's round trips (one small message every 10 ms) for ``seconds``."""
     from websockets.sync.client import connect
 
     rtts = []
-    with connect(f"ws://127.0.0.1:{port}/", compression=None) as ws:
+    with connect(f"ws://127.0.0.1:{port}{path}", compression=None) as ws:
         end = time.monotonic() + seconds
         n = 0
         while time.monotonic() < end:

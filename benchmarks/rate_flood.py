@@ -40,6 +40,8 @@ import time
 import urllib.request
 from typing import Any
 
+from ping_flood import round_trips  # the same normal client as the Ping flood's
+
 PHASES = ("idle", "drop", "delay", "close", "unlimited")
 
 
@@ -171,23 +173,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def round_trips(port: int, path: str, seconds: float) -> list[float]:
-    from websockets.sync.client import connect as ws_connect
-
-    rtts = []
-    with ws_connect(f"ws://127.0.0.1:{port}{path}", compression=None) as ws:
-        end = time.monotonic() + seconds
-        n = 0
-        while time.monotonic() < end:
-            start = time.perf_counter()
-            ws.send(f"ping {n}")
-            assert ws.recv(timeout=10) == f"ping {n}"
-            rtts.append(time.perf_counter() - start)
-            n += 1
-            time.sleep(0.01)
-    return rtts
-
-
 def stats(port: int) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as response:
         return json.loads(response.read())  # type: ignore[no-any-return]
@@ -204,7 +189,7 @@ def measure(port: int, pid: int, phase: str, seconds: float) -> dict[str, Any]:
         )
         assert flooder.stdout is not None
         assert flooder.stdout.readline().startswith(b"flooding")
-    rtts = round_trips(port, f"/{phase}", seconds)
+    rtts = round_trips(port, seconds, f"/{phase}")
     cpu = cpu_seconds(pid) - cpu
     sent: dict[str, int] = {}
     if flooder is not None:
