@@ -37,11 +37,8 @@ from ._events import (
 )
 from ._flusher import Flusher, plain_socket_fd
 from ._options import RateLimit
-from ._protocol import WebSocketProtocol
-from ._send_queue import SendQueue
-from ._state import OPEN, ConnectionState
-from ._stats import Counters
-from ._throttle import refused, wait
+from ._state import OPEN
+from ._throttle import Limited, refused, wait
 from .codec import CloseCode, Frame, Opcode
 
 __all__ = [
@@ -101,26 +98,18 @@ class _Log(Protocol):
     def log_error(self, msg: str, *args: object, exc_info: bool = ...) -> None: ...
 
 
-class Readable(Protocol):
+class Readable(Limited, Protocol):
     """What the reader needs of a connection: its state to read, and the methods that change
-    it (each one named for what happened)."""
+    it (each one named for what happened); what a rate limit needs of it too (``Limited``:
+    ``id``, ``state``, ``protocol``, ``queue``, ``counters``, ``pause``, ``resume``, ``cork``,
+    ``uncork``, ``start_close``, ``fail``)."""
 
-    @property
-    def id(self) -> str: ...
-    @property
-    def state(self) -> ConnectionState: ...
-    @property
-    def protocol(self) -> WebSocketProtocol: ...
-    @property
-    def queue(self) -> SendQueue: ...
     @property
     def connection(self) -> Hooks:
         """The user's object."""
 
     @property
     def settings(self) -> _Log: ...
-    @property
-    def counters(self) -> Counters: ...
     @property
     def flusher(self) -> Flusher | None:
         """The listener's flusher, while it writes this connection (plain TCP)."""
@@ -134,28 +123,12 @@ class Readable(Protocol):
 
     def pong_received(self) -> None: ...
 
-    def pause(self) -> None:
-        """The reader stops reading: its peer does not read what it is sent."""
-
-    def resume(self, now: float) -> None: ...
-
     def lost(self) -> None:
         """The peer closed its side without a Close frame."""
 
     def put_control(self, frame: bytes, *, pong: bool = False) -> bool: ...
 
-    def start_close(self, code: int, reason: str) -> None: ...
-
     def finish_protocol(self, code: int, reason: str, reply: bytes) -> None: ...
-
-    def fail(self, code: int, reason: str, reply: bytes) -> None:
-        """The peer broke the protocol or a limit: close with ``code``."""
-
-    def cork(self) -> None:
-        """What the hooks send now waits for :meth:`uncork`."""
-
-    def uncork(self) -> None:
-        """Write what the hooks sent (one non-blocking write)."""
 
 
 class Reader:

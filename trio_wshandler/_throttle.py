@@ -53,17 +53,21 @@ class Limited(Protocol):
     @property
     def settings(self) -> _Log: ...
 
-    def pause(self) -> None: ...
+    def pause(self) -> None:
+        """Its reader stops reading (backpressure, a rate limit's wait)."""
 
     def resume(self, now: float) -> None: ...
 
-    def cork(self) -> None: ...
+    def cork(self) -> None:
+        """What the hooks send now waits for :meth:`uncork`."""
 
-    def uncork(self) -> None: ...
+    def uncork(self) -> None:
+        """Write what the hooks sent (one non-blocking write)."""
 
     def start_close(self, code: int, reason: str) -> None: ...
 
-    def fail(self, code: int, reason: str, reply: bytes) -> None: ...
+    def fail(self, code: int, reason: str, reply: bytes) -> None:
+        """The peer broke the protocol or a limit: close with ``code``."""
 
 
 async def wait(core: Limited, seconds: float) -> None:
