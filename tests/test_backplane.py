@@ -35,10 +35,11 @@ WAIT = 10  # no wait here is longer
 
 @contextmanager
 def nodes(
-    url: str, count: int, script: Path = NODE
+    url: str, count: int, script: Path = NODE, prefix: str | None = None
 ) -> Iterator[list[tuple[int, subprocess.Popen[str]]]]:
-    """``count`` processes of ``script`` (backplane_node.py) on one prefix: [(port, process)]."""
-    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    """``count`` processes of ``script`` (backplane_node.py) on one prefix (a new one unless
+    given): [(port, process)]."""
+    prefix = prefix or f"test-{uuid.uuid4().hex[:8]}"
     started: list[tuple[int, subprocess.Popen[str]]] = []
     try:
         for _ in range(count):

@@ -9,6 +9,7 @@ message to a per-connection :class:`WebSocketConnection`, and pushes messages to
 from __future__ import annotations
 
 from . import codec
+from ._asgi import ASGIMount
 from ._auth import AbstractAuthenticator, BasicAuthenticator, TokenAuthenticator
 from ._backplane import BackplaneError, RedisBackplane
 from ._caps import ConnectionCaps
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CLOSE_CODES",
+    "ASGIMount",
     "AbstractAuthenticator",
     "AuthenticationError",
     "BackplaneError",

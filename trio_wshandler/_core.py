@@ -53,7 +53,8 @@ class ConnectionCore(Generic[H]):
         "_close_deadline", "_closed", "_scope", "_writer_scope", "close_code", "close_reason",
         "connection", "corked", "counters", "cx", "deflate", "deflate_bits", "dropped_messages",
         "ended", "flusher", "hdr", "hub", "id", "last_message", "last_received", "paused",
-        "ping_sent", "protocol", "queue", "settings", "sock", "state", "timers", "topics",
+        "ping_sent", "pings", "protocol", "queue", "settings", "sock", "state", "timers",
+        "topics",
     )
     # fmt: on
 
@@ -96,6 +97,7 @@ class ConnectionCore(Generic[H]):
         self.last_received = 0.0  # any data (heartbeat)
         self.last_message = 0.0  # a whole message (idle timeout)
         self.ping_sent = 0.0  # when the unanswered heartbeat Ping went out, else 0
+        self.pings = True  # it can send Pings and see Pongs (not under ASGI: see mounted())
         self.paused = False  # the reader waits for its peer to read (backpressure)
         self.corked = False  # its reader handles a read: it writes what the hooks send
         self.topics: set[str] | None = None  # made on the first subscribe()
@@ -393,6 +395,10 @@ class ConnectionCore(Generic[H]):
         self.timers = timers
         return now
 
+    def mounted(self) -> None:
+        """An ASGI server parses and writes its frames (``_mount.py``): no heartbeat Pings."""
+        self.pings = False
+
     def cancel_scope(self) -> trio.CancelScope:
         """The scope its task runs in: cancelled at its closing deadline, or when aborted."""
         self._scope = trio.CancelScope(deadline=self._close_deadline)
@@ -415,7 +421,7 @@ class ConnectionCore(Generic[H]):
         if self.close_code is None:
             self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "timed out"
 
-    def end(self, stream: trio.abc.SendStream) -> None:
+    def end(self, stream: trio.abc.SendStream | None) -> None:
         """Its task is ending: nothing more will be written but, if the socket takes them at
         once, what is still queued and a Close 1001 (the last words of a connection that ended
         without its queue written: cancelled from outside, a deadline).  It is ``CLOSED``."""
@@ -426,7 +432,7 @@ class ConnectionCore(Generic[H]):
         self.state = CLOSED
         self.queue.finish()
         last_close = self.protocol.close(CloseCode.GOING_AWAY, "server is stopping")
-        wrote = write_last_words(self.queue, stream, last_close)
+        wrote = stream is not None and write_last_words(self.queue, stream, last_close)
         if wrote and last_close and self.close_code is None:
             self.close_code, self.close_reason = CloseCode.GOING_AWAY, "server is stopping"
         if self.close_code is None:

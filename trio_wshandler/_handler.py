@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ._admission import Admission
+from ._asgi import ASGIApp, ASGIMount
 from ._auth import AbstractAuthenticator
 from ._backplane import RedisBackplane
 from ._caps import CapsTable, ConnectionCaps
@@ -24,8 +25,9 @@ from ._connection import WebSocketConnection
 from ._extensions import DeflateOptions
 from ._history import HistoryLike, ProcessHistory
 from ._hub import Hub
-from ._lifecycle import prepare_connection, refuse_after_101, run_connection
-from ._listener_tasks import ListenerTasks, open_listener_tasks
+from ._lifecycle import prepare_connection, refuse_after_101, start_upgraded
+from ._listener_tasks import ListenerTasks
+from ._mount import MountTasks, Transport, start_in_mount
 from ._options import (
     ConnectionLimits,
     HandlerSettings,
@@ -39,6 +41,9 @@ from ._stats import HandlerStats
 from ._topics import check_topic
 from ._types import CallContext, Request, Response
 from .codec import CloseCode, DataLike, validate_close_code
+
+if TYPE_CHECKING:
+    from ._core import ConnectionCore
 
 __all__ = ["WebSocketHandler"]
 
@@ -290,6 +295,26 @@ class WebSocketHandler(HandlerSettings):
         None (a call from outside a listener) means what :meth:`handle_request` would have
         answered to ``hdr``.
         """
+        core = self._connection_for(cx, hdr)
+        if core is None:
+            await refuse_after_101(stream, self.close_timeout)
+            return
+        prepare_connection(core, cx, hdr, stopping=stopping, extensions=extensions)
+        await start_upgraded(core, self._admission, stream, initial_data, tasks)
+
+    async def start_mounted(
+        self, cx: CallContext, hdr: Request, transport: Transport, tasks: MountTasks
+    ) -> None:
+        """Run one connection accepted through an ASGI server (:class:`ASGIMount` calls it
+        after ``websocket.accept``), as :meth:`start` does after a 101."""
+        core = self._connection_for(cx, hdr)
+        if core is None:
+            await transport.close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
+            return
+        await start_in_mount(core, cx, hdr, self._admission, transport, tasks)
+
+    def _connection_for(self, cx: CallContext, hdr: Request) -> ConnectionCore[Any] | None:
+        """The state of the connection that :meth:`get_connection` makes (None: it failed)."""
         try:
             connection = self.get_connection(cx, hdr, cx.id)
             if not isinstance(connection, WebSocketConnection):
@@ -299,21 +324,15 @@ class WebSocketHandler(HandlerSettings):
         except Exception:
             self.log_error("get_connection() failed for %s", cx.peer, exc_info=True)
             self._admission.ended(cx.id)
-            await refuse_after_101(stream, self.close_timeout)
-            return
+            return None
         # the one place the handler reaches into a connection: from the user's object to the
         # state that the package runs (``_core.ConnectionCore``)
-        core = connection._core
-        prepare_connection(core, cx, hdr, stopping=stopping, extensions=extensions)
-        self._admission.started(cx.id)
-        try:
-            if tasks is None:
-                async with open_listener_tasks() as tasks:
-                    await run_connection(core, stream, initial_data, tasks)
-            else:
-                await run_connection(core, stream, initial_data, tasks)
-        finally:
-            self._admission.ended(cx.id)
+        return connection._core
+
+    def asgi(self, *, listener_id: str = "asgi", fallback: ASGIApp | None = None) -> ASGIMount:
+        """This handler as an ASGI application, for Hypercorn's Trio worker or Quart-Trio
+        (:class:`ASGIMount`; docs/guide.md, "Mounting under Hypercorn or Quart-Trio")."""
+        return ASGIMount(self, listener_id=listener_id, fallback=fallback)
 
     # ---------------------------------------------------------------- sending
 
@@ -427,17 +446,3 @@ class WebSocketHandler(HandlerSettings):
         """``stop()`` and wait until every connection has ended."""
         self.stop()
         await self.wait_stopped()
-
-    # ---------------------------------------------------------------- logging
-
-    def log_debug(self, msg: str, *args: object, **kwargs: Any) -> None:
-        self.logger.debug(msg, *args, **kwargs)
-
-    def log_info(self, msg: str, *args: object, **kwargs: Any) -> None:
-        self.logger.info(msg, *args, **kwargs)
-
-    def log_warning(self, msg: str, *args: object, **kwargs: Any) -> None:
-        self.logger.warning(msg, *args, **kwargs)
-
-    def log_error(self, msg: str, *args: object, **kwargs: Any) -> None:
-        self.logger.error(msg, *args, **kwargs)

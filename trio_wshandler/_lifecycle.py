@@ -16,22 +16,32 @@ in which order they happen.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ._extensions import agreement_from_response, negotiate_deflate
 from ._linger import linger
-from ._listener_tasks import ListenerTasks
+from ._listener_tasks import ListenerTasks, open_listener_tasks
 from ._reader import Reader
 from ._writer import tls_writer
 from .codec import CloseCode, Opcode, encode_message
 
 if TYPE_CHECKING:
+    from ._admission import Admission
     from ._core import ConnectionCore
     from ._types import CallContext, Request
 
-__all__ = ["prepare_connection", "refuse_after_101", "run_connection"]
+__all__ = [
+    "call_registered",
+    "prepare_connection",
+    "refuse_after_101",
+    "retire",
+    "run_connection",
+    "start_upgraded",
+]
 
 
 def peer_text(cx: CallContext) -> str:
@@ -92,7 +102,7 @@ async def run_connection(
             if not core.write_with(stream, tasks.flusher):
                 # TLS: a writer task of its own, so that it never holds the flusher
                 tasks.nursery.start_soon(tls_writer, core, stream, name="trio_wshandler writer")
-            if await _call_registered(core):
+            if await call_registered(core):
                 tasks.timers.add(core)
             failed = await Reader(core, stream).run(initial_data)
             # done reading: what is queued (our Close last) is written within close_timeout
@@ -106,35 +116,64 @@ async def run_connection(
             core.timed_out()
     finally:
         core.end(stream)
-        # shielded, so that cancellation of the server still runs the end hooks, and
-        # bounded, so that a hook cannot hold the server's shutdown forever
-        with trio.CancelScope(shield=True) as shield:
-            shield.deadline = trio.current_time() + host.close_timeout
-            await trio.aclose_forcefully(stream)
-            try:
-                await host.deregister_connection(core.connection)
-            except Exception:
-                host.log_error("deregister_connection(%s) failed", core.id, exc_info=True)
-            try:
-                await core.connection.connection_closed()
-            except Exception:
-                host.log_error("connection %s: connection_closed() failed", core.id, exc_info=True)
-        # what it wrote joins the handler's totals as it leaves the registry (no checkpoint
-        # in between: a stats() snapshot counts it once, live or retired)
-        hub.counters.retire(queue)
-        hub.registry.remove(core)
-        core.leave()
-        host.log_info(
-            "connection %s from %s closed: %s%s after %.1f s",
-            core.id,
-            peer_text(core.cx),
-            core.close_code,
-            f" {core.close_reason}" if core.close_reason else "",
-            trio.current_time() - opened,
-        )
+        await retire(core, opened, partial(trio.aclose_forcefully, stream))
 
 
-async def _call_registered(core: ConnectionCore[Any]) -> bool:
+async def retire(
+    core: ConnectionCore[Any], opened: float, closing: Callable[[], Awaitable[None]]
+) -> None:
+    """The end of a connection whose task is done: ``closing`` (close the stream), run
+    its end hooks, add its counts to the handler's and remove it from the registry."""
+    hub, host, queue = core.hub, core.settings, core.queue
+    # shielded, so that cancellation of the server still runs the end hooks, and
+    # bounded, so that a hook cannot hold the server's shutdown forever
+    with trio.CancelScope(shield=True) as shield:
+        shield.deadline = trio.current_time() + host.close_timeout
+        await closing()
+        try:
+            await host.deregister_connection(core.connection)
+        except Exception:
+            host.log_error("deregister_connection(%s) failed", core.id, exc_info=True)
+        try:
+            await core.connection.connection_closed()
+        except Exception:
+            host.log_error("connection %s: connection_closed() failed", core.id, exc_info=True)
+    # what it wrote joins the handler's totals as it leaves the registry (no checkpoint
+    # in between: a stats() snapshot counts it once, live or retired)
+    hub.counters.retire(queue)
+    hub.registry.remove(core)
+    core.leave()
+    host.log_info(
+        "connection %s from %s closed: %s%s after %.1f s",
+        core.id,
+        peer_text(core.cx),
+        core.close_code,
+        f" {core.close_reason}" if core.close_reason else "",
+        trio.current_time() - opened,
+    )
+
+
+async def start_upgraded(
+    core: ConnectionCore[Any],
+    admission: Admission,
+    stream: trio.abc.Stream,
+    initial_data: bytes,
+    tasks: ListenerTasks | None,
+) -> None:
+    """Run a prepared connection, holding its cap slot (``admission``) while it runs; without
+    ``tasks`` (a call from outside a listener) with a flusher and a timer sweep of its own."""
+    admission.started(core.id)
+    try:
+        if tasks is None:
+            async with open_listener_tasks() as tasks:
+                await run_connection(core, stream, initial_data, tasks)
+        else:
+            await run_connection(core, stream, initial_data, tasks)
+    finally:
+        admission.ended(core.id)
+
+
+async def call_registered(core: ConnectionCore[Any]) -> bool:
     try:
         await core.connection.registered()
     except Exception:

@@ -9,6 +9,7 @@ once, and documented here once (the guide's table is checked against these defau
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from typing import Any, Literal
@@ -186,6 +187,9 @@ class HandlerSettings:
     ``idle_timeout``) whose change applies to live connections at once.  A base class of
     :class:`~trio_wshandler.WebSocketHandler`, whose docstring documents each option."""
 
+    #: where its connections log (the handler's ``logger``)
+    logger: logging.Logger
+
     def __init__(
         self,
         *,
@@ -286,3 +290,17 @@ class HandlerSettings:
     def pong_timeout(self, value: float) -> None:
         self._pong_timeout = positive("pong_timeout", value)
         self._settings_changed()  # applies to a Ping already waiting for its Pong too
+
+    # ---------------------------------------------------------------- its log (``logger``)
+
+    def log_debug(self, msg: str, *args: object, **kwargs: Any) -> None:
+        self.logger.debug(msg, *args, **kwargs)
+
+    def log_info(self, msg: str, *args: object, **kwargs: Any) -> None:
+        self.logger.info(msg, *args, **kwargs)
+
+    def log_warning(self, msg: str, *args: object, **kwargs: Any) -> None:
+        self.logger.warning(msg, *args, **kwargs)
+
+    def log_error(self, msg: str, *args: object, **kwargs: Any) -> None:
+        self.logger.error(msg, *args, **kwargs)

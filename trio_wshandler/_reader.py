@@ -50,6 +50,8 @@ __all__ = [
     "Hooks",
     "Readable",
     "Reader",
+    "hook_failed",
+    "raw_action",
 ]
 
 #: Bytes asked of the socket per receive; while each read fills what it asked for (a client
@@ -286,17 +288,20 @@ class Reader:
         if isinstance(event, RateRefused):  # or the message was refused
             return refused(core, event.limit, event.count)
         if isinstance(event, PingReceived):
-            if self._raw(Frame(Opcode.PING, event.payload)) is FrameAction.PROCESS:
+            if raw_action(self._core, Frame(Opcode.PING, event.payload)) is FrameAction.PROCESS:
                 pong = core.protocol.pong(event.payload)
                 if pong:
                     core.put_control(pong, pong=True)  # not beyond MAX_PONGS_OWED unwritten
             return False
         if isinstance(event, PongReceived):
-            if self._raw(Frame(Opcode.PONG, event.payload)) is FrameAction.PROCESS:
+            if raw_action(self._core, Frame(Opcode.PONG, event.payload)) is FrameAction.PROCESS:
                 core.pong_received()  # the heartbeat is answered
             return False
         if isinstance(event, CloseReceived):
-            self._raw(Frame(Opcode.CLOSE, b"", close_code=event.code, close_reason=event.reason))
+            raw_action(
+                self._core,
+                Frame(Opcode.CLOSE, b"", close_code=event.code, close_reason=event.reason),
+            )
             core.finish_protocol(event.code, event.reason, event.reply)
             return True
         if isinstance(event, CloseCompleted):
@@ -330,21 +335,14 @@ class Reader:
             finally:
                 core.cork()
         except Exception as exc:
-            log = core.settings
-            if isinstance(exc, ConnectionClosedError) and core.state > OPEN:
-                # this connection began closing while the hook ran (e.g. a slow consumer), so
-                # its send() raised: expected, not a bug in the hook
-                log.log_debug("connection %s: closing; got_message() could not send", core.id)
-                return
-            log.log_error("connection %s: got_message() failed; closing", core.id, exc_info=True)
-            core.start_close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
+            hook_failed(core, exc)
 
     async def _raw_data_frame(self, event: DataFrame) -> None:
         if self._core.state is not OPEN:
             return
         if self._assembler is None:
             self._assembler = MessageAssembler()
-        action = self._raw(Frame(event.opcode, event.data, event.fin))
+        action = raw_action(self._core, Frame(event.opcode, event.data, event.fin))
         if action is FrameAction.BREAK:
             return
         message = (
@@ -355,22 +353,34 @@ class Reader:
         if message is not None:
             await self._deliver(message)
 
-    def _raw(self, frame: Frame) -> FrameAction:
-        """Run ``got_raw_message`` (when overridden); BREAK starts a normal close."""
-        core = self._core
-        if not core.protocol.raw_frames:
-            return FrameAction.PROCESS
-        try:
-            action = core.connection.got_raw_message(frame)
-        except Exception:
-            core.settings.log_error(
-                "connection %s: got_raw_message() failed; closing", core.id, exc_info=True
-            )
-            core.start_close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
-            return FrameAction.CONTINUE
-        if action is FrameAction.BREAK:
-            core.start_close(CloseCode.NORMAL_CLOSURE, "")
-        return action if isinstance(action, FrameAction) else FrameAction.PROCESS
+
+def raw_action(core: Readable, frame: Frame) -> FrameAction:
+    """Run ``got_raw_message`` (when overridden); BREAK starts a normal close."""
+    if not core.protocol.raw_frames:
+        return FrameAction.PROCESS
+    try:
+        action = core.connection.got_raw_message(frame)
+    except Exception:
+        core.settings.log_error(
+            "connection %s: got_raw_message() failed; closing", core.id, exc_info=True
+        )
+        core.start_close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
+        return FrameAction.CONTINUE
+    if action is FrameAction.BREAK:
+        core.start_close(CloseCode.NORMAL_CLOSURE, "")
+    return action if isinstance(action, FrameAction) else FrameAction.PROCESS
+
+
+def hook_failed(core: Readable, exc: Exception) -> None:
+    """``got_message()`` raised ``exc``: closed with 1011 and logged, unless the connection
+    began closing while the hook ran (e.g. a slow consumer), so that its ``send()`` raised:
+    expected, not a bug in the hook."""
+    log = core.settings
+    if isinstance(exc, ConnectionClosedError) and core.state > OPEN:
+        log.log_debug("connection %s: closing; got_message() could not send", core.id)
+        return
+    log.log_error("connection %s: got_message() failed; closing", core.id, exc_info=True)
+    core.start_close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
 
 
 @types.coroutine

@@ -75,6 +75,10 @@ class Timed(Protocol):
         """When a whole message last arrived."""
 
     @property
+    def pings(self) -> bool:
+        """It can send Pings and see Pongs (not under ASGI): else no heartbeat."""
+
+    @property
     def ping_sent(self) -> float:
         """When the unanswered heartbeat Ping went out; 0 when none is unanswered."""
 
@@ -135,7 +139,8 @@ class Timers:
     def _fire(connection: Timed, now: float) -> float:
         """Fire ``connection``'s due timers; returns its shortest interval (``inf``: none)."""
         settings = connection.settings
-        heartbeat, idle = settings.heartbeat, settings.idle_timeout
+        heartbeat = settings.heartbeat if connection.pings else None
+        idle = settings.idle_timeout
         if heartbeat is None and idle is None:
             return math.inf
         if connection.paused:  # its Pongs and messages wait unread: see Reader.run

@@ -250,7 +250,7 @@ def _headers(pairs: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
 
 @asynccontextmanager
 async def open_test_client(
-    target: WebSocketHandler | Server,
+    target: WebSocketHandler | Server | tuple[str, int],
     path: str = "/",
     *,
     headers: Mapping[str, str] | None = None,
@@ -260,7 +260,8 @@ async def open_test_client(
     # waits for a message that never comes fails in seconds; a caller's fail_after also works)
 ) -> AsyncIterator[TestClient]:
     """A client upgraded on ``target``: a handler (served for the block on 127.0.0.1, port 0,
-    in a nursery of the caller's task) or a running ``Server`` (its first listener).
+    in a nursery of the caller's task), a running ``Server`` (its first listener), or the
+    ``(host, port)`` of any server (e.g. Hypercorn serving :meth:`WebSocketHandler.asgi`).
     ``compression`` offers permessage-deflate.  The connection is closed (1000) at the end
     unless it already was.
 
@@ -270,15 +271,19 @@ async def open_test_client(
 
     try:
         async with trio.open_nursery() as nursery:
-            server: Server = (
-                target
-                if isinstance(target, Server)
-                else await nursery.start(serve, target, "127.0.0.1", 0)
-            )
-            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            if isinstance(target, tuple):
+                host, port = target
+            else:
+                server: Server = (
+                    target
+                    if isinstance(target, Server)
+                    else await nursery.start(serve, target, "127.0.0.1", 0)
+                )
+                host, port = "127.0.0.1", server.port
+            stream = await trio.open_tcp_stream(host, port)
             try:
                 client = await _upgrade(
-                    stream, "127.0.0.1", path, headers, subprotocols, compression, timeout
+                    stream, host, path, headers, subprotocols, compression, timeout
                 )
                 yield client
                 if not client.closed:

@@ -1,0 +1,308 @@
+"""The handler mounted in an ASGI server: :class:`ASGIMount` is an ASGI application (Hypercorn's
+Trio worker, or a dispatcher in front of other apps) and a Quart-Trio helper for
+``@app.websocket`` routes.
+
+A WebSocket request goes through the same admission as under ``serve()`` (the handler's
+``handle_request``: caps, origin, authenticator, ...) on the scope's headers and client
+address; an accepted one becomes the handler's connection (``get_connection``), in the same
+registry, topics and backplane as the connections of its ``serve()`` listeners, and runs in the
+ASGI server's task for it (``_mount.py``).  The mount is one listener (``listener_id``): its
+timer sweep runs for the ASGI lifespan (or, in Quart-Trio, in the app's nursery); a connection
+that arrives when no lifespan ran gets a sweep of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from ._asgi_messages import LastDecoded, accept_message, refusal_messages, scope_request
+from ._mount import Disconnected, MountTasks, Transport
+from ._timers import Timers
+from ._types import CallContext, Request, Response
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from ._options import ConnectionLimits
+
+__all__ = ["ASGIApp", "ASGIMount", "Mountable"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+#: an ASGI application (``fallback``)
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _ASGITransport:
+    """A connection's way through an ASGI server: ``receive`` and ``send``."""
+
+    __slots__ = ("_receive", "_send")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+
+    async def receive(self) -> str | bytes | Disconnected:
+        while True:
+            message = await self._receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                text = message.get("text")
+                return text if text is not None else bytes(message.get("bytes") or b"")
+            if kind == "websocket.disconnect":
+                return Disconnected(int(message.get("code", 1005)))
+
+    async def send(self, message: str | bytes) -> None:
+        key = "text" if isinstance(message, str) else "bytes"
+        await self._send({"type": "websocket.send", key: message})
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    async def accept(self, message: Message) -> None:
+        await self._send(message)
+
+
+class _QuartTransport:
+    """A connection's way through a Quart-Trio ``websocket`` (Quart reads the ASGI messages;
+    a client that leaves cancels the route's task)."""
+
+    __slots__ = ("_websocket",)
+
+    def __init__(self, websocket: Any) -> None:
+        self._websocket = websocket
+
+    async def receive(self) -> str | bytes | Disconnected:
+        message: str | bytes = await self._websocket.receive()
+        return message
+
+    async def send(self, message: str | bytes) -> None:
+        await self._websocket.send(message)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._websocket.close(code, reason)
+
+    async def accept(self, message: Message) -> None:
+        headers = {
+            bytes(k).decode("latin-1"): bytes(v).decode("latin-1") for k, v in message["headers"]
+        }
+        await self._websocket.accept(headers=headers, subprotocol=message["subprotocol"])
+
+
+class _Accepting(Transport, Protocol):
+    async def accept(self, message: Message) -> None: ...
+
+
+class _Backplane(Protocol):
+    @property
+    def running(self) -> bool: ...
+
+    async def check(self) -> None: ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+
+class Mountable(Protocol):
+    """What the mount needs of a handler (a ``WebSocketHandler``)."""
+
+    @property
+    def backplane(self) -> _Backplane | None: ...
+    @property
+    def close_timeout(self) -> float: ...
+    @property
+    def heartbeat(self) -> float | None: ...
+    @property
+    def limits(self) -> ConnectionLimits: ...
+
+    async def handle_request(self, cx: CallContext, hdr: Request, body: bytes) -> Response: ...
+
+    def response_sent(self, status: int, cid: str = "") -> None: ...
+
+    async def start_mounted(
+        self, cx: CallContext, hdr: Request, transport: Transport, tasks: MountTasks
+    ) -> None: ...
+
+    def stop_listener(self, listener_id: str, code: int = ...) -> None: ...
+
+    def log_error(self, msg: str, *args: object, **kwargs: Any) -> None: ...
+
+
+class ASGIMount:
+    """The handler's WebSocket endpoint as an ASGI application (``handler.asgi()``).
+
+    Serve it with Hypercorn's Trio worker (``hypercorn.trio.serve(mount, config)``), alone or
+    behind a dispatcher with other applications; or, in a Quart-Trio application, call
+    :meth:`init_quart` and route WebSocket requests with :meth:`serve_quart`.  HTTP requests
+    that are not WebSocket upgrades get ``fallback`` (an ASGI app) or a 426.
+
+    ``listener_id`` names the mount as a listener (``connection.listener_id``,
+    ``handler.stop_listener``).  What differs from ``serve()``: the ASGI server frames each
+    message for each client (no encode-once on the wire; docs/performance.md measures it), it
+    negotiates permessage-deflate itself (the handler's ``compression`` does not apply), and
+    the heartbeat is the server's (:meth:`configure`): an application sees no Pong.
+    """
+
+    def __init__(
+        self,
+        handler: Mountable,
+        *,
+        listener_id: str = "asgi",
+        fallback: ASGIApp | None = None,
+    ) -> None:
+        self.handler = handler
+        self.listener_id = listener_id
+        self.fallback = fallback
+        self._tasks_running: MountTasks | None = None
+        self._last = LastDecoded()
+        self._live = 0
+        self._idle: trio.Event | None = None  # made when somebody waits for no connections
+
+    # ---------------------------------------------------------------- ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "websocket":
+            if (await receive())["type"] != "websocket.connect":
+                return
+            refusal = await self._websocket(scope, _ASGITransport(receive, send))
+            if refusal is not None:
+                http_response = "websocket.http.response" in (scope.get("extensions") or {})
+                for message in refusal_messages(refusal, http_response):
+                    await send(message)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif self.fallback is not None:
+            await self.fallback(scope, receive, send)
+        elif kind == "http":
+            body = b"this is a WebSocket endpoint: send Upgrade: websocket"
+            headers = [(b"content-type", b"text/plain"), (b"upgrade", b"websocket")]
+            await send({"type": "http.response.start", "status": 426, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await nursery.start(self.run)
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await self.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    break
+            nursery.cancel_scope.cancel()
+
+    async def _websocket(self, scope: Scope, transport: _Accepting) -> Response | None:
+        """Admit and run one WebSocket request: the refusal, or None once it has ended."""
+        handler = self.handler
+        cx, hdr = scope_request(scope, self.listener_id)
+        response = await self._answer(cx, hdr)
+        if response.code != 101 or response.close:
+            handler.response_sent(response.code if response.code != 101 else 403, cx.id)
+            return response
+        await transport.accept(accept_message(response, scope.get("subprotocols") or []))
+        handler.response_sent(101, cx.id)
+        async with self._tasks() as tasks:
+            self._live += 1
+            try:
+                await handler.start_mounted(cx, hdr, transport, tasks)
+            finally:
+                self._live -= 1
+                if not self._live and self._idle is not None:
+                    self._idle.set()
+        return None
+
+    async def _answer(self, cx: CallContext, hdr: Request) -> Response:
+        try:
+            return await self.handler.handle_request(cx, hdr, b"")
+        except Exception:
+            self.handler.log_error("handle_request failed for %s", cx.peer, exc_info=True)
+            return Response(500, "internal server error", close=True)
+
+    # ---------------------------------------------------------------- the listener's tasks
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the mount's tasks until cancelled: its timer sweep (idle timeouts), the writers
+        of its connections, and the handler's backplane unless it runs already (as ``serve()``
+        does: when Redis is unreachable this fails before any connection is accepted).  The
+        ASGI lifespan runs it; :meth:`init_quart` has Quart-Trio's app nursery run it."""
+        backplane = self.handler.backplane
+        async with trio.open_nursery() as nursery:
+            if backplane is not None and not backplane.running:
+                await backplane.check()
+                await nursery.start(backplane.run)
+            timers = Timers()
+            await nursery.start(timers.run)
+            self._tasks_running = MountTasks(timers, nursery, self._last)
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._tasks_running = None
+
+    @asynccontextmanager
+    async def _tasks(self) -> AsyncIterator[MountTasks]:
+        if self._tasks_running is not None:
+            yield self._tasks_running
+            return
+        async with trio.open_nursery() as nursery:  # no lifespan ran: tasks of its own
+            timers = Timers()
+            await nursery.start(timers.run)
+            yield MountTasks(timers, nursery, self._last)
+            nursery.cancel_scope.cancel()
+
+    async def aclose(self) -> None:
+        """Close the mount's connections (1001) and wait, within the handler's
+        ``close_timeout``, until they have ended (the ASGI lifespan's shutdown does this)."""
+        self.handler.stop_listener(self.listener_id)
+        with trio.move_on_after(self.handler.close_timeout * 2):
+            while self._live:
+                self._idle = trio.Event()
+                await self._idle.wait()
+        self._idle = None
+
+    def configure(self, config: Any) -> None:
+        """Align a ``hypercorn.Config`` with the handler: Hypercorn's Pings every ``heartbeat``
+        seconds (Hypercorn sends them; nothing sees the Pongs) and its
+        ``websocket_max_message_size`` to the handler's ``max_message_size`` (so that Hypercorn
+        refuses a larger message before it has buffered it)."""
+        config.websocket_ping_interval = self.handler.heartbeat
+        config.websocket_max_message_size = self.handler.limits.max_message_size
+
+    # ---------------------------------------------------------------- Quart-Trio
+
+    def init_quart(self, app: Any, rule: str | None = None) -> None:
+        """Run the mount's timer sweep in a Quart-Trio ``app``'s nursery while it serves, close
+        the mount's connections when it stops, and, with ``rule``, route WebSocket requests to
+        ``rule`` to the handler (else route them yourself with :meth:`serve_quart`)."""
+
+        async def start() -> None:
+            await app.nursery.start(self.run)
+
+        app.before_serving(start)
+        app.after_serving(self.aclose)
+        if rule is not None:
+
+            async def route() -> Any:
+                from quart import websocket
+
+                return await self.serve_quart(websocket)
+
+            app.websocket(rule, endpoint=f"trio_wshandler_{self.listener_id}")(route)
+
+    async def serve_quart(self, websocket: Any) -> Any:
+        """Serve a Quart-Trio WebSocket request with the handler: ``return await
+        mount.serve_quart(websocket)`` in an ``@app.websocket`` route.  Returns the refusal as
+        a Quart response (``(body, status, headers)``) when the handler refuses it, else None
+        once the connection has ended."""
+        refusal = await self._websocket(websocket.scope, _QuartTransport(websocket))
+        if refusal is None:
+            return None
+        status = refusal.code if refusal.code != 101 else 403
+        return refusal.body_bytes or b"upgrade refused", status, dict(refusal.headers)
