@@ -23,6 +23,7 @@ What differs, and why:
 
 from __future__ import annotations
 
+import math
 from contextlib import suppress
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
@@ -261,16 +262,22 @@ async def _send_batch(
     unframer: Unframer,
     frames: list[bytes],
 ) -> None:
-    """Send a batch's messages, each within ``send_timeout`` (one cancel scope for the batch,
-    its deadline moved on for each message: a scope per message cost 10% of a delivery)."""
+    """Send a batch's messages, each within ``send_timeout`` (give or take an eighth of it:
+    one cancel scope for the batch, whose deadline is moved on only once an eighth of the
+    timeout has passed; a scope per message cost 10% of a delivery, a deadline moved at every
+    message 7% at 1,000 clients)."""
     timeout = core.settings.send_timeout
-    with trio.CancelScope() as scope:
+    start = math.inf if timeout is None else trio.current_time() + timeout
+    with trio.CancelScope(deadline=start) as scope:
+        slack = 0.0 if timeout is None else timeout / 8
         for frame in frames:
             for message in unframer.feed(frame):
                 if run.close_sent:
                     return
                 if timeout is not None:
-                    scope.deadline = trio.current_time() + timeout
+                    now = trio.current_time()
+                    if scope.deadline - now < timeout - slack:
+                        scope.deadline = now + timeout
                 run.sending = True
                 if isinstance(message, CloseRequest):
                     run.close_sent = True
