@@ -129,7 +129,7 @@ def conformance(session: nox.Session) -> None:
     session.run("python", "conformance/autobahn.py", *session.posargs)
 
 
-BENCH_DEPS = ["-e", ".[bench,redis]"]
+BENCH_DEPS = ["-e", ".[bench,redis,asgi]"]
 
 
 @nox.session(python="3.11")
@@ -137,8 +137,8 @@ def bench(session: nox.Session) -> None:
     """The side-by-side benchmark of what servers send (about 8 minutes), then of what they
     receive (echo, uploads, a chat room: about 10 minutes), the operations benchmark (the
     counters' cost, 1 and 2 workers: about 10 minutes), garbage collection at 10,000
-    connections (about 5 minutes) and topic history in one process and with Redis (about two
-    minutes);
+    connections (about 5 minutes), topic history in one process and with Redis (about two
+    minutes) and a broadcast under Hypercorn (the ASGI mount, about 4 minutes);
     ``nox -s bench -- --quick``: smoke run (other arguments go to run.py)."""
     session.install(*BENCH_DEPS)
     binary = redis_server(session)
@@ -150,6 +150,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/gc_pauses.py", *quick, env=env)
     session.run("python", "benchmarks/history.py", *quick, env=env)
     session.run("python", "benchmarks/history_redis.py", *quick, env=env)
+    session.run("python", "benchmarks/asgi_fanout.py", *(["--clients", "100"] if quick else []))
 
 
 @nox.session(name="bench_smoke", python="3.11")
@@ -169,3 +170,6 @@ def bench_smoke(session: nox.Session) -> None:
         "python", "benchmarks/history_redis.py", "--quick", "--out", f"{out}/history", env=env
     )
     session.run("python", "benchmarks/rate_flood.py", "--seconds", "1")
+    # exits non-zero if a round lost deliveries
+    asgi = ["--clients", "20", "--sizes", "64", "--repeat", "1", "--total", "2000"]
+    session.run("python", "benchmarks/asgi_fanout.py", *asgi)

@@ -405,6 +405,105 @@ async def run_trio_wshandler(deflate: bool = False, mode: str = "echo") -> None:
         nursery.cancel_scope.cancel()
 
 
+async def run_trio_wshandler_asgi(mode: str = "echo") -> None:
+    """The same handler as ``trio_wshandler``, mounted under Hypercorn's Trio worker
+    (``handler.asgi()``) instead of ``serve()``: Hypercorn frames each message for each client
+    (``asgi_fanout.py``).  Hypercorn's access log is off, its other settings its defaults."""
+    from functools import partial
+
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    handler = trio_wshandler_handler(mode=mode)
+    mount = handler.asgi()
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.errorlog = None
+    config.backlog = 4096
+    mount.configure(config)
+
+    async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
+        for seq in range(count):
+            handler.send_all(payload(seq, size, padding))
+            if paced:
+                await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        shutdown = trio.Event()
+        serving = partial(hypercorn_serve, mount, config, shutdown_trigger=shutdown.wait)
+        binds = await nursery.start(serving)
+        announce(int(binds[0].rsplit(":", 1)[1]))
+        await trio_commands(broadcast, RECEIVED.answer)
+        nursery.cancel_scope.cancel()
+
+
+async def run_hypercorn_floor(mode: str = "echo", tasks: bool = False) -> None:
+    """The least an ASGI application pays per delivery on Hypercorn: a bare ASGI app whose
+    broadcast awaits ``send`` for each client in turn, in the producer's task (no queue, no
+    task per client: one client that reads nothing would stall every other).  With ``tasks``
+    (``hypercorn_floor_tasks``) each client has a writer task of its own fed by an unbounded
+    memory channel, the least an app that isolates its clients does."""
+    from functools import partial
+
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    sends: dict[int, Any] = {}
+
+    async def writer(channel: Any, send: Any) -> None:
+        async for message in channel:
+            await send(message)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "websocket" or (await receive())["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        async with trio.open_nursery() as nursery:
+            if tasks:
+                into, out = trio.open_memory_channel[Any](math.inf)
+                nursery.start_soon(writer, out, send)
+                sends[id(send)] = into.send_nowait
+            else:
+                sends[id(send)] = send
+            try:
+                while (message := await receive())["type"] != "websocket.disconnect":
+                    echo = {"bytes": message.get("bytes"), "text": message.get("text")}
+                    await send({"type": "websocket.send", **echo})
+            finally:
+                del sends[id(send)]
+                nursery.cancel_scope.cancel()
+
+    async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
+        for seq in range(count):
+            message = {"type": "websocket.send", "bytes": payload(seq, size, padding)}
+            for send in list(sends.values()):
+                if tasks:
+                    send(message)
+                else:
+                    await send(message)
+            if paced:
+                await trio.lowlevel.checkpoint()
+
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.errorlog = None
+    config.backlog = 4096
+    async with trio.open_nursery() as nursery:
+        shutdown = trio.Event()
+        serving = partial(hypercorn_serve, app, config, shutdown_trigger=shutdown.wait)
+        binds = await nursery.start(serving)
+        announce(int(binds[0].rsplit(":", 1)[1]))
+        await trio_commands(broadcast, RECEIVED.answer)
+        nursery.cancel_scope.cancel()
+
+
 #: the backplane's counters, reported by ``stats``
 BACKPLANE_COUNTERS = ("published", "received", "lost", "misses", "reconnects", "round_trips")
 
@@ -940,6 +1039,9 @@ async def run_trio_wshandler_pure(deflate: bool = False, mode: str = "echo") -> 
 SERVERS = {
     "trio_wshandler": run_trio_wshandler,
     "trio_wshandler_pure": run_trio_wshandler_pure,
+    "trio_wshandler_asgi": run_trio_wshandler_asgi,
+    "hypercorn_floor": run_hypercorn_floor,
+    "hypercorn_floor_tasks": functools.partial(run_hypercorn_floor, tasks=True),
     "websockets_trio": run_websockets_trio,
     "websockets_trio_pure": run_websockets_trio_pure,
     "trio_websocket": run_trio_websocket,
