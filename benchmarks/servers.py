@@ -6,7 +6,9 @@
 KIND is one of ``trio_wshandler`` (``trio_wshandler_pure``: the same, unmasking in pure Python,
 as an install without a C compiler), ``websockets_trio`` (``websockets_trio_pure``: without
 its compiled speedups, the like-for-like row for ``trio_wshandler_pure``), ``trio_websocket``,
-``websockets_asyncio``, ``floor``, ``floor_batched``, ``raw`` or ``picows``.  Each binds
+``websockets_asyncio``, ``floor``, ``floor_batched``, ``raw`` or ``picows``; and, for
+``asgi_fanout.py``, ``trio_wshandler_asgi`` (the same handler mounted under Hypercorn),
+``hypercorn_floor`` and ``hypercorn_floor_tasks`` (bare ASGI apps on Hypercorn).  Each binds
 127.0.0.1 on a free port, prints ``port N``, echoes every message it receives (but ``raw``, which
 never reads), and reads commands on stdin:
 
