@@ -329,17 +329,51 @@ async def test_no_heartbeat_pings_but_idle_timeout() -> None:
 
 
 async def test_configure_aligns_hypercorn() -> None:
-    handler = EchoHandler(heartbeat=7.0, max_message_size=4096)
+    handler = EchoHandler(heartbeat=7.0, pong_timeout=3.0, max_message_size=4096)
     config = Config()
     handler.asgi().configure(config)
-    assert config.websocket_ping_interval == 7.0
+    assert config.websocket_ping_interval == 7.0 and config.read_timeout == 10.0
     assert config.websocket_max_message_size == 4096
+    config = Config()
+    handler.asgi().configure(config, read_timeout=False)
+    assert config.read_timeout is None
     mount = handler.asgi()
     async with hypercorn(mount, websocket_max_message_size=4096) as port:
         async with open_test_client(("127.0.0.1", port)) as client:
             await client.receive()
             await client.send(b"x" * 5000)
             assert (await client.receive_close())[0] == 1009  # Hypercorn's own
+
+
+async def test_the_heartbeat_drops_a_silent_client_and_keeps_a_live_one() -> None:
+    handler = EchoHandler(heartbeat=0.2, pong_timeout=0.3)
+    mount = handler.asgi()
+    config = Config()
+    mount.configure(config)
+    options = {"read_timeout": config.read_timeout, "websocket_ping_interval": 0.2}
+    async with hypercorn(mount, **options) as port:
+        # a live client answers Hypercorn's Pings (websockets does, in the background)
+        async with connect(f"ws://127.0.0.1:{port}/") as live:
+            live_id = (await first(live)).split(":")[1]
+            # a silent one: the upgrade, then nothing, not even a Pong
+            silent = await trio.open_tcp_stream("127.0.0.1", port)
+            await silent.send_all(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            with trio.fail_after(WAIT):
+                while len(handler) < 2:
+                    await trio.sleep(0.01)
+            start = trio.current_time()
+            with trio.fail_after(WAIT):
+                while len(handler) > 1:
+                    await trio.sleep(0.01)
+            assert 0.4 <= trio.current_time() - start < 2.5  # heartbeat + pong_timeout
+            await trio.sleep(1.0)  # five heartbeats on: the live one is still here
+            assert list(handler.connection_ids()) == [live_id]
+            await live.send("still")
+            assert await live.recv() == "still"
+            await silent.aclose()
 
 
 async def test_a_slow_client_does_not_stall_the_others() -> None:

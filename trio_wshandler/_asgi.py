@@ -118,6 +118,8 @@ class Mountable(Protocol):
     @property
     def heartbeat(self) -> float | None: ...
     @property
+    def pong_timeout(self) -> float: ...
+    @property
     def limits(self) -> ConnectionLimits: ...
 
     async def handle_request(self, cx: CallContext, hdr: Request, body: bytes) -> Response: ...
@@ -145,7 +147,7 @@ class ASGIMount:
     ``handler.stop_listener``).  What differs from ``serve()``: the ASGI server frames each
     message for each client (no encode-once on the wire; docs/performance.md measures it), it
     negotiates permessage-deflate itself (the handler's ``compression`` does not apply), and
-    the heartbeat is the server's (:meth:`configure`): an application sees no Pong.
+    the heartbeat is the server's (:meth:`configure`): an application sees no Ping or Pong.
     """
 
     def __init__(
@@ -267,12 +269,21 @@ class ASGIMount:
                 await self._idle.wait()
         self._idle = None
 
-    def configure(self, config: Any) -> None:
-        """Align a ``hypercorn.Config`` with the handler: Hypercorn's Pings every ``heartbeat``
-        seconds (Hypercorn sends them; nothing sees the Pongs) and its
-        ``websocket_max_message_size`` to the handler's ``max_message_size`` (so that Hypercorn
-        refuses a larger message before it has buffered it)."""
-        config.websocket_ping_interval = self.handler.heartbeat
+    def configure(self, config: Any, *, read_timeout: bool = True) -> None:
+        """Align a ``hypercorn.Config`` with the handler, so that the heartbeat works as under
+        ``serve()`` although the application sees no Ping and no Pong: Hypercorn sends a Ping
+        every ``heartbeat`` seconds (``websocket_ping_interval``), and, with ``read_timeout``,
+        drops a connection from which nothing (not even the Pong) arrived for ``heartbeat +
+        pong_timeout`` seconds (Hypercorn's ``read_timeout``; the hooks see 1006 and it is not
+        counted in ``heartbeat_timeouts``).  That bound applies to every connection of the
+        Hypercorn server, HTTP ones too: pass ``read_timeout=False`` if the app streams long
+        responses to clients that send nothing (server-sent events).  Also Hypercorn's
+        ``websocket_max_message_size`` becomes the handler's ``max_message_size``, so that
+        Hypercorn refuses (1009) a larger message before it has buffered it."""
+        heartbeat = self.handler.heartbeat
+        config.websocket_ping_interval = heartbeat
+        if read_timeout and heartbeat is not None:
+            config.read_timeout = heartbeat + self.handler.pong_timeout
         config.websocket_max_message_size = self.handler.limits.max_message_size
 
     # ---------------------------------------------------------------- Quart-Trio
