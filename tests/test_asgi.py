@@ -31,7 +31,7 @@ from trio_wshandler import (
     WebSocketHandler,
     serve,
 )
-from trio_wshandler.testing import UpgradeRefused, open_test_client
+from trio_wshandler.testing import TestClientClosed, UpgradeRefused, open_test_client
 
 from .test_interop_node import BROADCAST, InteropHandler, node_client  # noqa: F401 (a fixture)
 
@@ -159,6 +159,7 @@ async def test_echo_registry_and_stats_under_hypercorn() -> None:
         stats = handler.stats()
         assert stats.messages_received == 2 and stats.messages_sent == 3
         assert handler.closed == [(cid, 1006)]  # Hypercorn reports a client's Close as 1006
+        assert dict(stats.close_codes_sent) == {}  # nothing was sent from our side
 
 
 async def test_a_broadcast_reaches_the_clients_of_both_kinds_of_listener() -> None:
@@ -269,6 +270,7 @@ async def test_message_size_hook_errors_and_raw_frames() -> None:
             await client.receive()
             await client.send("x" * 1001)
             assert await client.receive_close() == (1009, "message too big")
+            assert dict(handler.stats().protocol_errors) == {1009: 1}
         async with open_test_client(address) as client:
             await client.receive()
             await client.send("é" * 300)  # 600 bytes: within
@@ -335,8 +337,8 @@ async def test_configure_aligns_hypercorn() -> None:
     assert config.websocket_ping_interval == 7.0 and config.read_timeout == 10.0
     assert config.websocket_max_message_size == 4096
     config = Config()
-    handler.asgi().configure(config, read_timeout=False)
-    assert config.read_timeout is None
+    handler.asgi().configure(config, heartbeat=False)
+    assert config.read_timeout is None and config.websocket_ping_interval is None
     mount = handler.asgi()
     async with hypercorn(mount, websocket_max_message_size=4096) as port:
         async with open_test_client(("127.0.0.1", port)) as client:
@@ -433,7 +435,7 @@ async def test_hypercorn_shutting_down_closes_the_mounts_connections() -> None:
                 # client is told 1001, the hooks run
                 shutdown.set()
                 assert await client.receive_close() == (1001, "server is stopping")
-    assert len(handler) == 0 and len(handler.closed) == 1
+    assert len(handler) == 0 and [code for _, code in handler.closed] == [1001]
 
 
 async def test_mount_aclose_closes_its_connections_at_once() -> None:
@@ -448,18 +450,80 @@ async def test_mount_aclose_closes_its_connections_at_once() -> None:
     assert len(handler) == 0 and len(handler.closed) == 1
 
 
-async def test_http_requests_get_426_or_the_fallback() -> None:
-    async def fallback(scope: Any, receive: Any, send: Any) -> None:
-        headers = [(b"content-length", b"14")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b"fallback " + scope["path"].encode()})
+async def test_http_gets_426_and_a_dispatcher_puts_apps_side_by_side() -> None:
+    from hypercorn.middleware.dispatcher import TrioDispatcherMiddleware
 
-    for mount, expected in (
-        (EchoHandler().asgi(), b"HTTP/1.1 426"),
-        (EchoHandler().asgi(fallback=fallback), b"fallback /page"),
-    ):
-        async with hypercorn(mount) as port:
-            assert expected in await http_get(("127.0.0.1", port), "/page")
+    handler = EchoHandler(idle_timeout=0.5)
+    mount = handler.asgi()
+    async with hypercorn(mount) as port:
+        assert b"HTTP/1.1 426" in await http_get(("127.0.0.1", port), "/page")
+    lifespan: list[str] = []
+
+    async def other(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                lifespan.append(message["type"])
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b"page " + scope["path"].encode()
+        length = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": length})
+        await send({"type": "http.response.body", "body": body})
+
+    app = TrioDispatcherMiddleware({"/ws": mount, "": other})
+    async with hypercorn(app) as port:
+        assert (await http_get(("127.0.0.1", port), "/page")).endswith(b"page /page")
+        async with open_test_client(("127.0.0.1", port), "/ws") as client:
+            assert str(await client.receive()).endswith(":asgi")
+            # the mount's lifespan ran through the dispatcher: its sweep fires the idle timeout
+            assert await client.receive_close() == (1001, "idle timeout")
+    assert lifespan == ["lifespan.startup"]
+
+
+async def test_aclose_refuses_new_upgrades() -> None:
+    handler = EchoHandler()
+    mount = handler.asgi()
+    async with hypercorn(mount) as port:
+        await mount.aclose()
+        with pytest.raises(UpgradeRefused) as refused:
+            async with open_test_client(("127.0.0.1", port)):
+                pass
+        assert refused.value.status == 503 and "retry-after" in refused.value.headers
+
+
+async def test_an_unreachable_backplane_stops_hypercorn_from_starting() -> None:
+    pytest.importorskip("coredis", reason="the backplane needs coredis (pip install .[redis])")
+    from trio_wshandler import RedisBackplane
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        redis_port = s.getsockname()[1]  # nothing listens here once closed
+    backplane = RedisBackplane(f"redis://127.0.0.1:{redis_port}", connect_timeout=1)
+    handler = EchoHandler(backplane=backplane)
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    with trio.fail_after(WAIT), pytest.raises(BaseException) as failed:
+        await hypercorn_trio.serve(handler.asgi(), config, shutdown_trigger=trio.sleep_forever)
+    assert "startup" in repr(failed.value).lower() or "redis" in repr(failed.value).lower()
+
+
+async def test_send_timeout_ends_a_client_that_reads_nothing() -> None:
+    # under "drop" its queue never closes it: the writer's send, stuck in Hypercorn's shielded
+    # write, is timed by the sweep
+    handler = EchoHandler(slow_consumer="drop", send_timeout=1.0, max_queue_bytes=64 * 1024)
+    payload = "x" * 64 * 1024
+    async with hypercorn(handler.asgi()) as port:
+        async with open_test_client(("127.0.0.1", port)) as stuck:
+            await stuck.receive()
+            with trio.fail_after(WAIT):
+                while handler.stats().send_timeouts == 0:
+                    handler.send_all(payload)
+                    await trio.sleep(0.01)
+            with trio.fail_after(WAIT):
+                while len(handler):
+                    await trio.sleep(0.05)
+    assert handler.closed and handler.closed[0][1] == 1013
 
 
 # ---------------------------------------------------------------- Quart-Trio
@@ -655,3 +719,60 @@ async def test_a_quart_client_that_vanishes() -> None:
             while len(handler):
                 await trio.sleep(0.01)
     assert [code for _, code in handler.closed] == [1006]
+
+
+async def test_a_slow_consumers_close_comes_after_what_it_was_sent() -> None:
+    # the client reads nothing for a while: its queue overflows (1013), the connection ends
+    # within close_timeout while Hypercorn still holds a send; the Close goes after that send
+    handler = EchoHandler(max_queue_bytes=128 * 1024, send_timeout=None, close_timeout=0.5)
+    payload = "y" * 32 * 1024
+    async with hypercorn(handler.asgi()) as port:
+        async with open_test_client(("127.0.0.1", port), timeout=WAIT) as client:
+            await client.receive()
+            with trio.fail_after(WAIT):
+                while handler.stats().slow_consumer_closes == 0:
+                    handler.send_all(payload)
+                    await trio.sleep(0.005)
+                while len(handler):
+                    await trio.sleep(0.05)
+            assert handler.closed[0][1] == 1013
+            received = 0
+            with pytest.raises(TestClientClosed) as closed:
+                while True:
+                    assert await client.receive() == payload
+                    received += 1
+            assert (closed.value.code, closed.value.reason) == (1013, "slow consumer")
+            assert received > 0
+
+
+# ---------------------------------------------------------------- Quart: a client that leaves
+
+
+class Slow(Echo):
+    """Each message takes a moment to handle, and is recorded when done."""
+
+    handled: list[str | bytes] = []
+
+    async def got_message(self, message: str | bytes) -> None:
+        await trio.sleep(0.05)
+        Slow.handled.append(message)
+
+
+async def test_quart_delivers_what_a_leaving_client_sent() -> None:
+    class SlowHandler(EchoHandler):
+        def get_connection(self, cx: CallContext, hdr: Request, cid: str) -> WebSocketConnection:
+            return Slow(self, cx, hdr, cid)
+
+    Slow.handled = []
+    handler = SlowHandler()
+    app = quart_app(handler, handler.asgi())
+    async with hypercorn(app) as port:
+        async with open_test_client(("127.0.0.1", port), "/ws") as client:
+            await client.receive()
+            for n in range(5):
+                await client.send(f"m{n}")
+            await client.send(b"")  # (Quart hands an empty Binary over as None)
+        with trio.fail_after(WAIT):
+            while len(handler):
+                await trio.sleep(0.01)
+    assert Slow.handled == ["m0", "m1", "m2", "m3", "m4", b""]  # none lost, no hook cut short

@@ -122,3 +122,19 @@ def test_a_broadcast_frame_is_decoded_once_for_every_client() -> None:
     fragment = encode_message(b"part", Opcode.BINARY, fin=False)
     first.feed(fragment)
     assert last.frame is other  # a fragment is not a whole message: not kept
+
+
+def test_the_shared_decoding_keeps_each_connections_fragments() -> None:
+    last = LastDecoded()
+    a, b = Unframer(last), Unframer(last)
+    news = encode_message("news")
+    assert a.feed(news) == ["news"]  # kept for the next client
+    b.feed(encode_message(b"part", Opcode.BINARY, fin=False))
+    with pytest.raises(FrameError):  # inside b's fragmented message: not taken from the cache
+        b.feed(news)
+    # a whole message and a fragment's start in one item: not kept (the start would be lost)
+    joined = encode_message("whole") + encode_message(b"x", Opcode.BINARY, fin=False)
+    c, d = Unframer(last), Unframer(last)
+    assert c.feed(joined) == ["whole"]
+    assert d.feed(joined) == ["whole"]
+    assert d.feed(encode_message(b"y", Opcode.CONTINUATION)) == [b"xy"]

@@ -1,5 +1,5 @@
 """The handler mounted in an ASGI server: :class:`ASGIMount` is an ASGI application (Hypercorn's
-Trio worker, or a dispatcher in front of other apps) and a Quart-Trio helper for
+Trio worker, alone or behind a dispatcher with other apps) and a Quart-Trio helper for
 ``@app.websocket`` routes.
 
 A WebSocket request goes through the same admission as under ``serve()`` (the handler's
@@ -8,7 +8,9 @@ address; an accepted one becomes the handler's connection (``get_connection``), 
 registry, topics and backplane as the connections of its ``serve()`` listeners, and runs in the
 ASGI server's task for it (``_mount.py``).  The mount is one listener (``listener_id``): its
 timer sweep runs for the ASGI lifespan (or, in Quart-Trio, in the app's nursery); a connection
-that arrives when no lifespan ran gets a sweep of its own.
+that arrives when no lifespan ran gets a sweep of its own.  Quart-Trio cancels a route when its
+client leaves, so there a connection runs in the mount's nursery, and its route only waits for
+it: what the client sent before it left is still delivered, and no hook is cut short.
 """
 
 from __future__ import annotations
@@ -19,24 +21,33 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from ._asgi_messages import LastDecoded, accept_message, refusal_messages, scope_request
+from ._asgi_messages import (
+    LastDecoded,
+    accept_message,
+    refusal,
+    refusal_messages,
+    scope_request,
+)
 from ._mount import Disconnected, MountTasks, Transport
 from ._timers import Timers
 from ._types import CallContext, Request, Response
+from .codec import CloseCode
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from ._options import ConnectionLimits
 
-__all__ = ["ASGIApp", "ASGIMount", "Mountable"]
+__all__ = ["LEFT_DRAIN", "ASGIMount", "Mountable"]
+
+#: How long a Quart connection whose client left waits for a message Quart had read (there is
+#: none once this passes with nothing: the client is gone).
+LEFT_DRAIN = 0.05
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-#: an ASGI application (``fallback``)
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class _ASGITransport:
@@ -70,17 +81,32 @@ class _ASGITransport:
 
 
 class _QuartTransport:
-    """A connection's way through a Quart-Trio ``websocket`` (Quart reads the ASGI messages;
-    a client that leaves cancels the route's task)."""
+    """A connection's way through a Quart-Trio ``websocket``.  Quart reads the ASGI messages
+    and cancels the route when its client leaves: :meth:`left` says so, and :meth:`receive`
+    then gives what Quart had read, then ``Disconnected``."""
 
-    __slots__ = ("_websocket",)
+    __slots__ = ("_left", "_waiting", "_websocket")
 
     def __init__(self, websocket: Any) -> None:
         self._websocket = websocket
+        self._left = False
+        self._waiting: trio.CancelScope | None = None
+
+    def left(self) -> None:
+        """The client is gone (Quart cancelled the route)."""
+        self._left = True
+        if self._waiting is not None:
+            self._waiting.cancel()
 
     async def receive(self) -> str | bytes | Disconnected:
-        message: str | bytes = await self._websocket.receive()
-        return message
+        if not self._left:
+            with trio.CancelScope() as self._waiting:  # (a channel's receive loses nothing)
+                return _message(await self._websocket.receive())
+        # what Quart read before the client left: its channel's receive takes an item without
+        # a checkpoint, and waits (briefly) only when there is none
+        with trio.move_on_after(LEFT_DRAIN):
+            return _message(await self._websocket.receive())
+        return Disconnected(CloseCode.ABNORMAL_CLOSURE)
 
     async def send(self, message: str | bytes) -> None:
         await self._websocket.send(message)
@@ -93,6 +119,10 @@ class _QuartTransport:
             bytes(k).decode("latin-1"): bytes(v).decode("latin-1") for k, v in message["headers"]
         }
         await self._websocket.accept(headers=headers, subprotocol=message["subprotocol"])
+
+
+def _message(message: str | bytes | None) -> str | bytes:
+    return b"" if message is None else message  # (Quart gives an empty Binary as None)
 
 
 class _Accepting(Transport, Protocol):
@@ -127,7 +157,12 @@ class Mountable(Protocol):
     def response_sent(self, status: int, cid: str = "") -> None: ...
 
     async def start_mounted(
-        self, cx: CallContext, hdr: Request, transport: Transport, tasks: MountTasks
+        self,
+        cx: CallContext,
+        hdr: Request,
+        transport: Transport,
+        tasks: MountTasks,
+        stopping: str | None = None,
     ) -> None: ...
 
     def stop_listener(self, listener_id: str, code: int = ...) -> None: ...
@@ -140,8 +175,9 @@ class ASGIMount:
 
     Serve it with Hypercorn's Trio worker (``hypercorn.trio.serve(mount, config)``), alone or
     behind a dispatcher with other applications; or, in a Quart-Trio application, call
-    :meth:`init_quart` and route WebSocket requests with :meth:`serve_quart`.  HTTP requests
-    that are not WebSocket upgrades get ``fallback`` (an ASGI app) or a 426.
+    :meth:`init_quart` and route WebSocket requests with :meth:`serve_quart`.  Other HTTP
+    requests get a 426 (put other apps next to it with Hypercorn's ``DispatcherMiddleware``,
+    which also hands each its lifespan).
 
     ``listener_id`` names the mount as a listener (``connection.listener_id``,
     ``handler.stop_listener``).  What differs from ``serve()``: the ASGI server frames each
@@ -155,11 +191,11 @@ class ASGIMount:
         handler: Mountable,
         *,
         listener_id: str = "asgi",
-        fallback: ASGIApp | None = None,
     ) -> None:
         self.handler = handler
         self.listener_id = listener_id
-        self.fallback = fallback
+        self._closing = False  # aclose() began: upgrades get 503
+        self._quart_apps: set[int] = set()  # (init_quart registers the app's hooks once)
         self._tasks_running: MountTasks | None = None
         self._last = LastDecoded()
         self._live = 0
@@ -179,8 +215,6 @@ class ASGIMount:
                     await send(message)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
-        elif self.fallback is not None:
-            await self.fallback(scope, receive, send)
         elif kind == "http":
             body = b"this is a WebSocket endpoint: send Upgrade: websocket"
             headers = [(b"content-type", b"text/plain"), (b"upgrade", b"websocket")]
@@ -192,7 +226,12 @@ class ASGIMount:
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
-                    await nursery.start(self.run)
+                    try:
+                        await nursery.start(self.run)
+                    except Exception as exc:  # Redis unreachable: the server does not start
+                        failed = {"type": "lifespan.startup.failed", "message": str(exc)}
+                        await send(failed)
+                        return
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     await self.aclose()
@@ -200,25 +239,58 @@ class ASGIMount:
                     break
             nursery.cancel_scope.cancel()
 
-    async def _websocket(self, scope: Scope, transport: _Accepting) -> Response | None:
-        """Admit and run one WebSocket request: the refusal, or None once it has ended."""
+    async def _websocket(
+        self, scope: Scope, transport: _Accepting, detach: bool = False
+    ) -> Response | None:
+        """Admit and run one WebSocket request: the refusal, or None once it has ended.  With
+        ``detach`` (Quart) the connection runs in the mount's nursery when it runs one."""
         handler = self.handler
         cx, hdr = scope_request(scope, self.listener_id)
-        response = await self._answer(cx, hdr)
+        if self._closing:
+            response = Response(503, "the server is stopping", {"Retry-After": "5"}, close=True)
+        else:
+            response = await self._answer(cx, hdr)
         if response.code != 101 or response.close:
             handler.response_sent(response.code if response.code != 101 else 403, cx.id)
             return response
-        await transport.accept(accept_message(response, scope.get("subprotocols") or []))
+        try:
+            await transport.accept(accept_message(response, scope.get("subprotocols") or []))
+        except BaseException:  # the server refused our accept: the request's cap slot goes
+            handler.response_sent(500, cx.id)
+            raise
         handler.response_sent(101, cx.id)
-        async with self._tasks() as tasks:
-            self._live += 1
+        tasks = self._tasks_running
+        if not detach or tasks is None:
+            async with self._tasks() as tasks:
+                await self._run(cx, hdr, transport, tasks)
+            return None
+        done = trio.Event()
+
+        async def run() -> None:
             try:
-                await handler.start_mounted(cx, hdr, transport, tasks)
+                await self._run(cx, hdr, transport, tasks)
             finally:
-                self._live -= 1
-                if not self._live and self._idle is not None:
-                    self._idle.set()
+                done.set()
+
+        tasks.nursery.start_soon(run)
+        try:
+            await done.wait()
+        finally:
+            if not done.is_set() and isinstance(transport, _QuartTransport):
+                transport.left()  # Quart cancelled the route: its client is gone
         return None
+
+    async def _run(
+        self, cx: CallContext, hdr: Request, transport: Transport, tasks: MountTasks
+    ) -> None:
+        self._live += 1
+        try:
+            stopping = "server is stopping" if self._closing else None
+            await self.handler.start_mounted(cx, hdr, transport, tasks, stopping)
+        finally:
+            self._live -= 1
+            if not self._live and self._idle is not None:
+                self._idle.set()
 
     async def _answer(self, cx: CallContext, hdr: Request) -> Response:
         try:
@@ -235,6 +307,7 @@ class ASGIMount:
         does: when Redis is unreachable this fails before any connection is accepted).  The
         ASGI lifespan runs it; :meth:`init_quart` has Quart-Trio's app nursery run it."""
         backplane = self.handler.backplane
+        self._closing = False
         async with trio.open_nursery() as nursery:
             if backplane is not None and not backplane.running:
                 await backplane.check()
@@ -261,7 +334,9 @@ class ASGIMount:
 
     async def aclose(self) -> None:
         """Close the mount's connections (1001) and wait, within the handler's
-        ``close_timeout``, until they have ended (the ASGI lifespan's shutdown does this)."""
+        ``close_timeout``, until they have ended (the ASGI lifespan's shutdown does this).
+        Upgrades are refused (503) from then on, until the mount runs again."""
+        self._closing = True
         self.handler.stop_listener(self.listener_id)
         with trio.move_on_after(self.handler.close_timeout * 2):
             while self._live:
@@ -269,35 +344,40 @@ class ASGIMount:
                 await self._idle.wait()
         self._idle = None
 
-    def configure(self, config: Any, *, read_timeout: bool = True) -> None:
-        """Align a ``hypercorn.Config`` with the handler, so that the heartbeat works as under
-        ``serve()`` although the application sees no Ping and no Pong: Hypercorn sends a Ping
-        every ``heartbeat`` seconds (``websocket_ping_interval``), and, with ``read_timeout``,
-        drops a connection from which nothing (not even the Pong) arrived for ``heartbeat +
-        pong_timeout`` seconds (Hypercorn's ``read_timeout``; the hooks see 1006 and it is not
-        counted in ``heartbeat_timeouts``).  That bound applies to every connection of the
-        Hypercorn server, HTTP ones too: pass ``read_timeout=False`` if the app streams long
-        responses to clients that send nothing (server-sent events).  Also Hypercorn's
+    def configure(self, config: Any, *, heartbeat: bool = True) -> None:
+        """Align a ``hypercorn.Config`` with the handler.  Hypercorn's
         ``websocket_max_message_size`` becomes the handler's ``max_message_size``, so that
-        Hypercorn refuses (1009) a larger message before it has buffered it."""
-        heartbeat = self.handler.heartbeat
-        config.websocket_ping_interval = heartbeat
-        if read_timeout and heartbeat is not None:
-            config.read_timeout = heartbeat + self.handler.pong_timeout
+        Hypercorn refuses (1009) a larger message before it has buffered it.  With
+        ``heartbeat`` (and the handler's ``heartbeat`` set), the heartbeat works as under
+        ``serve()`` although the application sees no Ping and no Pong: Hypercorn sends a Ping
+        every ``heartbeat`` seconds (``websocket_ping_interval``) and drops a connection from
+        which nothing, not even the Pong, arrived for ``heartbeat + pong_timeout`` seconds
+        (its ``read_timeout``; the hooks see 1006, not counted in ``heartbeat_timeouts``).
+        That ``read_timeout`` bounds every connection of the Hypercorn server, HTTP ones too,
+        and Hypercorn's Ping loop keeps a closed connection's socket until its next Ping:
+        ``heartbeat=False`` sets neither (docs/guide.md, "Mounting under Hypercorn or
+        Quart-Trio")."""
+        interval = self.handler.heartbeat if heartbeat else None
+        config.websocket_ping_interval = interval
+        if interval is not None:
+            config.read_timeout = interval + self.handler.pong_timeout
         config.websocket_max_message_size = self.handler.limits.max_message_size
 
     # ---------------------------------------------------------------- Quart-Trio
 
     def init_quart(self, app: Any, rule: str | None = None) -> None:
-        """Run the mount's timer sweep in a Quart-Trio ``app``'s nursery while it serves, close
-        the mount's connections when it stops, and, with ``rule``, route WebSocket requests to
-        ``rule`` to the handler (else route them yourself with :meth:`serve_quart`)."""
+        """Run the mount's tasks in a Quart-Trio ``app``'s nursery while it serves, close the
+        mount's connections when it stops, and, with ``rule``, route WebSocket requests to
+        ``rule`` to the handler (else, or for more rules, route them yourself with
+        :meth:`serve_quart`; calling it again for another rule is fine)."""
+        if id(app) not in self._quart_apps:
+            self._quart_apps.add(id(app))
 
-        async def start() -> None:
-            await app.nursery.start(self.run)
+            async def start() -> None:
+                await app.nursery.start(self.run)
 
-        app.before_serving(start)
-        app.after_serving(self.aclose)
+            app.before_serving(start)
+            app.after_serving(self.aclose)
         if rule is not None:
 
             async def route() -> Any:
@@ -305,15 +385,15 @@ class ASGIMount:
 
                 return await self.serve_quart(websocket)
 
-            app.websocket(rule, endpoint=f"trio_wshandler_{self.listener_id}")(route)
+            app.websocket(rule, endpoint=f"trio_wshandler:{self.listener_id}:{rule}")(route)
 
     async def serve_quart(self, websocket: Any) -> Any:
         """Serve a Quart-Trio WebSocket request with the handler: ``return await
         mount.serve_quart(websocket)`` in an ``@app.websocket`` route.  Returns the refusal as
-        a Quart response (``(body, status, headers)``) when the handler refuses it, else None
-        once the connection has ended."""
-        refusal = await self._websocket(websocket.scope, _QuartTransport(websocket))
-        if refusal is None:
+        a Quart response (``(body, status, headers)``, as ``serve()`` would send it) when the
+        handler refuses it, else None once the connection has ended."""
+        refused = await self._websocket(websocket.scope, _QuartTransport(websocket), detach=True)
+        if refused is None:
             return None
-        status = refusal.code if refusal.code != 101 else 403
-        return refusal.body_bytes or b"upgrade refused", status, dict(refusal.headers)
+        status, headers, body = refusal(refused)
+        return body, status, headers

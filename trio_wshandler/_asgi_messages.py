@@ -29,6 +29,7 @@ __all__ = [
     "LastDecoded",
     "Unframer",
     "accept_message",
+    "refusal",
     "refusal_messages",
     "scope_request",
 ]
@@ -106,26 +107,33 @@ def accept_message(response: Response, offered: Sequence[str]) -> dict[str, Any]
     return {"type": "websocket.accept", "subprotocol": subprotocol, "headers": extra}
 
 
-def refusal_messages(response: Response, http_response: bool) -> list[dict[str, Any]]:
-    """What refuses an upgrade: the handler's status, headers and body when the server has the
-    ``websocket.http.response`` extension, else ``websocket.close`` (the server answers 403).
-    A 101 marked ``close`` (a refused upgrade) is a 403, as under ``serve()``."""
-    code = response.code
-    body = response.body_bytes
+def refusal(response: Response) -> tuple[int, dict[str, str], bytes]:
+    """A refused upgrade's status, headers and body as ``serve()`` sends them: a 101 marked
+    ``close`` is a 403 "upgrade refused"; a body without a type is plain text."""
+    code, body = response.code, response.body_bytes
     if code == 101:
         code, body = 403, body or b"upgrade refused"
-    if not http_response:
-        return [{"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION}]
-    headers = [
-        (name.lower().encode("latin-1"), value.encode("latin-1"))
+    headers = {
+        name.lower(): value
         for name, value in response.headers.items()
         if name.lower() not in ("content-length", "connection")
-    ]
-    if body and not any(name == b"content-type" for name, _ in headers):
-        headers.append((b"content-type", b"text/plain; charset=utf-8"))
-    headers.append((b"content-length", str(len(body)).encode("ascii")))
+    }
+    if body and "content-type" not in headers:
+        headers["content-type"] = "text/plain; charset=utf-8"
+    return code, headers, body
+
+
+def refusal_messages(response: Response, http_response: bool) -> list[dict[str, Any]]:
+    """What refuses an upgrade: the handler's status, headers and body (:func:`refusal`) when
+    the server has the ``websocket.http.response`` extension, else ``websocket.close`` (the
+    server answers 403)."""
+    if not http_response:
+        return [{"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION}]
+    code, headers, body = refusal(response)
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw.append((b"content-length", str(len(body)).encode("ascii")))
     return [
-        {"type": "websocket.http.response.start", "status": code, "headers": headers},
+        {"type": "websocket.http.response.start", "status": code, "headers": raw},
         {"type": "websocket.http.response.body", "body": body, "more_body": False},
     ]
 
@@ -168,12 +176,14 @@ class Unframer:
             a frame the package queues for an ASGI connection).
         """
         last = self._last
-        if data is last.frame:
+        if data is last.frame and not self._opcode:  # (not inside a fragmented message)
             return [last.message]
         out: list[str | bytes | CloseRequest] = []
         view = memoryview(data)
         offset, end = 0, len(data)
+        frames = 0
         while offset < end:
+            frames += 1
             b0, b1 = view[offset], view[offset + 1]
             if b1 & 0x80 or b0 & 0x70:
                 raise FrameError("a masked or compressed frame cannot go through ASGI")
@@ -190,7 +200,8 @@ class Unframer:
             if message is not None:
                 out.append(message)
         first = out[0] if len(out) == 1 else None
-        if isinstance(first, str | bytes) and data[0] & 0x8F in (0x81, 0x82):
+        whole = frames == 1 and data[0] & 0x8F in (0x81, 0x82)  # exactly one whole message
+        if isinstance(first, str | bytes) and whole:
             last.frame, last.message = data, first  # one whole message: the next client's too
         return out
 

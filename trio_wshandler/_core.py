@@ -395,8 +395,7 @@ class ConnectionCore(Generic[H]):
         self.timers = timers
         return now
 
-    def mounted(self) -> None:
-        """An ASGI server parses and writes its frames (``_mount.py``): no heartbeat Pings."""
+    def mounted(self) -> None:  # an ASGI server parses and writes its frames: no Pings
         self.pings = False
 
     def cancel_scope(self) -> trio.CancelScope:
@@ -431,7 +430,8 @@ class ConnectionCore(Generic[H]):
             self._writer_scope.cancel()
         self.state = CLOSED
         self.queue.finish()
-        last_close = self.protocol.close(CloseCode.GOING_AWAY, "server is stopping")
+        close = self.protocol.close  # (None: mounted, its writer tells the client why)
+        last_close = close(CloseCode.GOING_AWAY, "server is stopping") if stream else b""
         wrote = stream is not None and write_last_words(self.queue, stream, last_close)
         if wrote and last_close and self.close_code is None:
             self.close_code, self.close_reason = CloseCode.GOING_AWAY, "server is stopping"

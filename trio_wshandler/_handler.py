@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._admission import Admission
-from ._asgi import ASGIApp, ASGIMount
+from ._asgi import ASGIMount
 from ._auth import AbstractAuthenticator
 from ._backplane import RedisBackplane
 from ._caps import CapsTable, ConnectionCaps
@@ -303,15 +303,17 @@ class WebSocketHandler(HandlerSettings):
         await start_upgraded(core, self._admission, stream, initial_data, tasks)
 
     async def start_mounted(
-        self, cx: CallContext, hdr: Request, transport: Transport, tasks: MountTasks
+        self,
+        cx: CallContext,
+        hdr: Request,
+        transport: Transport,
+        tasks: MountTasks,
+        stopping: str | None = None,
     ) -> None:
-        """Run one connection accepted through an ASGI server (:class:`ASGIMount` calls it
-        after ``websocket.accept``), as :meth:`start` does after a 101."""
+        """Run one connection accepted through an ASGI server (:class:`ASGIMount` calls it after
+        ``websocket.accept``) as :meth:`start` does after a 101 (``stopping``: closed at once)."""
         core = self._connection_for(cx, hdr)
-        if core is None:
-            await transport.close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
-            return
-        await start_in_mount(core, cx, hdr, self._admission, transport, tasks)
+        await start_in_mount(core, cx, hdr, self._admission, transport, tasks, stopping)
 
     def _connection_for(self, cx: CallContext, hdr: Request) -> ConnectionCore[Any] | None:
         """The state of the connection that :meth:`get_connection` makes (None: it failed)."""
@@ -325,14 +327,13 @@ class WebSocketHandler(HandlerSettings):
             self.log_error("get_connection() failed for %s", cx.peer, exc_info=True)
             self._admission.ended(cx.id)
             return None
-        # the one place the handler reaches into a connection: from the user's object to the
-        # state that the package runs (``_core.ConnectionCore``)
+        # the one place the handler reaches into a connection: the user's object's state
         return connection._core
 
-    def asgi(self, *, listener_id: str = "asgi", fallback: ASGIApp | None = None) -> ASGIMount:
+    def asgi(self, *, listener_id: str = "asgi") -> ASGIMount:
         """This handler as an ASGI application, for Hypercorn's Trio worker or Quart-Trio
         (:class:`ASGIMount`; docs/guide.md, "Mounting under Hypercorn or Quart-Trio")."""
-        return ASGIMount(self, listener_id=listener_id, fallback=fallback)
+        return ASGIMount(self, listener_id=listener_id)
 
     # ---------------------------------------------------------------- sending
 

@@ -15,7 +15,9 @@ What differs, and why:
   One writer task per connection takes them out, turns them back into messages
   (``_asgi_messages.Unframer``) and awaits the server's ``send`` for each: the server frames
   (and compresses, if it negotiated permessage-deflate) each message for each client.
-  ``send_timeout`` bounds each ``send``.
+  ``send_timeout`` bounds each ``send``: the timer sweep ends a connection whose send has been
+  under way that long (Hypercorn shields its writes from cancellation: the writer, in the
+  mount's nursery, then sends the Close that says why after that send, if it ever ends).
 * **Heartbeat**: an ASGI application can send no Ping and sees no Pong, so the handler's
   ``heartbeat`` and ``pong_timeout`` do not apply (the server's own Pings do:
   ``ASGIMount.configure``); ``idle_timeout`` does.
@@ -23,7 +25,7 @@ What differs, and why:
 
 from __future__ import annotations
 
-import math
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
@@ -32,13 +34,14 @@ import attrs
 import trio
 
 from ._asgi_messages import CloseRequest, LastDecoded, Unframer
-from ._flusher import COALESCE_BYTES, WriteTimeout
+from ._flusher import COALESCE_BYTES
 from ._lifecycle import call_registered, prepare_connection, retire
 from ._reader import FrameAction, hook_failed, raw_action
 from ._state import OPEN
+from ._stats import Counters
 from ._throttle import refused, wait
 from ._timers import Timers
-from .codec import CloseCode, Frame, Opcode
+from .codec import CloseCode, Frame, Opcode, is_sendable_close_code
 
 if TYPE_CHECKING:
     from ._admission import Admission
@@ -55,9 +58,8 @@ __all__ = [
 ]
 
 
-#: How long the Close of a connection ended from outside may take to go to the server (it is
-#: the first thing in the end hooks' ``close_timeout``: a client that reads nothing must not
-#: leave the hooks no time).
+#: How long the Close of a connection ended from outside may take to go to the server (the
+#: first thing in the end hooks' ``close_timeout``).
 LAST_WORDS_TIMEOUT = 0.25
 
 
@@ -71,10 +73,9 @@ class Disconnected:
 
 @attrs.frozen
 class MountTasks:
-    """What a mounted connection needs from its mount: the timer sweep, the nursery its writer
-    runs in (the mount's, not the connection's: a write that the server shields, to a client
-    that reads nothing, must not hold the connection's end), and the broadcast frame decoded
-    last."""
+    """What a mounted connection needs from its mount: the timer sweep, the mount's nursery
+    (where a Quart-Trio connection runs: Quart cancels a route whose client left) and the
+    broadcast frame decoded last."""
 
     timers: Timers
     nursery: trio.Nursery
@@ -93,27 +94,60 @@ class Transport(Protocol):
 
 
 class _Run:
-    """What the writer and the reader of one mounted connection tell each other."""
+    """What the reader, the writer and the end of one mounted connection tell each other."""
 
-    __slots__ = ("close_sent", "gone", "sending")
+    __slots__ = ("close_sent", "ended", "gone", "last_close", "sending", "waiting")
 
     def __init__(self) -> None:
         self.close_sent = False  # our Close went to the server
         self.gone = False  # the server said the client is gone
-        self.sending = False  # a send to the server is under way (or was cut by a cancel)
+        self.ended = False  # the connection has ended: the writer sends no more data
+        self.sending = False  # the writer awaits a send
+        self.last_close: tuple[int, str] | None = None  # the Close the writer ends with
+        self.waiting: trio.CancelScope | None = None  # the writer's wait for frames
+
+    def end(self, core: ConnectionCore[Any], transport: Transport) -> Callable[[], Awaitable[None]]:
+        """The connection ends: unless the client was told, or is gone, it is told why, at once
+        if the writer is idle (what the returned function does, first in the end hooks' time),
+        else by the writer once its send is done (the server writes a message whole, or cannot
+        be cancelled in it: Hypercorn), so that the Close comes after the whole message."""
+        self.ended = True
+        if self.waiting is not None:
+            self.waiting.cancel()
+        if self.close_sent or self.gone:
+            return trio.lowlevel.checkpoint
+        if core.close_code is None:  # ended from outside: the server is stopping
+            core.finish_protocol(CloseCode.GOING_AWAY, "server is stopping", b"")
+        code = core.close_code
+        if code is None or not is_sendable_close_code(code):
+            return trio.lowlevel.checkpoint  # (1006: the server failed us)
+        if self.sending:
+            self.last_close = (code, core.close_reason)
+            return trio.lowlevel.checkpoint
+        self.close_sent = True
+        return partial(_last_close, transport, code, core.close_reason)
+
+
+async def _last_close(transport: Transport, code: int, reason: str) -> None:
+    with suppress(Exception), trio.move_on_after(LAST_WORDS_TIMEOUT):
+        await transport.close(code, reason)
 
 
 async def start_in_mount(
-    core: ConnectionCore[Any],
+    core: ConnectionCore[Any] | None,
     cx: CallContext,
     hdr: Request,
     admission: Admission,
     transport: Transport,
     tasks: MountTasks,
+    stopping: str | None = None,
 ) -> None:
     """Run the connection made for an accepted request, holding its cap slot (``admission``)
-    while it runs."""
-    prepare_connection(core, cx, hdr, stopping=None, extensions="")  # (the server's deflate)
+    while it runs (None: ``get_connection`` failed, and the client is told 1011)."""
+    if core is None:
+        await transport.close(CloseCode.INTERNAL_SERVER_ERROR, "internal error")
+        return
+    prepare_connection(core, cx, hdr, stopping=stopping, extensions="")  # (the server's deflate)
     admission.started(core.id)
     try:
         await run_mounted(core, transport, tasks)
@@ -122,33 +156,28 @@ async def start_in_mount(
 
 
 async def run_mounted(core: ConnectionCore[Any], transport: Transport, tasks: MountTasks) -> None:
-    """Run a connection accepted through ``transport`` until it has ended and its hooks ran."""
+    """Run a connection accepted through ``transport`` until it has ended and its hooks ran,
+    then until its writer has told the client why (its task is the server's for this client:
+    it must not end first, or the server closes with a code of its own, Hypercorn 1011)."""
     core.mounted()
     core.hub.registry.add(core)
     opened = core.open(tasks.timers)
     run = _Run()
-    try:
-        with core.cancel_scope() as scope:
-            writer = partial(_writer, core, transport, run, Unframer(tasks.last))
-            tasks.nursery.start_soon(writer, name="trio_wshandler ASGI writer")
-            if await call_registered(core):
-                tasks.timers.add(core)
-            await _read(core, transport, run)
-        if scope.cancelled_caught:
-            core.timed_out()
-    finally:
-        # ended from outside (the server is stopping, a deadline): the client learns why,
-        # unless a message to it was cut by the cancellation (a Close after half a frame
-        # would be read as the rest of it) or the server does not take it at once
-        told = run.close_sent or run.gone or run.sending
-        closing = trio.lowlevel.checkpoint if told else partial(_last_close, transport)
-        core.end(None)
-        await retire(core, opened, closing)
-
-
-async def _last_close(transport: Transport) -> None:
-    with suppress(Exception), trio.move_on_after(LAST_WORDS_TIMEOUT):
-        await transport.close(CloseCode.GOING_AWAY, "server is stopping")
+    async with trio.open_nursery() as writer:
+        writer.start_soon(_writer, core, transport, run, Unframer(tasks.last))
+        try:
+            with core.cancel_scope() as scope:
+                if await call_registered(core):
+                    tasks.timers.add(core)
+                await _read(core, transport, run)
+            if scope.cancelled_caught:
+                core.timed_out()
+        finally:
+            closing = run.end(core, transport)
+            core.end(None)
+            await retire(core, opened, closing)
+        # a send the server lets us cancel is given close_timeout more (Hypercorn's is not)
+        writer.cancel_scope.deadline = trio.current_time() + core.settings.close_timeout
 
 
 async def _read(core: ConnectionCore[Any], transport: Transport, run: _Run) -> None:
@@ -169,6 +198,7 @@ async def _read(core: ConnectionCore[Any], transport: Transport, run: _Run) -> N
         if _too_big(message, limit):
             host.log_info("connection %s: message over %d bytes; closing", core.id, limit)
             reason = "message too big"
+            Counters.count(core.counters.protocol_errors, CloseCode.MESSAGE_TOO_BIG)
             core.fail(CloseCode.MESSAGE_TOO_BIG, reason, core.protocol.close(1009, reason))
         elif await _admitted(core, message) and (not raw or _whole(core, message)):
             core.message_received()
@@ -230,29 +260,44 @@ async def _deliver(core: ConnectionCore[Any], message: str | bytes) -> None:
 async def _writer(
     core: ConnectionCore[Any], transport: Transport, run: _Run, unframer: Unframer
 ) -> None:
-    """Take the frames queued for the connection and send them as messages, in order."""
-    queue = core.queue
+    """Send the frames queued for the connection as messages, in order, until it ends; then
+    the Close that tells the client why, if it was not told.  It is not cancelled when the
+    connection ends (its hooks run meanwhile): a server may hold a send for as long as its
+    client reads nothing (Hypercorn shields its writes), and the Close must come after."""
     try:
-        with trio.CancelScope() as scope:
-            core.writer_started(scope)
-            if queue.finished:  # the connection ended before this task first ran
-                return
-            receive = queue.receive_channel
-            while True:
-                if queue.in_channel:
-                    frames, size = queue.take(COALESCE_BYTES)
-                else:
-                    try:
-                        first = await receive.receive()
-                    except trio.EndOfChannel:
-                        return
-                    frames, size = queue.take(COALESCE_BYTES, first)
-                await _send_batch(core, transport, run, unframer, frames)
-                queue.wrote(frames, size)
+        if not core.queue.finished:
+            await _write_queue(core, transport, run, unframer)
+        if run.last_close is not None and not (run.close_sent or run.gone):
+            run.close_sent = True
+            await transport.close(*run.last_close)
     except Exception as exc:  # the server failed us, or a bug: this connection ends
-        core.write_failed(exc, "ASGI writer")
-    finally:
-        core.writer_stopped()
+        if not run.ended:
+            core.write_failed(exc, "ASGI writer")
+        else:  # (a server that refuses to send to a client that left)
+            core.settings.log_debug("connection %s: after its end: %r", core.id, exc)
+
+
+async def _write_queue(
+    core: ConnectionCore[Any], transport: Transport, run: _Run, unframer: Unframer
+) -> None:
+    queue = core.queue
+    receive = queue.receive_channel
+    while not run.ended:
+        if queue.in_channel:
+            frames, size = queue.take(COALESCE_BYTES)
+        else:
+            with trio.CancelScope() as run.waiting:
+                try:
+                    first = await receive.receive()
+                except trio.EndOfChannel:
+                    return
+            run.waiting = None
+            if run.ended:
+                return
+            frames, size = queue.take(COALESCE_BYTES, first)
+        await _send_batch(core, transport, run, unframer, frames)
+        if not run.ended:  # (after its end, its counts have joined the handler's)
+            queue.wrote(frames, size)
 
 
 async def _send_batch(
@@ -262,28 +307,19 @@ async def _send_batch(
     unframer: Unframer,
     frames: list[bytes],
 ) -> None:
-    """Send a batch's messages, each within ``send_timeout`` (give or take an eighth of it:
-    one cancel scope for the batch, whose deadline is moved on only once an eighth of the
-    timeout has passed; a scope per message cost 10% of a delivery, a deadline moved at every
-    message 7% at 1,000 clients)."""
-    timeout = core.settings.send_timeout
-    start = math.inf if timeout is None else trio.current_time() + timeout
-    with trio.CancelScope(deadline=start) as scope:
-        slack = 0.0 if timeout is None else timeout / 8
-        for frame in frames:
-            for message in unframer.feed(frame):
-                if run.close_sent:
-                    return
-                if timeout is not None:
-                    now = trio.current_time()
-                    if scope.deadline - now < timeout - slack:
-                        scope.deadline = now + timeout
-                run.sending = True
-                if isinstance(message, CloseRequest):
-                    run.close_sent = True
-                    await transport.close(message.code, message.reason)
-                else:
-                    await transport.send(message)
-                run.sending = False
-    if scope.cancelled_caught:  # (run.sending stays set: nothing more goes out)
-        raise WriteTimeout(f"the server took no message in {timeout} s")
+    """Send a batch's messages.  Each send is timed by the timer sweep (``queue.sending``):
+    a server may shield its write from cancellation (Hypercorn does), so a cancel scope here
+    could neither cut it short nor tell a slow reader from one that reads nothing."""
+    queue = core.queue
+    for frame in frames:
+        for message in unframer.feed(frame):
+            if run.close_sent or run.ended:
+                return
+            queue.sending(trio.current_time())
+            run.sending = True
+            if isinstance(message, CloseRequest):
+                run.close_sent = True
+                await transport.close(message.code, message.reason)
+            else:
+                await transport.send(message)
+            run.sending = False

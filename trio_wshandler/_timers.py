@@ -15,6 +15,10 @@ For each open connection, at each sweep:
 * **Heartbeat**: ``heartbeat`` seconds without *received* data sends a Ping (only received data
   counts, so a peer that stopped reading or vanished is caught whatever the server sends).
 * **Idle timeout**: no message for ``idle_timeout`` seconds closes with 1001 "idle timeout".
+* **Send timeout** (connections mounted under an ASGI server only, whose writer awaits the
+  server's ``send`` for each message, a wait that the server may shield from cancellation): a
+  send under way for ``send_timeout`` seconds ends the connection (``write_failed``).  Under
+  ``serve()`` the flusher's drain tasks time their own writes.
 
 None of them fires while the connection's reader is paused because its peer does not read (its
 Pongs and messages then wait unread); ``send_timeout`` covers a peer that reads nothing.
@@ -30,6 +34,7 @@ from typing import Protocol
 
 import trio
 
+from ._flusher import WriteTimeout
 from ._state import OPEN, ConnectionState
 
 __all__ = ["MAX_TICK", "MIN_TICK", "SWEEP_PER_STEP", "Timed", "TimerSettings", "Timers"]
@@ -52,6 +57,13 @@ class TimerSettings(Protocol):
     def idle_timeout(self) -> float | None: ...
     @property
     def pong_timeout(self) -> float: ...
+    @property
+    def send_timeout(self) -> float | None: ...
+
+
+class _Sending(Protocol):
+    @property
+    def send_started(self) -> float: ...
 
 
 class Timed(Protocol):
@@ -87,6 +99,12 @@ class Timed(Protocol):
     def idle_timed_out(self, idle: float) -> None: ...
 
     def pong_timed_out(self, timeout: float) -> None: ...
+
+    @property
+    def queue(self) -> _Sending:
+        """Its send queue: when the send under way began."""
+
+    def write_failed(self, exc: BaseException, task: str) -> None: ...
 
     def timer_failed(self) -> None:
         """A bug in the sweep: end this connection, not the listener."""
@@ -139,24 +157,40 @@ class Timers:
     def _fire(connection: Timed, now: float) -> float:
         """Fire ``connection``'s due timers; returns its shortest interval (``inf``: none)."""
         settings = connection.settings
-        heartbeat = settings.heartbeat if connection.pings else None
-        idle = settings.idle_timeout
-        if heartbeat is None and idle is None:
-            return math.inf
-        if connection.paused:  # its Pongs and messages wait unread: see Reader.run
-            return min(t for t in (heartbeat, idle) if t is not None)
-        if idle is not None and now >= connection.last_message + idle:
-            connection.idle_timed_out(idle)
-            return idle
-        shortest = math.inf if idle is None else idle
-        pong_timeout = settings.pong_timeout
-        ping_sent = connection.ping_sent
-        if ping_sent:
-            if now >= ping_sent + pong_timeout:
-                connection.pong_timed_out(pong_timeout)
-            return min(shortest, pong_timeout)
-        if heartbeat is not None:
-            if now >= connection.last_received + heartbeat:
-                connection.send_heartbeat(now)
-            return min(shortest, heartbeat, pong_timeout)
-        return shortest
+        if connection.pings:
+            return _fire_timers(connection, settings, now, settings.heartbeat)
+        stall = settings.send_timeout  # mounted under an ASGI server: its sends are watched
+        if stall is None:
+            return _fire_timers(connection, settings, now, None)
+        started = connection.queue.send_started
+        if started and now >= started + stall:
+            why = WriteTimeout(f"the server took no message in {stall} s")
+            connection.write_failed(why, "ASGI writer")
+            return stall
+        return min(stall, _fire_timers(connection, settings, now, None))
+
+
+def _fire_timers(
+    connection: Timed, settings: TimerSettings, now: float, heartbeat: float | None
+) -> float:
+    """The heartbeat (unless None), Pong and idle timeouts of ``connection``."""
+    idle = settings.idle_timeout
+    if heartbeat is None and idle is None:
+        return math.inf
+    if connection.paused:  # its Pongs and messages wait unread: see Reader.run
+        return min(t for t in (heartbeat, idle) if t is not None)
+    if idle is not None and now >= connection.last_message + idle:
+        connection.idle_timed_out(idle)
+        return idle
+    shortest = math.inf if idle is None else idle
+    pong_timeout = settings.pong_timeout
+    ping_sent = connection.ping_sent
+    if ping_sent:
+        if now >= ping_sent + pong_timeout:
+            connection.pong_timed_out(pong_timeout)
+        return min(shortest, pong_timeout)
+    if heartbeat is not None:
+        if now >= connection.last_received + heartbeat:
+            connection.send_heartbeat(now)
+        return min(shortest, heartbeat, pong_timeout)
+    return shortest
