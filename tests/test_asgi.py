@@ -776,3 +776,37 @@ async def test_quart_delivers_what_a_leaving_client_sent() -> None:
             while len(handler):
                 await trio.sleep(0.01)
     assert Slow.handled == ["m0", "m1", "m2", "m3", "m4", b""]  # none lost, no hook cut short
+
+
+async def test_init_quart_for_two_rules_and_two_mounts() -> None:
+    quart_trio = pytest.importorskip("quart_trio", reason="pip install .[asgi]")
+    handler = EchoHandler()
+    app = quart_trio.QuartTrio(__name__)
+    first_mount, second_mount = handler.asgi(), handler.asgi()  # both "asgi"
+    first_mount.init_quart(app, "/a")
+    first_mount.init_quart(app, "/b")
+    second_mount.init_quart(app, "/c")
+    async with hypercorn(app) as port:
+        for path in ("/a", "/b", "/c"):
+            async with open_test_client(("127.0.0.1", port), path) as client:
+                assert str(await client.receive()).endswith(":asgi")
+                await client.send(path)
+                assert await client.receive() == path
+
+
+async def test_a_failed_accept_frees_the_cap_slot() -> None:
+    class Odd(EchoHandler):
+        async def handle_request(self, cx: CallContext, hdr: Request, body: bytes) -> Any:
+            response = await super().handle_request(cx, hdr, body)
+            if hdr.path == "/bad":  # a header Hypercorn cannot send: the accept fails
+                return response.with_headers(**{"X-Bad": "caf\u00e9\u2603"})
+            return response
+
+    handler = Odd(caps=ConnectionCaps(max_per_address=1))
+    async with hypercorn(handler.asgi()) as port:
+        with pytest.raises(UpgradeRefused) as refused:
+            async with open_test_client(("127.0.0.1", port), "/bad"):
+                pass
+        assert refused.value.status == 500
+        async with open_test_client(("127.0.0.1", port), "/good") as client:
+            assert str(await client.receive()).startswith("id:")
