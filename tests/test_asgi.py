@@ -810,3 +810,38 @@ async def test_a_failed_accept_frees_the_cap_slot() -> None:
         assert refused.value.status == 500
         async with open_test_client(("127.0.0.1", port), "/good") as client:
             assert str(await client.receive()).startswith("id:")
+
+
+async def test_hypercorn_stops_while_a_client_reads_nothing() -> None:
+    # the writer is held in Hypercorn's shielded write: it must not hold the app's task, which
+    # Hypercorn's shutdown waits for before it closes the socket that would free the write
+    handler = EchoHandler(send_timeout=0.5, close_timeout=0.5, slow_consumer="drop")
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.graceful_timeout = 0.5
+    shutdown = trio.Event()
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            serving = partial(
+                hypercorn_trio.serve, handler.asgi(), config, shutdown_trigger=shutdown.wait
+            )
+            port = int((await nursery.start(serving))[0].rsplit(":", 1)[1])
+            sock = trio.socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            await sock.connect(("127.0.0.1", port))
+            await sock.send(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            while len(handler) == 0:
+                await trio.sleep(0.01)
+            while handler.stats().send_timeouts == 0:  # it reads nothing: a send is held
+                handler.send_all("z" * 65536)
+                await trio.sleep(0.01)
+            while len(handler):
+                await trio.sleep(0.01)
+            stopping = trio.current_time()
+            shutdown.set()
+        assert trio.current_time() - stopping < 3  # Hypercorn stopped all the same
+        sock.close()
+    assert [code for _, code in handler.closed] == [1013]

@@ -16,7 +16,7 @@ it: what the client sent before it left is still delivered, and no hook is cut s
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -28,7 +28,7 @@ from ._asgi_messages import (
     refusal_messages,
     scope_request,
 )
-from ._mount import Disconnected, MountTasks, Transport
+from ._mount import LAST_WORDS_TIMEOUT, Disconnected, MountTasks, Transport
 from ._timers import Timers
 from ._types import CallContext, Request, Response
 from .codec import CloseCode
@@ -82,21 +82,27 @@ class _ASGITransport:
 
 class _QuartTransport:
     """A connection's way through a Quart-Trio ``websocket``.  Quart reads the ASGI messages
-    and cancels the route when its client leaves: :meth:`left` says so, and :meth:`receive`
-    then gives what Quart had read, then ``Disconnected``."""
+    and cancels the route when its client leaves, and when the server stops: :meth:`stopped`
+    says so, and :meth:`receive` then gives what Quart had read, then ``Disconnected``."""
 
-    __slots__ = ("_left", "_waiting", "_websocket")
+    __slots__ = ("_closed", "_left", "_waiting", "_websocket")
 
     def __init__(self, websocket: Any) -> None:
         self._websocket = websocket
         self._left = False
+        self._closed = False  # our Close went out: Quart would refuse any further send
         self._waiting: trio.CancelScope | None = None
 
-    def left(self) -> None:
-        """The client is gone (Quart cancelled the route)."""
+    async def stopped(self) -> None:
+        """Quart cancelled the route: the client left, or the server stops (it is told 1001,
+        which a client that left never reads)."""
         self._left = True
         if self._waiting is not None:
             self._waiting.cancel()
+        if not self._closed:
+            self._closed = True
+            with suppress(Exception), trio.move_on_after(LAST_WORDS_TIMEOUT):
+                await self._websocket.close(CloseCode.GOING_AWAY, "server is stopping")
 
     async def receive(self) -> str | bytes | Disconnected:
         if not self._left:
@@ -109,10 +115,13 @@ class _QuartTransport:
         return Disconnected(CloseCode.ABNORMAL_CLOSURE)
 
     async def send(self, message: str | bytes) -> None:
-        await self._websocket.send(message)
+        if not self._closed:
+            await self._websocket.send(message)
 
     async def close(self, code: int, reason: str) -> None:
-        await self._websocket.close(code, reason)
+        if not self._closed:
+            self._closed = True
+            await self._websocket.close(code, reason)
 
     async def accept(self, message: Message) -> None:
         headers = {
@@ -229,7 +238,10 @@ class ASGIMount:
                     try:
                         await nursery.start(self.run)
                     except Exception as exc:  # Redis unreachable: the server does not start
-                        failed = {"type": "lifespan.startup.failed", "message": str(exc)}
+                        cause: BaseException = exc
+                        while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
+                            cause = cause.exceptions[0]  # (the nursery's group: what it holds)
+                        failed = {"type": "lifespan.startup.failed", "message": str(cause)}
                         await send(failed)
                         return
                     await send({"type": "lifespan.startup.complete"})
@@ -277,7 +289,8 @@ class ASGIMount:
             await done.wait()
         finally:
             if not done.is_set() and isinstance(transport, _QuartTransport):
-                transport.left()  # Quart cancelled the route: its client is gone
+                with trio.CancelScope(shield=True):  # Quart cancelled the route
+                    await transport.stopped()
         return None
 
     async def _run(

@@ -25,6 +25,7 @@ What differs, and why:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from functools import partial
@@ -41,6 +42,7 @@ from ._state import OPEN
 from ._stats import Counters
 from ._throttle import refused, wait
 from ._timers import Timers
+from ._writer import TIMED_CHUNK
 from .codec import CloseCode, Frame, Opcode, is_sendable_close_code
 
 if TYPE_CHECKING:
@@ -74,8 +76,8 @@ class Disconnected:
 @attrs.frozen
 class MountTasks:
     """What a mounted connection needs from its mount: the timer sweep, the mount's nursery
-    (where a Quart-Trio connection runs: Quart cancels a route whose client left) and the
-    broadcast frame decoded last."""
+    (where its writer runs, and a Quart-Trio connection: Quart cancels a route whose client
+    left) and the broadcast frame decoded last."""
 
     timers: Timers
     nursery: trio.Nursery
@@ -96,7 +98,7 @@ class Transport(Protocol):
 class _Run:
     """What the reader, the writer and the end of one mounted connection tell each other."""
 
-    __slots__ = ("close_sent", "ended", "gone", "last_close", "sending", "waiting")
+    __slots__ = ("close_sent", "done", "ended", "gone", "last_close", "sending", "waiting")
 
     def __init__(self) -> None:
         self.close_sent = False  # our Close went to the server
@@ -105,6 +107,7 @@ class _Run:
         self.sending = False  # the writer awaits a send
         self.last_close: tuple[int, str] | None = None  # the Close the writer ends with
         self.waiting: trio.CancelScope | None = None  # the writer's wait for frames
+        self.done = trio.Event()  # the writer has ended
 
     def end(self, core: ConnectionCore[Any], transport: Transport) -> Callable[[], Awaitable[None]]:
         """The connection ends: unless the client was told, or is gone, it is told why, at once
@@ -157,27 +160,30 @@ async def start_in_mount(
 
 async def run_mounted(core: ConnectionCore[Any], transport: Transport, tasks: MountTasks) -> None:
     """Run a connection accepted through ``transport`` until it has ended and its hooks ran,
-    then until its writer has told the client why (its task is the server's for this client:
-    it must not end first, or the server closes with a code of its own, Hypercorn 1011)."""
+    then, within ``close_timeout``, until its writer has told the client why (its task is the
+    server's for this client: when it ends, the server closes with a code of its own,
+    Hypercorn 1011).  The writer runs in the mount's nursery: a send that the server holds
+    (Hypercorn shields its writes) while its client reads nothing must not hold this task, or
+    the server, which closes the socket once it ends, could never stop."""
     core.mounted()
     core.hub.registry.add(core)
     opened = core.open(tasks.timers)
     run = _Run()
-    async with trio.open_nursery() as writer:
-        writer.start_soon(_writer, core, transport, run, Unframer(tasks.last))
-        try:
-            with core.cancel_scope() as scope:
-                if await call_registered(core):
-                    tasks.timers.add(core)
-                await _read(core, transport, run)
-            if scope.cancelled_caught:
-                core.timed_out()
-        finally:
-            closing = run.end(core, transport)
-            core.end(None)
-            await retire(core, opened, closing)
-        # a send the server lets us cancel is given close_timeout more (Hypercorn's is not)
-        writer.cancel_scope.deadline = trio.current_time() + core.settings.close_timeout
+    writer = partial(_writer, core, transport, run, Unframer(tasks.last))
+    tasks.nursery.start_soon(writer, name="trio_wshandler ASGI writer")
+    try:
+        with core.cancel_scope() as scope:
+            if await call_registered(core):
+                tasks.timers.add(core)
+            await _read(core, transport, run)
+        if scope.cancelled_caught:
+            core.timed_out()
+    finally:
+        closing = run.end(core, transport)
+        core.end(None)
+        await retire(core, opened, closing)
+    with trio.move_on_after(core.settings.close_timeout):
+        await run.done.wait()
 
 
 async def _read(core: ConnectionCore[Any], transport: Transport, run: _Run) -> None:
@@ -263,9 +269,10 @@ async def _writer(
     """Send the frames queued for the connection as messages, in order, until it ends; then
     the Close that tells the client why, if it was not told.  It is not cancelled when the
     connection ends (its hooks run meanwhile): a server may hold a send for as long as its
-    client reads nothing (Hypercorn shields its writes), and the Close must come after."""
+    client reads nothing (Hypercorn shields its writes), and the Close must come after.  (The
+    mount's nursery cancels it when the mount stops.)"""
     try:
-        if not core.queue.finished:
+        if not core.queue.finished:  # (not ended before this task first ran)
             await _write_queue(core, transport, run, unframer)
         if run.last_close is not None and not (run.close_sent or run.gone):
             run.close_sent = True
@@ -275,6 +282,8 @@ async def _writer(
             core.write_failed(exc, "ASGI writer")
         else:  # (a server that refuses to send to a client that left)
             core.settings.log_debug("connection %s: after its end: %r", core.id, exc)
+    finally:
+        run.done.set()
 
 
 async def _write_queue(
@@ -309,13 +318,19 @@ async def _send_batch(
 ) -> None:
     """Send a batch's messages.  Each send is timed by the timer sweep (``queue.sending``):
     a server may shield its write from cancellation (Hypercorn does), so a cancel scope here
-    could neither cut it short nor tell a slow reader from one that reads nothing."""
+    could not cut it short.  A send may take ``send_timeout`` per ``TIMED_CHUNK`` bytes of its
+    message, as a TLS write under ``serve()``: a client that reads slowly but steadily is not
+    dropped for the size of a message."""
     queue = core.queue
+    timeout = core.settings.send_timeout
     for frame in frames:
+        late = math.inf
+        if timeout is not None:
+            late = trio.current_time() + timeout * (1 + (len(frame) - 1) // TIMED_CHUNK)
         for message in unframer.feed(frame):
             if run.close_sent or run.ended:
                 return
-            queue.sending(trio.current_time())
+            queue.sending(late)
             run.sending = True
             if isinstance(message, CloseRequest):
                 run.close_sent = True

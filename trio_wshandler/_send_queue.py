@@ -47,7 +47,7 @@ class SendQueue:
         "max_bytes",
         "max_frames",
         "queued_bytes",
-        "send_started",
+        "send_late",
         "writes",
         "written",
     )
@@ -75,9 +75,9 @@ class SendQueue:
         self.listed = False
         #: the socket is backed up: a drain task writes this queue (the flusher skips it)
         self.draining = False
-        #: when the send under way began, else 0 (a writer that awaits each message, under an
-        #: ASGI server, sets it: the timer sweep ends a send that takes ``send_timeout``)
-        self.send_started = 0.0
+        #: when the send under way is late, else 0 (a writer that awaits each message, under an
+        #: ASGI server, sets it: the timer sweep ends a connection whose send is late)
+        self.send_late = 0.0
         self._progress: trio.Event | None = None  # made only when somebody waits
         self._leftover: bytes | None = None  # see take()
         self._pongs: list[int] | None = None  # positions (``enqueued``) of unwritten Pongs
@@ -211,13 +211,14 @@ class SendQueue:
         self.in_channel = max(0, left)
         return batch, size
 
-    def sending(self, now: float) -> None:
-        """A send of one message began (under an ASGI server, whose send awaits)."""
-        self.send_started = now
+    def sending(self, late: float) -> None:
+        """A send of one message began (under an ASGI server, whose send awaits), that should
+        be done by ``late``."""
+        self.send_late = late
 
     def wrote(self, frames: list[bytes], size: int) -> None:
         """Account for a written batch and wake ``flush`` and ``wait_for_room`` callers."""
-        self.send_started = 0.0
+        self.send_late = 0.0
         self.queued_bytes -= size
         self.written += len(frames)
         self.writes += 1

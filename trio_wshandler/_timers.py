@@ -17,8 +17,8 @@ For each open connection, at each sweep:
 * **Idle timeout**: no message for ``idle_timeout`` seconds closes with 1001 "idle timeout".
 * **Send timeout** (connections mounted under an ASGI server only, whose writer awaits the
   server's ``send`` for each message, a wait that the server may shield from cancellation): a
-  send under way for ``send_timeout`` seconds ends the connection (``write_failed``).  Under
-  ``serve()`` the flusher's drain tasks time their own writes.
+  send under way for ``send_timeout`` seconds per 16 KiB of its message ends the connection
+  (``write_failed``).  Under ``serve()`` the flusher's drain tasks time their own writes.
 
 None of them fires while the connection's reader is paused because its peer does not read (its
 Pongs and messages then wait unread); ``send_timeout`` covers a peer that reads nothing.
@@ -63,7 +63,7 @@ class TimerSettings(Protocol):
 
 class _Sending(Protocol):
     @property
-    def send_started(self) -> float: ...
+    def send_late(self) -> float: ...
 
 
 class Timed(Protocol):
@@ -102,7 +102,7 @@ class Timed(Protocol):
 
     @property
     def queue(self) -> _Sending:
-        """Its send queue: when the send under way began."""
+        """Its send queue: when the send under way is late."""
 
     def write_failed(self, exc: BaseException, task: str) -> None: ...
 
@@ -162,9 +162,9 @@ class Timers:
         stall = settings.send_timeout  # mounted under an ASGI server: its sends are watched
         if stall is None:
             return _fire_timers(connection, settings, now, None)
-        started = connection.queue.send_started
-        if started and now >= started + stall:
-            why = WriteTimeout(f"the server took no message in {stall} s")
+        late = connection.queue.send_late
+        if late and now >= late:
+            why = WriteTimeout(f"a message took the server over {stall} s per 16 KiB")
             connection.write_failed(why, "ASGI writer")
             return stall
         return min(stall, _fire_timers(connection, settings, now, None))
