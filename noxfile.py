@@ -104,8 +104,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the package (pytest too: the package's pytest plugin imports it)."""
-    session.install("mypy", "pytest", "-e", ".[redis,metrics]")
+    """mypy --strict on the package (pytest too: the package's pytest plugin imports it; and
+    the extras, whose modules the package imports where they are used: quart in _asgi.py)."""
+    session.install("mypy", "pytest", "-e", ".[redis,metrics,asgi]")
     session.run("mypy", "--strict", "trio_wshandler")
 
 
