@@ -15,6 +15,7 @@ it: what the client sent before it left is still delivered, and no hook is cut s
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Any, Protocol
@@ -81,14 +82,17 @@ class _ASGITransport:
 
 
 class _QuartTransport:
-    """A connection's way through a Quart-Trio ``websocket``.  Quart reads the ASGI messages
-    and cancels the route when its client leaves, and when the server stops: :meth:`stopped`
-    says so, and :meth:`receive` then gives what Quart had read, then ``Disconnected``."""
+    """A connection's way through a Quart-Trio ``websocket``.  Quart reads the ASGI messages;
+    when its client leaves it cancels the route (and, from Quart 0.23, its ``receive`` raises
+    ``ClientDisconnectedError`` once what it read is taken), and it cancels the route when the
+    server stops: :meth:`stopped` says so, and :meth:`receive` then gives what Quart had read,
+    then ``Disconnected``."""
 
-    __slots__ = ("_closed", "_left", "_waiting", "_websocket")
+    __slots__ = ("_closed", "_gone", "_left", "_waiting", "_websocket")
 
     def __init__(self, websocket: Any) -> None:
         self._websocket = websocket
+        self._gone = _quart_disconnected()
         self._left = False
         self._closed = False  # our Close went out: Quart would refuse any further send
         self._waiting: trio.CancelScope | None = None
@@ -99,35 +103,52 @@ class _QuartTransport:
         self._left = True
         if self._waiting is not None:
             self._waiting.cancel()
-        if not self._closed:
-            self._closed = True
-            with suppress(Exception), trio.move_on_after(LAST_WORDS_TIMEOUT):
-                await self._websocket.close(CloseCode.GOING_AWAY, "server is stopping")
+        with suppress(Exception), trio.move_on_after(LAST_WORDS_TIMEOUT):
+            await self.close(CloseCode.GOING_AWAY, "server is stopping")
 
     async def receive(self) -> str | bytes | Disconnected:
-        if not self._left:
-            with trio.CancelScope() as self._waiting:  # (a channel's receive loses nothing)
+        try:
+            if not self._left:
+                with trio.CancelScope() as self._waiting:  # (a channel loses nothing)
+                    return _message(await self._websocket.receive())
+            # what Quart read before the client left: its channel's receive takes an item
+            # without a checkpoint, and waits (briefly) only when there is none
+            with trio.move_on_after(LEFT_DRAIN):
                 return _message(await self._websocket.receive())
-        # what Quart read before the client left: its channel's receive takes an item without
-        # a checkpoint, and waits (briefly) only when there is none
-        with trio.move_on_after(LEFT_DRAIN):
-            return _message(await self._websocket.receive())
+        except self._gone:
+            pass
         return Disconnected(CloseCode.ABNORMAL_CLOSURE)
 
     async def send(self, message: str | bytes) -> None:
-        if not self._closed:
+        if self._closed:
+            return
+        try:
             await self._websocket.send(message)
+        except self._gone:
+            raise trio.BrokenResourceError("the client left") from None
 
     async def close(self, code: int, reason: str) -> None:
         if not self._closed:
             self._closed = True
-            await self._websocket.close(code, reason)
+            with suppress(self._gone):  # (the client left meanwhile)
+                await self._websocket.close(code, reason)
 
     async def accept(self, message: Message) -> None:
         headers = {
             bytes(k).decode("latin-1"): bytes(v).decode("latin-1") for k, v in message["headers"]
         }
         await self._websocket.accept(headers=headers, subprotocol=message["subprotocol"])
+
+
+class _NeverRaised(Exception):
+    pass
+
+
+def _quart_disconnected() -> type[Exception]:
+    """Quart's ``ClientDisconnectedError`` (0.23 and later), else an exception never raised."""
+    base = importlib.import_module("quart.wrappers.base")
+    gone = getattr(base, "ClientDisconnectedError", _NeverRaised)
+    return gone if isinstance(gone, type) and issubclass(gone, Exception) else _NeverRaised
 
 
 def _message(message: str | bytes | None) -> str | bytes:
