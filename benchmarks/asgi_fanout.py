@@ -56,6 +56,12 @@ def row(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def ratio(a: float, b: float, digits: int) -> str:
+    """``a / b`` as a ratio; "n/a" when ``b`` is 0 (a short round can spend less CPU than the
+    process clock's tick, 10 ms on Linux, and reads as 0)."""
+    return f"{a / b:.{digits}f}x" if b else "n/a"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", default="100,1000")
@@ -96,13 +102,13 @@ def main() -> int:
         s, a, f, t = med["serve"], med["asgi"], med["floor"], med["tasks"]
         lines.append(
             f"| {clients} | {size} | {s['deliveries_per_s']:,.0f} | {a['deliveries_per_s']:,.0f}"
-            f" | {a['deliveries_per_s'] / s['deliveries_per_s']:.2f}x"
+            f" | {ratio(a['deliveries_per_s'], s['deliveries_per_s'], 2)}"
             f" | {s['cpu_us_per_delivery']:.2f} | {a['cpu_us_per_delivery']:.2f}"
-            f" | {a['cpu_us_per_delivery'] / s['cpu_us_per_delivery']:.1f}x"
+            f" | {ratio(a['cpu_us_per_delivery'], s['cpu_us_per_delivery'], 1)}"
             f" | {s['p99_ms']:.1f} | {a['p99_ms']:.1f} | {f['cpu_us_per_delivery']:.2f}"
-            f" | {a['cpu_us_per_delivery'] / f['cpu_us_per_delivery']:.2f}x"
+            f" | {ratio(a['cpu_us_per_delivery'], f['cpu_us_per_delivery'], 2)}"
             f" | {t['cpu_us_per_delivery']:.2f}"
-            f" | {a['cpu_us_per_delivery'] / t['cpu_us_per_delivery']:.2f}x |"
+            f" | {ratio(a['cpu_us_per_delivery'], t['cpu_us_per_delivery'], 2)} |"
             + ("" if complete else " incomplete")
         )
     print("\n".join(lines))

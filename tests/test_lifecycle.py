@@ -113,10 +113,22 @@ async def test_handler_stop_closes_all_with_1001_and_refuses_new_upgrades() -> N
         assert closed.value.reason.code == 1001
         with trio.fail_after(5):
             await handler.wait_stopped()
-        status, _, body = await raw_http(server.port, upgrade_request())
+        status, headers, body = await raw_http(server.port, upgrade_request())
     assert status == 503 and b"stopped" in body
+    assert headers.get("retry-after") == "5"  # 1001: come back, not at once
     assert all(c.events == END_HOOKS for c in conns)
     assert handler.stopped
+
+
+@pytest.mark.parametrize(("code", "retry"), [(1012, "1"), (1013, "5"), (1000, None)])
+async def test_a_stopped_handler_says_when_to_come_back(code: int, retry: str | None) -> None:
+    """An upgrade read after stop(code) cannot be told the code (no Close before the 101):
+    its 503 says Retry-After when the code is one to reconnect after (a restart: 1 s)."""
+    handler = RecordingHandler()
+    async with running(handler) as server:
+        handler.stop(code, "going")
+        status, headers, _ = await raw_http(server.port, upgrade_request())
+    assert status == 503 and headers.get("retry-after") == retry
 
 
 async def test_wait_closed_returns_after_the_end_hooks() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import trio
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from trio_wshandler import should_reconnect
 
@@ -57,15 +57,19 @@ async def test_a_rolling_restart_of_two_workers() -> None:
 
             async def keep_connecting() -> None:
                 """During the restart, new clients are served, or told to come back: 1012
-                (an upgrade that raced its worker's stop), or a lost connection (one in the
-                accept queue of a worker's socket as it closes: the kernel resets it); never a
-                terminal code."""
+                (an upgrade that raced its worker's stop), 503 with Retry-After (a request
+                read after the stop), or a lost connection (one in the accept queue of a
+                worker's socket as it closes: the kernel resets it); never a terminal code."""
                 while not served.is_set():
                     try:
                         async with AsyncExitStack() as probe:
                             await open_client(probe, port)
                     except ConnectionClosed as exc:
                         assert exc.rcvd is None or should_reconnect(exc.rcvd.code), exc
+                    except InvalidStatus as exc:
+                        answer = exc.response
+                        assert answer.status_code == 503, exc
+                        assert answer.headers["Retry-After"] == "1", exc
                     await trio.sleep(0.02)
 
             async with trio.open_nursery() as nursery:

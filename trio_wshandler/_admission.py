@@ -16,11 +16,13 @@ import trio
 
 from ._auth import AbstractAuthenticator
 from ._caps import CapRefusal, CapsTable
+from ._close_codes import should_reconnect
 from ._extensions import DeflateOptions, negotiate_deflate
 from ._origin import OriginCheck
 from ._stats import Counters
 from ._types import CallContext, Request, Response
 from ._upgrade import check_upgrade, switching_protocols
+from .codec import CloseCode
 
 __all__ = ["Admission", "Admitting"]
 
@@ -36,6 +38,8 @@ class Admitting(Protocol):
     def compression(self) -> DeflateOptions | None: ...
     @property
     def stopped(self) -> bool: ...
+    @property
+    def stopping_with(self) -> tuple[int, str]: ...
 
     def __len__(self) -> int: ...
 
@@ -118,8 +122,15 @@ class Admission:
             too_many = self.caps.admit_user(cx.id, cx.user)
             if too_many is not None:
                 return self._too_many(handler, cx, too_many)
-        if handler.stopped:
-            return Response(503, "this WebSocket handler has been stopped", close=True)
+        if handler.stopped:  # a stop the client should come back from says when (1012: soon)
+            code = handler.stopping_with[0]
+            retry = {"Retry-After": "1" if code == CloseCode.SERVICE_RESTART else "5"}
+            return Response(
+                503,
+                "this WebSocket handler has been stopped",
+                retry if should_reconnect(code) else {},
+                close=True,
+            )
         limit = handler.max_connections
         if limit is not None and len(handler) >= limit:
             return Response(

@@ -421,7 +421,8 @@ class WebSocketHandler(HandlerSettings):
         return await self.backplane.cluster_connection_count()
 
     def stop(self, code: int = CloseCode.GOING_AWAY, reason: str = "server is stopping") -> None:
-        """Stop the handler: refuse new upgrades (503) and close every live connection with
+        """Stop the handler: refuse new upgrades (503, with ``Retry-After`` when ``code`` is
+        one to reconnect after: 1 s for 1012, else 5 s) and close every live connection with
         ``code`` (1001).  Returns at once; ``await wait_stopped()`` waits for them to end."""
         validate_close_code(code)
         self._stopped = True
