@@ -15,7 +15,7 @@ from websockets.trio.client import connect
 
 from trio_wshandler import ConnectionClosedError, HistoryOptions, Position
 from trio_wshandler import _recovery as recovery_module
-from trio_wshandler._backplane_tasks import BackplaneTasks
+from trio_wshandler._backplane_tasks import LaneTasks
 from trio_wshandler._backplane_wire import Envelope, Kind, encode
 
 from .conftest import wait_for, ws_url
@@ -138,18 +138,18 @@ async def test_the_feeds_are_checked_once_the_new_subscription_is_in_force(
     found by the check that follows, not only when a later one reveals it."""
     a, b = node(redis), node(redis)
     slow = trio.Event()
-    subscribe = BackplaneTasks._subscribe
+    subscribe = LaneTasks._subscribe
 
-    async def slow_subscribe(self: BackplaneTasks, pubsub: Any, channels: list[str]) -> None:
+    async def slow_subscribe(self: LaneTasks, subscription: Any, channels: list[str]) -> None:
         if slow.is_set() and b.backplane is not None and self.core.node_id == b.backplane.node_id:
             a.publish("room", "late")  # published before b subscribes again
             assert a.backplane is not None
             published = a.backplane.published
             while a.backplane.published == published:  # numbered by Redis
                 await trio.sleep(0.001)
-        await subscribe(self, pubsub, channels)
+        await subscribe(self, subscription, channels)
 
-    monkeypatch.setattr(BackplaneTasks, "_subscribe", slow_subscribe)
+    monkeypatch.setattr(LaneTasks, "_subscribe", slow_subscribe)
     async with serving(a, b) as (_, server_b), connect(ws_url(server_b)) as ws:
         [conn] = await b.wait_connections(1)
         await conn.subscribe_from("room")

@@ -18,24 +18,35 @@ Delivery across processes is at most once, as with Socket.IO's Redis adapter: wh
 unreachable, local delivery goes on, and what would cross processes is dropped, counted in
 ``lost`` and logged (once per ``LOG_INTERVAL``); the heartbeat retries the connection with
 backoff and, once back, rewrites this node's presence.
+
+Past one Redis: on a Redis Cluster (``redis+cluster://``) the channels and keys are collapsed
+into ``partitions`` groups, each with a hash tag, carried by sharded pub/sub (``SPUBLISH``,
+``SSUBSCRIBE``: a message goes to the shard of its channel only).  Each partition has a *lane*
+(``_backplane_lane.py``) with its own outbox, publisher, subscription and presence, talking to
+the master of its slot; a master that fails over is survived as a Redis restart is, by its
+lanes only (``_backplane_run.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import trio
 
 from ._backplane_core import BackplaneCore
-from ._backplane_wire import STORE, Envelope, Kind, Names, text
+from ._backplane_lane import Lane
+from ._backplane_run import Address, BackplaneRun
+from ._backplane_wire import STORE, Envelope, Kind, Names
+from ._cluster_slots import parse_cluster_url, partition_tags
 from ._errors import WebSocketHandlerError
 from ._history import HistoryOptions
 from ._history_redis import READ_SCRIPT, Snapshot, decode_read, read_args
 from ._ids import new_connection_id
 from ._options import positive
+from ._redis_clients import CLUSTER_SCHEMES, ClientMaker, live_nodes, redact_url
 
 if TYPE_CHECKING:
     from ._hub import Hub
@@ -46,29 +57,6 @@ __all__ = ["BackplaneError", "RedisBackplane", "redact_url"]
 class BackplaneError(WebSocketHandlerError):
     """The backplane cannot work: Redis is unreachable at start (the message names the URL,
     without its password), or it is used wrongly (attached to two handlers)."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (``user:password@`` or ``?password=``) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return "(an invalid URL)"
-    netloc, query = parts.netloc, parts.query
-    if parts.password is not None:
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{user}:***@{host}" + (f":{port}" if port else "")
-    if query:
-        pairs = [
-            (k, "***" if k.lower() == "password" else v)
-            for k, v in parse_qsl(query, keep_blank_values=True)
-        ]
-        query = urlencode(pairs, safe="*")
-    return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class RedisBackplane:
@@ -106,6 +94,15 @@ class RedisBackplane:
     ``ssl_context`` (None)
         for ``rediss://`` URLs: the TLS settings (a private CA, a client certificate); None
         uses the system's trusted CAs.
+    ``partitions`` (12)
+        on a Redis Cluster (``redis+cluster://host:port,host:port``, or ``startup_nodes``):
+        how many groups its channels and keys are collapsed into, each with a hash tag of its
+        own (``_cluster_slots.py``) and a lane (a publisher, a sharded subscription, a
+        presence) to the master that owns the tag's slot.  A multiple of the number of
+        masters spreads them evenly (12: 3, 4 or 6 masters); ignored with one Redis.
+    ``startup_nodes`` (None)
+        a cluster's nodes as ``[(host, port), ...]``, instead of a ``redis+cluster://`` URL
+        (``url`` then only gives the credentials and TLS, e.g. ``"rediss+cluster://:pw@"``).
     ``logger``
         default ``logging.getLogger("trio_wshandler.backplane")``.
 
@@ -130,10 +127,26 @@ class RedisBackplane:
         connect_timeout: float = 5.0,
         reconnect_max: float = 2.0,
         ssl_context: ssl.SSLContext | None = None,
+        partitions: int = 12,
+        startup_nodes: Sequence[tuple[str, int]] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"url must be redis://, rediss:// or unix://, got {redact_url(url)}")
+        if startup_nodes is not None:
+            scheme, _, rest = url.partition("://")
+            auth = rest.rpartition("@")[0]
+            scheme = "rediss+cluster" if scheme.startswith("rediss") else "redis+cluster"
+            nodes = ",".join(f"{host}:{port}" for host, port in startup_nodes)
+            url = f"{scheme}://{auth + '@' if auth else ''}{nodes}"
+        if not url.startswith(("redis://", "rediss://", "unix://", *CLUSTER_SCHEMES)):
+            raise ValueError(
+                "url must be redis://, rediss://, unix://, redis+cluster:// or"
+                f" rediss+cluster://, got {redact_url(url)}"
+            )
+        #: the cluster's startup nodes and credentials; None with one Redis
+        self.cluster = parse_cluster_url(url) if url.startswith(CLUSTER_SCHEMES) else None
+        if self.cluster is not None and ("{" in prefix or "}" in prefix):
+            raise ValueError("on a Redis Cluster the prefix cannot hold { or } (hash tags)")
+        positive("partitions", partitions, integer=True)
         for name, value in (
             ("heartbeat", heartbeat),
             ("presence_ttl", presence_ttl),
@@ -150,10 +163,9 @@ class RedisBackplane:
             positive(name, value, integer=True)
         if command_timeout >= presence_ttl - heartbeat:
             raise ValueError("command_timeout must be shorter than presence_ttl - heartbeat")
-        self._url = url  # with its password: never logged (``safe_url`` is)
-        self._ssl_context = ssl_context
         self.safe_url = redact_url(url)
-        self.names = Names(prefix)
+        tags = partition_tags(partitions) if self.cluster is not None else ()
+        self.names = Names(prefix, tags)
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
         self.batch = batch
@@ -165,6 +177,9 @@ class RedisBackplane:
         self.logger = logger or logging.getLogger("trio_wshandler.backplane")
         #: this process's id in the cluster
         self.node_id = new_connection_id()
+        self._clients = ClientMaker(  # holds the URL, with its password: never logged
+            url, self.cluster, ssl_context, f"{prefix}:{self.node_id}", command_timeout
+        )
         self._core = BackplaneCore(
             names=self.names,
             node_id=self.node_id,
@@ -173,7 +188,7 @@ class RedisBackplane:
             safe_url=self.safe_url,
             logger=self.logger,
         )
-        self._client: Any = None  # coredis.Redis while running
+        self._run: BackplaneRun | None = None  # while running
         self.running = False
 
     # ---------------------------------------------------------------- the handler's side
@@ -219,19 +234,24 @@ class RedisBackplane:
     def publish_all(self, payload: bytes, opcode: int) -> None:
         """send_all for the other processes (queued; the publisher sends it)."""
         envelope = Envelope(Kind.ALL, self.node_id, opcode, "", payload)
-        self._core.publish(self.names.all, envelope)
+        home = self._core.home
+        self._core.publish(home, self.names.all(home.partition), envelope)
 
     def publish_topic(self, topic: str, payload: bytes, opcode: int) -> None:
         """publish for the other processes."""
         envelope = Envelope(Kind.TOPIC, self.node_id, opcode, topic, payload)
-        self._core.publish(self.names.topic(topic), envelope)
+        core = self._core
+        core.publish(core.topic_lane(topic), self.names.topic(topic), envelope)
 
     def store(self, topic: str, options: HistoryOptions, opcode: int, message: bytes) -> bool:
         """publish on a topic with history: the publish script numbers it in Redis, keeps it in
         the topic's stream and publishes it to every process, this one included (queued; the
         publisher sends it, pipelined with the other commands).  False if it was dropped
         (Redis lost, or the outbox full: counted in ``lost``)."""
-        return self._core.put(STORE, topic, (options, opcode, message), len(message))
+        core = self._core
+        return core.put(
+            core.topic_lane(topic), STORE, topic, (options, opcode, message), len(message)
+        )
 
     @property
     def history_reads(self) -> int:
@@ -247,7 +267,7 @@ class RedisBackplane:
         :raises BackplaneError: the backplane is not running.
         :raises trio.TooSlowError: Redis did not answer within ``command_timeout``.
         """
-        client = self._require_client()
+        client = self._client_of(self._core.topic_lane(topic))
         names = self.names
         self._core.history_reads += 1
         with trio.fail_after(self.command_timeout):
@@ -265,14 +285,14 @@ class RedisBackplane:
         :raises trio.TooSlowError: not within ``command_timeout`` (Redis is slow or lost).
         """
         with trio.fail_after(self.command_timeout):
-            await self._core.wait_channel(self.names.topic(topic))
+            await self._core.wait_topic(topic)
 
     def subscribed(self, topic: str) -> bool:
         """Redis delivers ``topic`` to this process now: what other processes publish to it
         from here on arrives.  (A topic's first local subscriber makes this process subscribe
         in Redis, which takes a round trip: a message published elsewhere meanwhile does not
         reach it.)"""
-        return self._core.subscribed_channel(self.names.topic(topic))
+        return self._core.subscribed_topic(topic)
 
     def knows(self, cid: str) -> bool:
         """Another process holds connection ``cid``, as far as this one knows now."""
@@ -280,15 +300,17 @@ class RedisBackplane:
 
     def send_to(self, cid: str, payload: bytes, opcode: int) -> None:
         """send_one to a connection of another process (:raises UnknownConnectionError:)."""
-        node = self._core.node_of(cid)
+        core = self._core
+        node = core.node_of(cid)
         envelope = Envelope(Kind.ONE, self.node_id, opcode, cid, payload)
-        self._core.publish(self.names.node(node), envelope)
+        core.publish(core.node_lane(node), self.names.node(node), envelope)
 
     def stop_remote(self, cid: str, code: int, reason: str) -> None:
         """stop_one of a connection of another process (:raises UnknownConnectionError:)."""
-        node = self._core.node_of(cid)
+        core = self._core
+        node = core.node_of(cid)
         envelope = Envelope(Kind.STOP, self.node_id, code, cid, reason.encode("utf-8"))
-        self._core.publish(self.names.node(node), envelope)
+        core.publish(core.node_lane(node), self.names.node(node), envelope)
 
     def joined(self, cid: str) -> None:
         """A connection of this process registered: others learn it now (and from the set)."""
@@ -307,49 +329,49 @@ class RedisBackplane:
         self._core.topic_changed(False, topic)
 
     async def cluster_connection_count(self) -> int:
-        """Connections held by every live process, this one included (asks Redis)."""
-        client = self._require_client()
-        nodes = await live_nodes(client, self.names)
+        """Connections held by every live process, this one included (asks Redis: on a
+        cluster, the shard of each partition)."""
         total = 0
-        async with client.pipeline(transaction=False) as pipe:
-            counts = [pipe.scard(self.names.connections(n)) for n in nodes]
-        for count in counts:
-            total += await count
+        for lane in self._core.lanes:
+            client = self._client_of(lane)
+            nodes = await live_nodes(client, self.names, lane.partition)
+            async with client.pipeline(transaction=False) as pipe:
+                counts = [pipe.scard(self.names.connections(n)) for n in nodes]
+            for count in counts:
+                total += await count
         return total
 
-    def _new_client(self) -> Any:
-        import coredis
-
-        extra: dict[str, Any] = {}
-        if self._ssl_context is not None:
-            extra["ssl_context"] = self._ssl_context
-        return coredis.Redis.from_url(
-            self._url,
-            **extra,
-            decode_responses=False,
-            decode_components=True,  # a password with @ / : is given percent-encoded
-            client_name=f"{self.names.prefix}:{self.node_id}",  # who is who in CLIENT LIST
-            stream_timeout=self.command_timeout,
-            connect_timeout=self.command_timeout,
-        )
-
-    def _require_client(self) -> Any:
-        if self._client is None:
+    async def partition_spread(self) -> dict[str, int]:
+        """How many partitions each master of the cluster serves now, read from the
+        cluster's slot map (``{"host:port": count}``; one Redis: ``{url: 1}``)."""
+        if self._run is None:
             raise BackplaneError("the backplane is not running (serve() starts it)")
-        return self._client
+        counts: dict[str, int] = {}
+        for master in await self._run.masters():
+            name = self.safe_url if master is None else f"{master[0]}:{master[1]}"
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def _client_of(self, lane: Lane) -> Any:
+        if self._run is None:
+            raise BackplaneError("the backplane is not running (serve() starts it)")
+        try:
+            return self._run.client_of(lane)
+        except LookupError:
+            raise BackplaneError("the backplane is not running (serve() starts it)") from None
 
     # ---------------------------------------------------------------- running
 
     async def check(self) -> None:
         """Fail now, with a clear error, if Redis does not answer (``serve()`` calls it
-        before it starts anything).
+        before it starts anything): one Redis, or a cluster's startup nodes and the master of
+        every partition.
 
         :raises BackplaneError: naming the URL (without its password) and the reason.
         """
         try:
             with trio.fail_after(self.connect_timeout):
-                async with self._new_client() as client:
-                    await client.ping()
+                await self._clients.check(self.names.tags)
         except (Exception, trio.TooSlowError) as exc:
             leaf: BaseException = exc
             while isinstance(leaf, BaseExceptionGroup):  # coredis runs in a task group
@@ -370,8 +392,6 @@ class RedisBackplane:
 
         :raises BackplaneError: Redis did not answer within ``connect_timeout``.
         """
-        from ._backplane_tasks import BackplaneTasks
-
         if handler is not None and handler.backplane is not self:
             handler.use_backplane(self)
         core = self._core
@@ -380,22 +400,14 @@ class RedisBackplane:
         if self.running:
             raise BackplaneError("the backplane is running already")
         await self.check()
-        async with self._new_client() as client:
-            self._client = client
-            core.mark_up()
-            self.running = True
-            try:
-                await BackplaneTasks(self, core, client).run(task_status)
-            finally:
-                self.running = False
-                self._client = None
-                core.mark_down()
-
-
-async def live_nodes(client: Any, names: Names) -> list[str]:
-    """The nodes whose presence has not expired."""
-    from coredis.tokens import PureToken
-
-    now = (await client.time()).timestamp()  # Redis's clock, as presence is scored by
-    nodes = await client.zrange(names.nodes, now, "+inf", sortby=PureToken.BYSCORE)
-    return [text(node) for node in nodes]
+        startup: list[Address] = [None] if self.cluster is None else list(self.cluster.nodes)
+        run = BackplaneRun(self, core, self._clients.new, startup)
+        self._run = run
+        core.mark_up()
+        self.running = True
+        try:
+            await run.run(task_status)
+        finally:
+            self.running = False
+            self._run = None
+            core.mark_down()

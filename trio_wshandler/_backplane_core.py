@@ -5,12 +5,11 @@ methods that change it.
 :class:`BackplaneCore` holds its state, and its tasks (``_backplane_tasks.py``) and presence
 (``_presence.py``) work on it through its methods:
 
-* the **outbox**: commands for Redis waiting for the publisher task, bounded in count and
-  bytes; a message that does not fit, or that comes while Redis is lost, is dropped and counted
-  in ``lost`` (logged at most once per ``LOG_INTERVAL``);
-* the **link**: whether Redis answers now;
-* the **subscription changes**: topics this process gained or lost, for the subscriber task, and
-  the pub/sub connection in use;
+* the **lanes** (``_backplane_lane.py``): one per partition (one with one Redis), each with
+  its outbox of commands for Redis waiting for its publisher task, whether its Redis answers
+  now, and its subscriptions; the outboxes are bounded together in count and bytes; a message
+  that does not fit, or that comes while its lane's Redis is lost, is dropped and counted in
+  ``lost`` (logged at most once per ``LOG_INTERVAL``);
 * the **remote map**: which other process holds which connection (kept by presence), so that
   ``send_one`` knows synchronously where a connection is;
 * the **counters** (plain ints) and the **hub** of the handler it serves
@@ -21,11 +20,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
-import trio
-
+from ._backplane_lane import Lane
 from ._backplane_wire import PUBLISH, SADD, SREM, STORE, Envelope, Kind, Names, encode
 from ._errors import UnknownConnectionError
 
@@ -77,6 +74,10 @@ class BackplaneCore:
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
         self.hub: Hub | None = None
+        #: one lane per partition
+        self.lanes = [Lane(p) for p in range(names.partitions)]
+        #: the partition of this process's channels and presence
+        self.home = self.lanes[names.node_partition(node_id)]
         # counters
         self.published = self.received = self.lost = self.misses = self.reconnects = 0
         self.round_trips = 0
@@ -84,76 +85,66 @@ class BackplaneCore:
         self.history_reads = 0
         self._lost_logged = 0
         self._next_lost_log = 0.0
-        # the outbox: (op, channel or key or topic, value, size)
-        self._outbox: deque[tuple[int, str, Any, int]] = deque()
+        self._pending = 0  # commands in the lanes' outboxes
         self._pending_bytes = 0
-        self._wake = trio.Event()
-        # the link
-        self._up = trio.Event()  # set while Redis answers
-        # subscriptions
-        self._changes: deque[tuple[bool, str]] = deque()  # (subscribe?, channel)
-        self._changes_wake = trio.Event()
-        self._applied = trio.Event()  # set when a round of subscriptions is in force
-        self._applying: set[str] = set()  # channels of the round being applied
-        self._pubsub: Any = None  # the coredis PubSub in use
         # the remote map: connection id -> node, for other nodes
         self._remote: dict[str, str] = {}
 
     # ---------------------------------------------------------------- the handler's side
 
-    def publish(self, channel: str, envelope: Envelope) -> None:
-        self.put(PUBLISH, channel, encode(envelope))
+    def topic_lane(self, topic: str) -> Lane:
+        return self.lanes[self.names.topic_partition(topic)]
+
+    def node_lane(self, node: str) -> Lane:
+        return self.lanes[self.names.node_partition(node)]
+
+    def publish(self, lane: Lane, channel: str, envelope: Envelope) -> None:
+        self.put(lane, PUBLISH, channel, encode(envelope))
 
     def joined(self, cid: str) -> None:
         """A connection of this process registered: others learn it now (and from the set)."""
-        self.put(SADD, self.names.connections(self.node_id), cid)
-        self.publish(self.names.presence, Envelope(Kind.JOIN, self.node_id, 0, cid))
+        home = self.home
+        self.put(home, SADD, self.names.connections(self.node_id), cid)
+        envelope = Envelope(Kind.JOIN, self.node_id, 0, cid)
+        self.publish(home, self.names.presence(home.partition), envelope)
 
     def left(self, cid: str) -> None:
         """A connection of this process ended."""
-        self.put(SREM, self.names.connections(self.node_id), cid)
-        self.publish(self.names.presence, Envelope(Kind.LEAVE, self.node_id, 0, cid))
+        home = self.home
+        self.put(home, SREM, self.names.connections(self.node_id), cid)
+        envelope = Envelope(Kind.LEAVE, self.node_id, 0, cid)
+        self.publish(home, self.names.presence(home.partition), envelope)
 
     def topic_changed(self, subscribe: bool, topic: str) -> None:
-        """``topic`` gained its first local subscriber (or lost its last one).  Without a
-        pub/sub connection nothing is queued: the next one subscribes to the topics of its
-        moment."""
-        if self._pubsub is not None:
-            self._changes.append((subscribe, self.names.topic(topic)))
-            self._changes_wake.set()
+        """``topic`` gained its first local subscriber (or lost its last one)."""
+        self.topic_lane(topic).queue_change(subscribe, self.names.topic(topic))
 
-    # ---------------------------------------------------------------- the outbox
+    # ---------------------------------------------------------------- the outboxes
 
-    def put(self, op: int, name: str, value: Any, size: int | None = None) -> bool:
-        """Queue a command for Redis, unless Redis is lost or the outbox full (a PUBLISH or
-        STORE is then lost; presence is rewritten whole once Redis is back); False if it was
-        not queued.  ``size``: what it counts against ``max_pending_bytes`` (default
-        ``len(value)``)."""
+    def put(self, lane: Lane, op: int, name: str, value: Any, size: int | None = None) -> bool:
+        """Queue a command for ``lane``'s Redis, unless it is lost or the outboxes are full (a
+        PUBLISH or STORE is then lost; presence is rewritten whole once Redis is back); False
+        if it was not queued.  ``size``: what it counts against ``max_pending_bytes``
+        (default ``len(value)``)."""
         if size is None:
             size = len(value)
         if (
-            not self._up.is_set()
-            or len(self._outbox) >= self.max_pending
+            not lane.up
+            or self._pending >= self.max_pending
             or self._pending_bytes + size > self.max_pending_bytes
         ):
             if op in (PUBLISH, STORE):
-                self.count_lost(1)
+                self.count_lost(1, lane)
             return False
-        self._outbox.append((op, name, value, size))
+        lane.append((op, name, value, size))
+        self._pending += 1
         self._pending_bytes += size
-        self._wake.set()
         return True
 
-    async def wait_outbox(self) -> None:
-        """Wait until a command is queued."""
-        if not self._outbox:
-            self._wake = trio.Event()
-            await self._wake.wait()
-
-    def take(self, most: int) -> list[tuple[int, str, Any, int]]:
-        """The oldest ``most`` commands queued (fewer if fewer are)."""
-        outbox = self._outbox
-        batch = [outbox.popleft() for _ in range(min(most, len(outbox)))]
+    def take(self, lane: Lane, most: int) -> list[tuple[int, str, Any, int]]:
+        """The oldest ``most`` commands queued on ``lane`` (fewer if fewer are)."""
+        batch = lane.take(most)
+        self._pending -= len(batch)
         self._pending_bytes -= sum(size for _, _, _, size in batch)
         return batch
 
@@ -162,24 +153,26 @@ class BackplaneCore:
         self.published += messages
         self.round_trips += 1
 
-    def failed(self, messages: int) -> None:
+    def failed(self, lane: Lane, messages: int) -> None:
         """A pipeline with ``messages`` PUBLISH commands failed: they are lost, and so is what
-        is still queued (Redis is lost)."""
-        lost = messages + sum(1 for op, _, _, _ in self._outbox if op in (PUBLISH, STORE))
-        self._outbox.clear()
-        self._pending_bytes = 0
+        is still queued on its lane (its Redis is lost)."""
+        rest = self.take(lane, len(lane.outbox))
+        lost = messages + sum(1 for op, _, _, _ in rest if op in (PUBLISH, STORE))
         if lost:
-            self.count_lost(lost)
+            self.count_lost(lost, lane)
 
-    def count_lost(self, n: int) -> None:
+    def count_lost(self, n: int, lane: Lane | None = None) -> None:
         self.lost += n
         now = time.monotonic()
         if now >= self._next_lost_log:
+            where = self.safe_url
+            if lane is not None and len(self.lanes) > 1:
+                where += f" (partition {lane.partition}, {lane.address or 'no master'})"
             self.logger.warning(
                 "backplane %s: %d message(s) could not reach other processes (%s); %d lost in all",
-                self.safe_url,
+                where,
                 self.lost - self._lost_logged,
-                "Redis unreachable" if not self._up.is_set() else "outbox full",
+                "Redis unreachable" if lane is not None and not lane.up else "outbox full",
                 self.lost,
             )
             self._lost_logged = self.lost
@@ -189,83 +182,56 @@ class BackplaneCore:
 
     @property
     def up(self) -> bool:
-        """Redis answered the last command."""
-        return self._up.is_set()
+        """Every lane's Redis answered its last command."""
+        return all(lane.up for lane in self.lanes)
 
     def mark_up(self) -> None:
-        self._up.set()
+        for lane in self.lanes:
+            lane.mark_up()
 
-    def mark_down(self) -> bool:
-        """Redis is lost; False if it was known to be already."""
-        if not self._up.is_set():
-            return False
-        self._up = trio.Event()
-        return True
+    def mark_down(self) -> None:
+        for lane in self.lanes:
+            lane.mark_down()
 
-    async def wait_up(self) -> None:
-        await self._up.wait()
-
-    def reconnected(self) -> None:
+    def reconnected(self, lane: Lane) -> None:
         self.reconnects += 1
-        self._up.set()
+        lane.mark_up()
 
     # ---------------------------------------------------------------- subscriptions
 
-    def pubsub_opened(self, pubsub: Any) -> None:
-        """A new pub/sub connection, subscribed to the channels of this moment: the changes
-        queued before it are in it already."""
-        self._changes.clear()
-        self._applying.clear()
-        self._pubsub = pubsub
-
-    def pubsub_ready(self) -> None:
-        """The new pub/sub connection's subscriptions are in force: publications on topics
-        with history may have been missed while there was none, so the feeds check them
-        against Redis now (not before: one published between that read and the SUBSCRIBE
-        would be missed again)."""
-        self.subscriptions_applied()
+    def subscription_ready(self, lane: Lane) -> None:
+        """``lane``'s new subscription is in force: publications on its topics with history
+        may have been missed while there was none, so the feeds check them against Redis now
+        (not before: one published between that read and the SUBSCRIBE would be missed
+        again)."""
+        lane.subscriptions_applied()
         shared = self.hub.shared if self.hub is not None else None
         if shared is not None:
-            shared.resync()
+            names = self.names
+            if len(self.lanes) == 1:
+                shared.resync()
+            else:
+                shared.resync(lambda topic: names.topic_partition(topic) == lane.partition)
 
-    def subscriptions_applied(self) -> None:
-        """A round of subscription changes is in force."""
-        self._applying.clear()
-        self._applied.set()
-        self._applied = trio.Event()
+    def subscribed_topic(self, topic: str) -> bool:
+        return self.topic_lane(topic).subscribed_channel(self.names.topic(topic))
 
-    async def wait_channel(self, channel: str) -> None:
-        """Wait until Redis delivers ``channel`` here, with no change of it queued or being
-        applied (a topic left and joined again: its UNSUBSCRIBE may be on the way)."""
-        while (
-            not self.subscribed_channel(channel)
-            or channel in self._applying
-            or any(queued == channel for _, queued in self._changes)
-        ):
-            await self._applied.wait()
+    async def wait_topic(self, topic: str) -> None:
+        await self.topic_lane(topic).wait_channel(self.names.topic(topic))
 
-    def pubsub_closed(self) -> None:
-        self._pubsub = None
-
-    def subscribed_channel(self, channel: str) -> bool:
-        pubsub = self._pubsub
-        return pubsub is not None and channel.encode() in pubsub.channels
-
-    async def wait_changes(self) -> None:
-        if not self._changes:
-            self._changes_wake = trio.Event()
-            await self._changes_wake.wait()
-
-    def take_changes(self) -> tuple[list[str], list[str]]:
-        """The channels to subscribe to and to unsubscribe from (the last change of each
-        channel wins)."""
-        wanted: dict[str, bool] = {}
-        while self._changes:
-            subscribe, channel = self._changes.popleft()
-            wanted[channel] = subscribe
-        self._applying.update(wanted)
-        adds = [channel for channel, subscribe in wanted.items() if subscribe]
-        return adds, [channel for channel, subscribe in wanted.items() if not subscribe]
+    def followed_channels(self, lane: Lane) -> list[str]:
+        """The channels ``lane``'s subscription follows now: every process's ``send_all`` and
+        presence of its partition, this process's own channel if it is its partition, and the
+        topics of its partition with local subscribers."""
+        names, p = self.names, lane.partition
+        channels = [names.all(p), names.presence(p)]
+        if lane is self.home:
+            channels.append(names.node(self.node_id))
+        assert self.hub is not None
+        topics = self.hub.followed_topics()
+        if len(self.lanes) > 1:
+            topics = [t for t in topics if names.topic_partition(t) == p]
+        return channels + [names.topic(t) for t in topics]
 
     # ---------------------------------------------------------------- from other processes
 

@@ -1,21 +1,23 @@
-"""The tasks of a running backplane (``_backplane.py``): publisher and subscriber (the
-heartbeat and presence are ``_presence.py``).
+"""The tasks of one lane of a running backplane (``_backplane_lane.py``): publisher and
+subscriber (the heartbeat and presence are ``_presence.py``; where each lane's Redis is,
+``_backplane_run.py``).
 
-They run in one nursery (the server's, through ``RedisBackplane.run``) and work on the
-backplane's state (``_backplane_core.BackplaneCore``) through its methods:
+They run in the lane's nursery and work on the backplane's state
+(``_backplane_core.BackplaneCore``) and the lane's through their methods:
 
-* the **publisher** sends the outbox to Redis, up to ``batch`` commands per pipelined round
-  trip; a failed or timed-out round trip counts its messages as lost and marks Redis down;
-* the **subscriber** keeps one pub/sub connection subscribed to this node's channels (the fixed
-  ones and the topics with local subscribers) and delivers the other processes' messages
-  locally, as coredis hands them over (a handler per channel, coredis's public API: no task
-  switch per message).  After a failure, or when the heartbeat declares Redis lost, it drops
-  that connection and opens a new one once Redis answers again, subscribed to the channels of
-  that moment.  (coredis could retry by itself, but a subscription waiting on a dead
-  connection tells nobody.)  A second task applies topic changes in batches.
+* the **publisher** sends the lane's outbox to its Redis, up to ``batch`` commands per
+  pipelined round trip; a failed or timed-out round trip counts its messages as lost and marks
+  the lane down;
+* the **subscriber** keeps one connection subscribed to the lane's channels (``send_all`` and
+  presence of its partition, this process's own channel on its home lane, and the topics of
+  the partition with local subscribers; ``_backplane_subscription.py``) and delivers the other
+  processes' messages locally as they are read.  After a failure, or when the heartbeat
+  declares the lane's Redis lost, it drops that connection and opens a new one once Redis
+  answers again, subscribed to the channels of that moment.  A second task applies topic
+  changes in batches.
 
-Errors from Redis, the network or a closed connection mean "Redis is lost"; anything else is
-a bug and is raised (it ends ``serve()``, as Trio wants errors to surface).
+Errors from Redis, the network or a closed connection mean "this lane's Redis is lost";
+anything else is a bug and is raised (it ends ``serve()``, as Trio wants errors to surface).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 import trio
 
 from ._backplane_core import BackplaneCore, BackplaneOptions
+from ._backplane_lane import Lane
+from ._backplane_subscription import Subscription
 from ._backplane_wire import (
     PUBLISH,
     SADD,
@@ -36,16 +40,19 @@ from ._backplane_wire import (
     envelope_of,
     refusal,
 )
-from ._history_redis import PUBLISH_SCRIPT, PUBLISH_SHA, publish_args
+from ._history_redis import (
+    PUBLISH_SCRIPT,
+    PUBLISH_SHA,
+    SHARDED_PUBLISH_SCRIPT,
+    SHARDED_PUBLISH_SHA,
+    publish_args,
+)
 from ._presence import Presence, redis_errors
 
-__all__ = ["BackplaneTasks"]
-
-#: Channels per SUBSCRIBE command (coredis waits a second for the acknowledgements of one).
-SUBSCRIBE_CHUNK = 256
+__all__ = ["LaneTasks", "first_error"]
 
 
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The first exception at the bottom of a group (to say what went wrong)."""
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
@@ -53,61 +60,78 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return exc
 
 
-class BackplaneTasks:
-    """The publisher and the subscriber of one running backplane."""
+class LaneTasks:
+    """The publisher, subscriber and presence of one lane, on one Redis client."""
 
-    def __init__(self, options: BackplaneOptions, core: BackplaneCore, client: Any) -> None:
+    def __init__(
+        self, options: BackplaneOptions, core: BackplaneCore, lane: Lane, client: Any
+    ) -> None:
         self.options = options
         self.core = core
+        self.lane = lane
         self.client = client
+        self.sharded = len(core.lanes) > 1
         self.errors = redis_errors()
-        self.presence = Presence(options, core, client, self.down)
+        self.presence = Presence(options, core, lane, client, self.down)
         self.stopping = False
         self._subscriber_scope: trio.CancelScope | None = None
+        self._delay = 0.05  # before the next subscription after a failed one
+        self._in_flight = 0  # messages of the pipeline on its way
+        self._subscribed_once = False
 
-    async def run(self, task_status: trio.TaskStatus[None]) -> None:
+    async def run(self, fresh: bool, task_status: trio.TaskStatus[None]) -> None:
+        """Run until cancelled.  ``fresh``: the backplane is starting (subscribe and write
+        the presence before it says it started); else the lane starts down and its heartbeat
+        finds its Redis (a cluster's partition moved to another master)."""
         async with trio.open_nursery() as nursery:
-            await nursery.start(self._subscriber)
-            await self.presence.start()
+            if fresh:
+                await nursery.start(self._subscriber, True)
+                await self.presence.start()
+            else:
+                nursery.start_soon(self._subscriber, False)
             nursery.start_soon(self._publisher)
             nursery.start_soon(self.presence.heartbeat)
-            shared = self.core.hub.shared if self.core.hub is not None else None
-            if shared is not None:
-                nursery.start_soon(shared.run_repairs)
             task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                self.stopping = True
-                with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + 1.0
-                    await self.presence.withdraw()
 
     def down(self, exc: BaseException) -> None:
-        """Redis is lost: say so once, drop the pub/sub connection (the subscriber opens a new
-        one when the heartbeat finds Redis again)."""
+        """This lane's Redis is lost: say so once, drop its subscription (the subscriber opens
+        a new one when the heartbeat finds Redis again)."""
         if self._subscriber_scope is not None:
             self._subscriber_scope.cancel()
-        if self.core.mark_down() and not self.stopping:
+        if self.lane.mark_down() and not self.stopping:
+            where = self.options.safe_url
+            if self.sharded:
+                where += f" partition {self.lane.partition} (master {self.lane.address})"
             self.options.logger.warning(
                 "backplane %s: Redis unreachable (%s); local delivery goes on, messages"
                 " for other processes (and publications on topics with history, which"
                 " Redis numbers) are dropped until it is back",
-                self.options.safe_url,
+                where,
                 str(exc) or type(exc).__name__,
             )
+
+    def relocated(self, why: str) -> None:
+        """These tasks are cancelled because the lane moved to another master: the messages
+        on their way or queued are lost (counted)."""
+        self.down(RuntimeError(why))
+        in_flight, self._in_flight = self._in_flight, 0
+        self.core.failed(self.lane, in_flight)
 
     # ---------------------------------------------------------------- publishing
 
     async def _publisher(self) -> None:
-        core, options = self.core, self.options
+        core, options, lane = self.core, self.options, self.lane
+        script, sha = PUBLISH_SCRIPT, PUBLISH_SHA
+        if self.sharded:
+            script, sha = SHARDED_PUBLISH_SCRIPT, SHARDED_PUBLISH_SHA
         while True:
-            await core.wait_outbox()
-            batch = core.take(options.batch)
+            await lane.wait_outbox()
+            batch = core.take(lane, options.batch)
             messages = sum(1 for op, _, _, _ in batch if op in (PUBLISH, STORE))
             ttl = int(options.presence_ttl) + 1
             names, node = core.names, core.node_id
             scripts: list[Any] = []
+            self._in_flight = messages
             try:
                 with trio.fail_after(options.command_timeout):
                     # an error answer to one command fails that command only (a script on a
@@ -119,32 +143,37 @@ class BackplaneTasks:
                         loaded = False
                         for op, name, value, _ in batch:
                             if op == PUBLISH:
-                                pipe.publish(name, value)
+                                if self.sharded:
+                                    pipe.spublish(name, value)
+                                else:
+                                    pipe.publish(name, value)
                             elif op == STORE:
                                 if not loaded:  # cheap when cached; a restarted Redis needs it
-                                    pipe.script_load(PUBLISH_SCRIPT)
+                                    pipe.script_load(script)
                                     loaded = True
                                 history, opcode, message = value
                                 head = encode(Envelope(Kind.HISTORY, node, opcode, name))
-                                script = pipe.evalsha(
-                                    PUBLISH_SHA,
+                                result = pipe.evalsha(
+                                    sha,
                                     [names.history(name), names.stream(name), names.topic(name)],
                                     publish_args(history, head, opcode, message),
                                 )
-                                scripts.append((name, script))
+                                scripts.append((name, result))
                             elif op == SADD:
                                 pipe.sadd(name, [value])
                                 pipe.expire(name, ttl)  # a set made anew has no expiry yet
                             elif op == SREM:
                                 pipe.srem(name, [value])
             except self.errors as exc:
+                self._in_flight = 0
                 self.down(exc)
-                core.failed(messages)
+                core.failed(lane, messages)
                 continue
+            self._in_flight = 0
             refused = await self._refused(scripts)
             core.sent(messages - refused)
             if refused:
-                core.count_lost(refused)
+                core.count_lost(refused, lane)
 
     async def _refused(self, scripts: list[Any]) -> int:
         """How many publish scripts of a pipeline Redis answered with an error (logged)."""
@@ -168,58 +197,58 @@ class BackplaneTasks:
 
     # ---------------------------------------------------------------- receiving
 
-    async def _subscriber(self, task_status: trio.TaskStatus[None]) -> None:
-        core = self.core
-        delay = 0.05
-        started = False
+    async def _subscriber(
+        self, fresh: bool, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        lane = self.lane
+        if not fresh:
+            await lane.wait_up()
         while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True, retry_policy=None)
             try:
                 with trio.CancelScope() as self._subscriber_scope:
-                    async with pubsub, trio.open_nursery() as nursery:
-                        core.pubsub_opened(pubsub)  # the channels of this moment, below
-                        await self._subscribe(pubsub, self._channels())
-                        core.pubsub_ready()
-                        delay = 0.05
-                        nursery.start_soon(self._subscriptions, pubsub)
-                        if not started:
-                            task_status.started()
-                            started = True
-                        # the messages go to the channels' handler; what the iterator yields
-                        # (nothing: coredis queues a None for each handled message) is drained
-                        # so that coredis's buffer stays empty
-                        async for _ in pubsub:
-                            pass
-                        nursery.cancel_scope.cancel()
+                    async with self.client.connection_pool.acquire() as connection:
+                        try:
+                            await self._listen(connection, task_status)
+                        finally:
+                            connection.invalidate()  # subscribed: never back to the pool
             except* self.errors as group:
-                if not started:
-                    raise
+                if fresh and not self._subscribed_once:
+                    raise  # at start: the backplane fails to start
                 if not self.stopping:
-                    self.down(_first(group))
+                    self.down(first_error(group))
             finally:
                 self._subscriber_scope = None
-                core.pubsub_closed()
-            await trio.sleep(delay)
-            delay = min(delay * 2, self.options.reconnect_max)
-            await core.wait_up()  # the heartbeat tells when Redis answers again
+                lane.subscription_closed()
+            await trio.sleep(self._delay)
+            self._delay = min(self._delay * 2, self.options.reconnect_max)
+            await lane.wait_up()  # the heartbeat tells when Redis answers again
 
-    def _channels(self) -> list[str]:
-        core = self.core
-        names = core.names
-        channels = [names.all, names.presence, names.node(core.node_id)]
-        assert core.hub is not None
-        return channels + [names.topic(t) for t in core.hub.followed_topics()]
+    async def _listen(self, connection: Any, task_status: trio.TaskStatus[None]) -> None:
+        core, lane = self.core, self.lane
+        subscription = Subscription(
+            connection, self.sharded, self._message, self.options.command_timeout
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read, subscription)
+            lane.subscription_opened(subscription.channels)  # the channels of this moment:
+            await self._subscribe(subscription, core.followed_channels(lane))
+            core.subscription_ready(lane)
+            self._delay = 0.05
+            nursery.start_soon(self._subscriptions, subscription)
+            if not self._subscribed_once:
+                self._subscribed_once = True
+                task_status.started()
 
-    async def _subscribe(self, pubsub: Any, channels: list[str]) -> None:
-        """Subscribe to ``channels``, each with :meth:`_message` as its handler."""
-        for i in range(0, len(channels), SUBSCRIBE_CHUNK):
-            await pubsub.subscribe(
-                **dict.fromkeys(channels[i : i + SUBSCRIBE_CHUNK], self._message)
-            )
+    async def _read(self, subscription: Subscription) -> None:
+        await subscription.run()
+        raise trio.BrokenResourceError("the subscription ended")  # run() returns on EOF only
 
-    def _message(self, message: Any) -> None:
-        """A message on one of our channels (coredis calls it as it reads it)."""
-        envelope = envelope_of(message["data"])
+    async def _subscribe(self, subscription: Subscription, channels: list[str]) -> None:
+        await subscription.subscribe(channels)
+
+    def _message(self, data: bytes) -> None:
+        """A message on one of our channels (called as it is read)."""
+        envelope = envelope_of(data)
         core = self.core
         if envelope is None or (envelope.node == core.node_id and envelope.kind != Kind.HISTORY):
             return  # not ours, or our own (delivered locally already; history is not)
@@ -232,14 +261,13 @@ class BackplaneTasks:
             return
         core.delivered(envelope)
 
-    async def _subscriptions(self, pubsub: Any) -> None:
+    async def _subscriptions(self, subscription: Subscription) -> None:
         """Apply topic changes, batched: one SUBSCRIBE and one UNSUBSCRIBE per round.  A
-        failure fails the pub/sub connection (the subscriber starts a new one)."""
-        core = self.core
+        failure fails the subscription (the subscriber starts a new one)."""
+        lane = self.lane
         while True:
-            await core.wait_changes()
-            adds, removes = core.take_changes()
-            await self._subscribe(pubsub, adds)
-            if removes:
-                await pubsub.unsubscribe(*removes)
-            core.subscriptions_applied()
+            await lane.wait_changes()
+            adds, removes = lane.take_changes()
+            await self._subscribe(subscription, adds)
+            await subscription.unsubscribe(removes)
+            lane.subscriptions_applied()

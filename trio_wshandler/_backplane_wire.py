@@ -15,6 +15,7 @@ import struct
 
 import attrs
 
+from ._cluster_slots import partition_of
 from .codec import is_sendable_close_code
 
 __all__ = [
@@ -128,41 +129,60 @@ def text(value: str | bytes) -> str:
 
 @attrs.frozen
 class Names:
-    """The Redis channel and key names of one backplane (all under ``prefix``)."""
+    """The Redis channel and key names of one backplane (all under ``prefix``).
+
+    With one Redis, ``tags`` is empty and there is one partition.  On a Redis Cluster every
+    name carries the hash tag of its partition (``_cluster_slots.py``): a topic's names the
+    tag of the topic's partition, a process's names the tag of the process's; ``send_all``
+    and presence go to the channel of the sending process's partition, so each process
+    subscribes to those channels of every partition."""
 
     prefix: str
+    tags: tuple[str, ...] = ()
 
     @property
-    def all(self) -> str:
-        """Channel: send_all messages."""
-        return f"{self.prefix}:all"
+    def partitions(self) -> int:
+        return len(self.tags) or 1
 
-    @property
-    def presence(self) -> str:
-        """Channel: connections registered and ended (JOIN, LEAVE)."""
-        return f"{self.prefix}:presence"
+    def _at(self, partition: int) -> str:
+        return f"{self.prefix}:{{{self.tags[partition]}}}" if self.tags else self.prefix
 
-    @property
-    def nodes(self) -> str:
-        """Key: sorted set of live processes, scored by the time their presence expires."""
-        return f"{self.prefix}:nodes"
+    def topic_partition(self, topic: str) -> int:
+        return partition_of(topic, len(self.tags)) if self.tags else 0
+
+    def node_partition(self, node: str) -> int:
+        return partition_of(node, len(self.tags)) if self.tags else 0
+
+    def all(self, partition: int) -> str:
+        """Channel: send_all messages of the processes of ``partition``."""
+        return f"{self._at(partition)}:all"
+
+    def presence(self, partition: int) -> str:
+        """Channel: connections registered and ended (JOIN, LEAVE) in the processes of
+        ``partition``."""
+        return f"{self._at(partition)}:presence"
+
+    def nodes(self, partition: int) -> str:
+        """Key: sorted set of the live processes of ``partition``, scored by the time their
+        presence expires."""
+        return f"{self._at(partition)}:nodes"
 
     def topic(self, topic: str) -> str:
         """Channel: messages published to ``topic``."""
-        return f"{self.prefix}:topic:{topic}"
+        return f"{self._at(self.topic_partition(topic))}:topic:{topic}"
 
     def history(self, topic: str) -> str:
         """Key: hash of a topic's history position: ``o`` its last offset, ``e`` its epoch."""
-        return f"{self.prefix}:history:{topic}"
+        return f"{self._at(self.topic_partition(topic))}:history:{topic}"
 
     def stream(self, topic: str) -> str:
         """Key: stream of a topic's kept publications (entry id ``<offset>-0``)."""
-        return f"{self.prefix}:stream:{topic}"
+        return f"{self._at(self.topic_partition(topic))}:stream:{topic}"
 
     def node(self, node: str) -> str:
         """Channel: messages for the connections of one process (send_one, stop_one)."""
-        return f"{self.prefix}:node:{node}"
+        return f"{self._at(self.node_partition(node))}:node:{node}"
 
     def connections(self, node: str) -> str:
         """Key: set of the connection ids one process holds (expires with its presence)."""
-        return f"{self.prefix}:conns:{node}"
+        return f"{self._at(self.node_partition(node))}:conns:{node}"

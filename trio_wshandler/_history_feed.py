@@ -244,11 +244,12 @@ class SharedHistory:
 
     # ---------------------------------------------------------------- repairs
 
-    def resync(self) -> None:
-        """The pub/sub connection was opened again: what was published meanwhile may be
-        missing here; check every feed against Redis."""
+    def resync(self, which: Callable[[str], bool] | None = None) -> None:
+        """A pub/sub connection was opened again: what was published meanwhile may be
+        missing here; check every feed (or those of the topics ``which`` says, the ones of
+        one partition of a cluster) against Redis."""
         for topic, feed in self.feeds.items():
-            if feed.mirror is not None:
+            if feed.mirror is not None and (which is None or which(topic)):
                 self._repair(topic)
 
     def _repair(self, topic: str) -> None:

@@ -43,6 +43,8 @@ __all__ = [
     "PUBLISH_SCRIPT",
     "PUBLISH_SHA",
     "READ_SCRIPT",
+    "SHARDED_PUBLISH_SCRIPT",
+    "SHARDED_PUBLISH_SHA",
     "Entry",
     "Snapshot",
     "decode_read",
@@ -78,6 +80,11 @@ return offset
 
 #: what ``EVALSHA`` names :data:`PUBLISH_SCRIPT` by
 PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode()).hexdigest()
+
+#: :data:`PUBLISH_SCRIPT` for a Redis Cluster: the publication goes out on the topic's sharded
+#: channel (``SPUBLISH``), which shares the slot of the topic's hash and stream (their hash tag)
+SHARDED_PUBLISH_SCRIPT = PUBLISH_SCRIPT.replace("'PUBLISH', KEYS[3]", "'SPUBLISH', KEYS[3]")
+SHARDED_PUBLISH_SHA = hashlib.sha1(SHARDED_PUBLISH_SCRIPT.encode()).hexdigest()
 
 READ_SCRIPT = """
 local meta, stream = KEYS[1], KEYS[2]

@@ -6,6 +6,11 @@ clock (``TIME``) plus ``presence_ttl``, so the machines' clocks need not agree. 
 ``heartbeat`` seconds it pushes both forward and removes the nodes whose time has passed; a
 node that crashed therefore drops out within ``presence_ttl`` + ``heartbeat``.
 
+On a Redis Cluster these keys are per partition (``_backplane_wire.Names``): a node's set, its
+entry in its partition's sorted set, and its JOIN/LEAVE channel live on its partition's shard,
+so one :class:`Presence` per lane writes this node's presence (on its home lane) and follows the
+nodes of its partition (each lane's Redis scores by its own clock).
+
 Each process also keeps a map of the *other* nodes' connection ids (the remote map of
 ``_backplane_core.BackplaneCore``), so that ``send_one`` knows synchronously where a connection
 is.  It reads a node's whole set
@@ -25,6 +30,7 @@ from typing import Any
 import trio
 
 from ._backplane_core import BackplaneCore, BackplaneOptions
+from ._backplane_lane import Lane
 from ._backplane_wire import text
 
 __all__ = ["FULL_READ_EVERY", "Presence", "redis_errors"]
@@ -56,11 +62,14 @@ class Presence:
         self,
         options: BackplaneOptions,
         core: BackplaneCore,
+        lane: Lane,
         client: Any,
         down: Callable[[BaseException], None],
     ) -> None:
         self.options = options
         self.core = core
+        self.lane = lane
+        self.home = lane is core.home  # this node's presence is written here
         self.client = client
         self.down = down
         self.errors = redis_errors()
@@ -79,14 +88,14 @@ class Presence:
             self._changes.append((joined, cid, node))
 
     async def heartbeat(self) -> None:
-        core, options = self.core, self.options
+        lane, options = self.lane, self.options
         delay = 0.05
         beats = 0
         while True:
-            await trio.sleep(options.heartbeat if core.up else delay)
+            await trio.sleep(options.heartbeat if lane.up else delay)
             try:
                 with trio.fail_after(options.command_timeout):
-                    if core.up:
+                    if lane.up:
                         beats += 1
                         await self._refresh()
                         await self._read(full=beats % FULL_READ_EVERY == 0)
@@ -105,15 +114,19 @@ class Presence:
         core = self.core
         await self.client.ping()
         written = await self._write()
-        core.reconnected()
-        # connections that came or went while the presence was written: their SADD/SREM
-        # were dropped (Redis counted as lost then); queue them now
-        now = self._local_ids()
-        for cid in now - written:
-            core.joined(cid)
-        for cid in written - now:
-            core.left(cid)
-        self.options.logger.warning("backplane %s: Redis reachable again", self.options.safe_url)
+        core.reconnected(self.lane)
+        if self.home:
+            # connections that came or went while the presence was written: their SADD/SREM
+            # were dropped (Redis counted as lost then); queue them now
+            now = self._local_ids()
+            for cid in now - written:
+                core.joined(cid)
+            for cid in written - now:
+                core.left(cid)
+        where = self.options.safe_url
+        if len(core.lanes) > 1:
+            where += f" partition {self.lane.partition} (master {self.lane.address})"
+        self.options.logger.warning("backplane %s: Redis reachable again", where)
         self._nodes.clear()
         await self._read(full=True)
 
@@ -123,7 +136,9 @@ class Presence:
         return float(when.timestamp())
 
     async def _write(self) -> set[str]:
-        """This node's whole presence: its connection ids and its expiry."""
+        """This node's whole presence, on its home lane: its connection ids and its expiry."""
+        if not self.home:
+            return set()
         names, node, ttl = self.core.names, self.core.node_id, self.options.presence_ttl
         key = names.connections(node)
         cids = self._local_ids()
@@ -133,16 +148,18 @@ class Presence:
             if cids:
                 pipe.sadd(key, list(cids))
                 pipe.expire(key, int(ttl) + 1)
-            pipe.zadd(names.nodes, {node: now + ttl})
+            pipe.zadd(names.nodes(self.lane.partition), {node: now + ttl})
         return cids
 
     async def _refresh(self) -> None:
         names, node, ttl = self.core.names, self.core.node_id, self.options.presence_ttl
+        nodes = names.nodes(self.lane.partition)
         now = await self._now()
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zadd(names.nodes, {node: now + ttl})
-            pipe.expire(names.connections(node), int(ttl) + 1)
-            pipe.zremrangebyscore(names.nodes, -math.inf, now)
+            if self.home:
+                pipe.zadd(nodes, {node: now + ttl})
+                pipe.expire(names.connections(node), int(ttl) + 1)
+            pipe.zremrangebyscore(nodes, -math.inf, now)
 
     async def _read(self, full: bool) -> None:
         """Follow the other nodes: drop the vanished, read the sets of the new (all, if
@@ -151,7 +168,8 @@ class Presence:
         from coredis.tokens import PureToken
 
         now = await self._now()
-        live = await client.zrange(core.names.nodes, now, "+inf", sortby=PureToken.BYSCORE)
+        nodes_key = core.names.nodes(self.lane.partition)
+        live = await client.zrange(nodes_key, now, "+inf", sortby=PureToken.BYSCORE)
         others = {text(n) for n in live} - {core.node_id}
         vanished = self._nodes - others
         if vanished:
@@ -178,11 +196,11 @@ class Presence:
     async def withdraw(self) -> None:
         """Stopping: leave the cluster's view at once (best effort, bounded by the caller)."""
         core = self.core
-        if not core.up:
+        if not self.home or not self.lane.up:
             return
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.zrem(core.names.nodes, [core.node_id])
+                pipe.zrem(core.names.nodes(self.lane.partition), [core.node_id])
                 pipe.delete([core.names.connections(core.node_id)])
         except Exception:  # best effort: the presence expires anyway
             pass

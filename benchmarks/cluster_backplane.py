@@ -1,0 +1,227 @@
+"""Past one Redis: the same cross-process fan-out through one Redis and through a Redis
+Cluster of three masters (sharded pub/sub), in one run (the figures in docs/scaling.md).
+
+    python benchmarks/cluster_backplane.py [--rate 2000] [--seconds 5] [--turns 2]
+
+Each turn starts, for each setup, ``--processes`` (4) processes of this library, each a
+handler with a RedisBackplane (one Redis: ``redis://``; the cluster: ``redis+cluster://``,
+12 partitions) following ``--topics`` topics (spread over every partition, so over every
+shard), and publishing ``--rate`` messages per second of ``--size`` bytes to them in turn for
+``--seconds``.  Every message reaches the three other processes.  Measured: messages
+published and delivered per second, each Redis process's CPU per published message (from
+/proc), and the library processes' CPU per message delivered to them.  Targets (issue #22):
+the busiest shard's CPU per message at most 0.5x one Redis's, and the processes' cost at most
+1.2x.  Needs Redis 7 with redis-cli (``tests/redis_cluster.py`` says where it looks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from redis_cluster import RedisCluster, cluster_binaries  # noqa: E402
+from redis_server import RedisServer  # noqa: E402
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+# ------------------------------------------------------------------ one library process
+
+
+async def node(url: str, prefix: str, topics: int, rate: int, seconds: float, size: int) -> None:
+    """Follow the topics, say ``ready``, wait for ``go`` on stdin, publish, report JSON."""
+    from trio_wshandler import RedisBackplane, WebSocketHandler
+
+    backplane = RedisBackplane(url, prefix=prefix, max_pending=100_000)
+    handler = WebSocketHandler(backplane=backplane)
+    names = [f"topic-{i}" for i in range(topics)]
+    payload = "x" * size
+    async with trio.open_nursery() as nursery:
+        await nursery.start(backplane.run, handler)
+        for topic in names:  # what a first local subscriber does
+            backplane.topic_added(topic)
+        with trio.fail_after(30):
+            for topic in names:
+                await backplane.wait_following(topic)
+        print("ready", flush=True)
+        await trio.to_thread.run_sync(sys.stdin.readline)
+        cpu0, start = time.process_time(), trio.current_time()
+        received0 = backplane.received
+        tick, sent = 0.01, 0
+        while (now := trio.current_time() - start) < seconds:
+            due = int(now * rate) + 1
+            while sent < due:
+                handler.publish(names[sent % topics], payload)
+                sent += 1
+            await trio.sleep(tick)
+        await trio.sleep(1.0)  # what is still on its way arrives
+        report = {
+            "published": sent,
+            "received": backplane.received - received0,
+            "lost": backplane.lost,
+            "cpu": time.process_time() - cpu0,
+        }
+        print(json.dumps(report), flush=True)
+        nursery.cancel_scope.cancel()
+
+
+# ------------------------------------------------------------------ the parent
+
+
+def run_setup(
+    url: str, redis_pids: dict[str, int], args: argparse.Namespace, prefix: str
+) -> dict[str, Any]:
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--node",
+                url,
+                prefix,
+                str(args.topics),
+                str(args.rate),
+                str(args.seconds),
+                str(args.size),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for _ in range(args.processes)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"a node did not start: {line!r}")
+        cpu0 = {name: cpu_seconds(pid) for name, pid in redis_pids.items()}
+        started = time.perf_counter()
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        reports = []
+        for proc in procs:
+            assert proc.stdout is not None
+            reports.append(json.loads(proc.stdout.readline()))
+        elapsed = time.perf_counter() - started
+        cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in redis_pids.items()}
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    published = sum(r["published"] for r in reports)
+    received = sum(r["received"] for r in reports)
+    return {
+        "published_per_s": published / args.seconds,
+        "delivered_per_s": received / elapsed,
+        "complete": received == published * (args.processes - 1)
+        and not any(r["lost"] for r in reports),
+        "redis_us_per_message": {n: c / published * 1e6 for n, c in cpu.items()},
+        "process_us_per_delivery": sum(r["cpu"] for r in reports) / max(received, 1) * 1e6,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--topics", type=int, default=24)
+    parser.add_argument("--rate", type=int, default=2000, help="messages/s per process")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--turns", type=int, default=2)
+    parser.add_argument("--replicas", type=int, default=1, help="replicas per master")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--node", nargs=6, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.node:
+        url, prefix, topics, rate, seconds, size = args.node
+        trio.run(node, url, prefix, int(topics), int(rate), float(seconds), int(size))
+        return 0
+    found = cluster_binaries()
+    if isinstance(found, str):
+        raise SystemExit(f"cannot run: {found}")
+    server, cli = found
+    single = RedisServer(server)
+    single.start()
+    cluster = RedisCluster(server, cli, masters=3, replicas=args.replicas)
+    cluster.start()
+    rows: dict[str, list[dict[str, Any]]] = {"one": [], "cluster": []}
+    try:
+        assert single.process is not None
+        masters = sorted(cluster.slots_of())
+        for turn in range(args.turns):
+            one = run_setup(single.url, {"redis": single.process.pid}, args, f"b1t{turn}")
+            pids = {f"master {i + 1}": cluster.processes[p].pid for i, p in enumerate(masters)}
+            pids.update(
+                {f"replica of {i + 1}": cluster.processes[r].pid
+                 for i, p in enumerate(masters) for r in cluster.shards().get(p, [])}
+            )  # fmt: skip
+            many = run_setup(cluster.url, pids, args, f"bct{turn}")
+            rows["one"].append(one)
+            rows["cluster"].append(many)
+            print(f"# turn {turn + 1}: one {one}\n#   cluster {many}", file=sys.stderr)
+    finally:
+        single.stop()
+        cluster.stop()
+    med = {
+        kind: {
+            "published_per_s": statistics.median(r["published_per_s"] for r in rs),
+            "delivered_per_s": statistics.median(r["delivered_per_s"] for r in rs),
+            "process_us": statistics.median(r["process_us_per_delivery"] for r in rs),
+            "redis_us": {
+                name: statistics.median(r["redis_us_per_message"][name] for r in rs)
+                for name in rs[0]["redis_us_per_message"]
+            },
+            "complete": all(r["complete"] for r in rs),
+        }
+        for kind, rs in rows.items()
+    }
+    one, many = med["one"], med["cluster"]
+    single_us = one["redis_us"]["redis"]
+    shard_us = {n: us for n, us in many["redis_us"].items() if n.startswith("master")}
+    busiest = max(shard_us.values())
+    print(f"{args.processes} processes, {args.topics} topics, {args.rate} msg/s each of"
+          f" {args.size} B, {args.seconds} s, median of {args.turns} turn(s)\n")  # fmt: skip
+    print("| setup | published msg/s | delivered msg/s | Redis CPU us per message |"
+          " process CPU us per delivery |")  # fmt: skip
+    print("|---|---:|---:|---|---:|")
+    for kind, label in (("one", "one Redis"), ("cluster", "3-master cluster")):
+        m = med[kind]
+        redis = ", ".join(f"{n}: {us:.2f}" for n, us in m["redis_us"].items())
+        print(
+            f"| {label} | {m['published_per_s']:,.0f} | {m['delivered_per_s']:,.0f} | {redis} |"
+            f" {m['process_us']:.1f} |" + ("" if m["complete"] else " incomplete")
+        )
+    print(
+        f"\nbusiest shard / one Redis, CPU per message: {busiest / single_us:.2f}x"
+        f" (target <= 0.5x); all masters together: {sum(shard_us.values()) / single_us:.2f}x;"
+        f" process cost: {many['process_us'] / one['process_us']:.2f}x (target <= 1.2x)"
+    )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0 if one["complete"] and many["complete"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
