@@ -139,7 +139,8 @@ def bench(session: nox.Session) -> None:
     receive (echo, uploads, a chat room: about 10 minutes), the operations benchmark (the
     counters' cost, 1 and 2 workers: about 10 minutes), garbage collection at 10,000
     connections (about 5 minutes), topic history in one process and with Redis (about two
-    minutes) and a broadcast under Hypercorn (the ASGI mount, about 4 minutes);
+    minutes), a broadcast under Hypercorn (the ASGI mount, about 4 minutes) and the backplane
+    through one Redis and through a Redis Cluster (about 2 minutes, with Redis 7);
     ``nox -s bench -- --quick``: smoke run (other arguments go to run.py)."""
     session.install(*BENCH_DEPS)
     binary = redis_server(session)
@@ -152,6 +153,8 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/history.py", *quick, env=env)
     session.run("python", "benchmarks/history_redis.py", *quick, env=env)
     session.run("python", "benchmarks/asgi_fanout.py", *(["--clients", "100"] if quick else []))
+    cluster = ["--turns", "1", "--seconds", "2"] if quick else []
+    session.run("python", "benchmarks/cluster_backplane.py", *cluster, env=env)
 
 
 @nox.session(name="bench_smoke", python="3.11")
@@ -174,3 +177,6 @@ def bench_smoke(session: nox.Session) -> None:
     # exits non-zero if a round lost deliveries
     asgi = ["--clients", "20", "--sizes", "64", "--repeat", "1", "--total", "2000"]
     session.run("python", "benchmarks/asgi_fanout.py", *asgi)
+    # exits non-zero if a message did not cross; says why and exits 0 without Redis 7
+    cluster = ["--turns", "1", "--seconds", "1", "--rate", "200", "--if-redis7"]
+    session.run("python", "benchmarks/cluster_backplane.py", *cluster, env=env)

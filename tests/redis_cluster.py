@@ -7,7 +7,8 @@ it says version 7 or later, with ``redis-cli`` beside it or on PATH (Debian's
 ``redis-server`` package, which ``.ci/run`` installs when it runs as root).  Otherwise
 :func:`cluster_binaries` says why, and the tests skip with that reason.
 
-``cluster-node-timeout`` is 1 s, so a killed master's replica takes over within a few seconds;
+``cluster-node-timeout`` is 1 s (unless told), so a killed master's replica takes over within a
+few seconds;
 ``cluster-require-full-coverage no``, so a shard that is lost whole (master and replica) does
 not stop the others from answering.
 """
@@ -75,8 +76,11 @@ def _free_ports(count: int) -> list[int]:
 class RedisCluster:
     """``masters`` shards of one master and ``replicas`` replicas each, on loopback."""
 
-    def __init__(self, server: str, cli: str, masters: int = 3, replicas: int = 1) -> None:
+    def __init__(
+        self, server: str, cli: str, masters: int = 3, replicas: int = 1, node_timeout: int = 1000
+    ) -> None:
         self.server, self.cli = server, cli
+        self.node_timeout = node_timeout
         self.masters, self.replicas = masters, replicas
         self.ports = _free_ports(masters * (1 + replicas))
         self.dir = tempfile.mkdtemp(prefix="redis-cluster-")
@@ -107,7 +111,7 @@ class RedisCluster:
 
     def _start_node(self, port: int) -> None:
         args = [self.server, "--port", str(port), "--bind", "127.0.0.1"]
-        args += ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"]
+        args += ["--cluster-enabled", "yes", "--cluster-node-timeout", str(self.node_timeout)]
         args += ["--cluster-config-file", os.path.join(self.dir, f"nodes-{port}.conf")]
         args += ["--cluster-require-full-coverage", "no"]
         args += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", self.dir]

@@ -343,12 +343,16 @@ class RedisBackplane:
 
     async def partition_spread(self) -> dict[str, int]:
         """How many partitions each master of the cluster serves now, read from the
-        cluster's slot map (``{"host:port": count}``; one Redis: ``{url: 1}``)."""
+        cluster's slot map (``{"host:port": count}``, ``"none"`` for the partitions no master
+        serves; one Redis: ``{url: 1}``)."""
         if self._run is None:
             raise BackplaneError("the backplane is not running (serve() starts it)")
         counts: dict[str, int] = {}
         for master in await self._run.masters():
-            name = self.safe_url if master is None else f"{master[0]}:{master[1]}"
+            if master is None:  # one Redis; on a cluster, a partition no master serves now
+                name = self.safe_url if self.cluster is None else "none"
+            else:
+                name = f"{master[0]}:{master[1]}"
             counts[name] = counts.get(name, 0) + 1
         return counts
 

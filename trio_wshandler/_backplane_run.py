@@ -17,15 +17,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
 import trio
 
 from ._backplane_core import BackplaneCore, BackplaneOptions
 from ._backplane_lane import Lane
+from ._backplane_pipeline import Pipelines
+from ._backplane_subscription import SharedSubscription
 from ._backplane_tasks import LaneTasks
 from ._cluster_slots import key_slot
 from ._presence import redis_errors
 
-__all__ = ["Address", "BackplaneRun", "masters_by_partition"]
+__all__ = ["Address", "BackplaneRun", "Link", "masters_by_partition"]
 
 #: (host, port) of one Redis; None: the URL's (one Redis)
 Address = tuple[str, int] | None
@@ -57,6 +60,15 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+@attrs.frozen
+class Link:
+    """One Redis's client, and the pipelines and the subscription its lanes share."""
+
+    client: Any
+    pipelines: Pipelines
+    subscription: SharedSubscription
+
+
 class BackplaneRun:
     """The running parts of one backplane (see the module's docstring)."""
 
@@ -74,27 +86,34 @@ class BackplaneRun:
         self.known: list[Address] = list(startup)  # nodes to ask for the slot map
         self.errors = redis_errors()
         self.runners: list[LaneRunner] = []
-        self._clients: dict[Address, Any] = {}
+        self._links: dict[Address, Link] = {}
         self._holders: trio.Nursery | None = None
         self._holding: list[trio.CancelScope] = []
 
-    async def client(self, address: Address) -> Any:
-        """The client of ``address`` (opened on first use, closed when the backplane stops)."""
-        client = self._clients.get(address)
-        if client is None:
+    async def link(self, address: Address) -> Link:
+        """The client of ``address`` and its pipelines (opened on first use, closed when the
+        backplane stops)."""
+        link = self._links.get(address)
+        if link is None:
             assert self._holders is not None
-            client = await self._holders.start(self._hold, address)
-        return client
+            link = await self._holders.start(self._hold, address)
+        return link
 
-    async def _hold(self, address: Address, task_status: trio.TaskStatus[Any]) -> None:
+    async def _hold(self, address: Address, task_status: trio.TaskStatus[Link]) -> None:
         """Keep one client open, in a task of its own (coredis enters and leaves a client in
-        the same task); shielded, so that the lanes can still use it while they stop."""
+        the same task), sending its pipelines; shielded, so that the lanes can still use it
+        while they stop."""
         with trio.CancelScope(shield=True) as scope:
             self._holding.append(scope)
             async with self.new_client(address) as client:
-                self._clients[address] = client
-                task_status.started(client)
-                await trio.sleep_forever()
+                timeout = self.options.command_timeout
+                pipelines = Pipelines(client, timeout, self.errors)
+                shared = SharedSubscription(client, self.cluster, timeout, self.errors)
+                link = self._links[address] = Link(client, pipelines, shared)
+                task_status.started(link)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(pipelines.run)
+                    nursery.start_soon(shared.run)
 
     def client_of(self, lane: Lane) -> Any:
         """The client ``lane`` uses now.
@@ -103,7 +122,10 @@ class BackplaneRun:
         """
         if not self.runners:
             raise LookupError("not running")
-        return self.runners[lane.partition].client
+        link = self.runners[lane.partition].link
+        if link is None:
+            raise LookupError("not running")
+        return link.client
 
     async def masters(self) -> list[Address]:
         """Each partition's master now, from the first known node that answers (one Redis:
@@ -117,7 +139,7 @@ class BackplaneRun:
         for address in list(self.known):
             with trio.move_on_after(self.options.command_timeout):
                 try:
-                    shards = await (await self.client(address)).cluster_shards()
+                    shards = await (await self.link(address)).client.cluster_shards()
                 except self.errors:
                     continue
                 found = masters_by_partition(shards, tags)
@@ -151,7 +173,7 @@ class BackplaneRun:
                                 await runner.withdraw()
             finally:
                 self.runners = []
-                self._clients.clear()
+                self._links.clear()
                 for scope in self._holding:
                     scope.cancel()
 
@@ -176,7 +198,7 @@ class LaneRunner:
         self.owner = run
         self.lane = lane
         self.address = address
-        self.client: Any = None
+        self.link: Link | None = None
         self.tasks: LaneTasks | None = None
         self._scope: trio.CancelScope | None = None
 
@@ -187,14 +209,17 @@ class LaneRunner:
             address = self.address
             lane.address = "" if address is None else f"{address[0]}:{address[1]}"
             try:
-                self.client = await owner.client(address)
+                self.link = await owner.link(address)
             except owner.errors:
                 if fresh:
                     raise
                 await trio.sleep(owner.options.reconnect_max)
                 continue
             with trio.CancelScope() as self._scope:
-                self.tasks = LaneTasks(owner.options, owner.core, lane, self.client)
+                link = self.link
+                self.tasks = LaneTasks(
+                    owner.options, owner.core, lane, link.client, link.pipelines, link.subscription
+                )
                 await self.tasks.run(fresh, task_status)
                 await trio.sleep_forever()
             fresh = False

@@ -1,17 +1,22 @@
-"""Where a lane listens: one Redis connection subscribed to the lane's channels.
+"""Where the lanes listen: one Redis connection per Redis, subscribed to the channels of every
+lane on it.
 
 With one Redis the channels are classic (``SUBSCRIBE``); on a Redis Cluster they are sharded
-(``SSUBSCRIBE``: the master that owns a channel's slot delivers it, and only it).  Both run on
-a coredis connection taken from the lane's client (its public connection API: ``send_command``
-and the RESP3 ``push_messages``), not on coredis's ``PubSub`` classes: its ``ShardedPubSub``
-holds a connection to every master and fails as a whole when one of them does, where a
-backplane must lose only the partitions of the master that failed.
+(``SSUBSCRIBE``: the master that owns a channel's slot delivers it, and only it).  The lanes
+(partitions) served by one master share its :class:`SharedSubscription`, as they share its
+pipelines (``_backplane_pipeline.py``): a master writes each process one stream of messages,
+not one per partition.  Each lane subscribes and leaves its own channels through a
+:class:`LaneSubscription` (one ``SSUBSCRIBE`` per lane and round: a lane's channels share a
+slot) and learns there when the connection is lost.
 
-Messages go to the handler as they are read (no task switch per message).  The connection is
-lost (:class:`SubscriptionLost`, or coredis's ``ConnectionError``) when Redis closes it, when
-Redis answers a subscription with an error (``MOVED``: the slot has another master now), or
-when Redis ends a subscription nobody asked to end (a cluster does that to the subscribers of
-a slot that moved to another master).
+The connection is a coredis one, taken from the client's pool (its public connection API:
+``send_command`` and the RESP3 ``push_messages``), not one of coredis's ``PubSub`` classes: its
+``ShardedPubSub`` holds a connection to every master and fails as a whole when one of them
+does, where a backplane must lose only the partitions of the master that failed.  Messages go
+to their lane's handler as they are read (no task switch per message).  The connection is
+lost when Redis closes it, when Redis answers a subscription with an error (``MOVED``: the
+slot has another master now), or when Redis ends a subscription nobody asked to end (a cluster
+does that to the subscribers of a slot that moved): every lane on it then starts again.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 import trio
 
-__all__ = ["SUBSCRIBE_CHUNK", "Subscription", "SubscriptionLost"]
+__all__ = ["SUBSCRIBE_CHUNK", "LaneSubscription", "SharedSubscription", "SubscriptionLost"]
 
 #: Channels per SUBSCRIBE command (each command's acknowledgements are awaited together).
 SUBSCRIBE_CHUNK = 256
@@ -32,79 +37,203 @@ _UNSUBSCRIBED = (b"unsubscribe", b"sunsubscribe")
 
 
 class SubscriptionLost(Exception):
-    """Redis refused a subscription, or ended one unasked (its slot moved)."""
+    """Redis refused a subscription, ended one unasked (its slot moved), or the connection
+    closed."""
 
 
-class Subscription:
-    """The channels one connection is subscribed to, and its reader."""
+class SharedSubscription:
+    """One subscribed connection to one Redis, for the lanes on it (a task of the backplane
+    runs :meth:`run` for as long as the client)."""
+
+    def __init__(
+        self, client: Any, sharded: bool, timeout: float, errors: tuple[type[BaseException], ...]
+    ) -> None:
+        self.client = client
+        self.sharded = sharded
+        self.timeout = timeout
+        self.errors = errors
+        self._connection: Any = None
+        self._routes: dict[str, Callable[[bytes], None]] = {}
+        self._acks: dict[str, trio.Event] = {}  # subscriptions and unsubscriptions awaited
+        self._quiet: set[str] = set()  # left by a lane that went away: no one awaits it
+        self._users = 0
+        self._wanted = trio.Event()
+        self._opened = trio.Event()  # set while a connection is open
+        self._lost = trio.Event()  # set when the current connection is lost
+        self._error: BaseException = SubscriptionLost("not connected")
+
+    @property
+    def error(self) -> BaseException:
+        """Why the last connection was lost (or could not be opened)."""
+        return self._error
+
+    async def run(self) -> None:
+        """Open a connection while some lane wants one; read it until it is lost."""
+        while True:
+            if not self._users:
+                self._wanted = trio.Event()
+                await self._wanted.wait()
+            try:
+                async with self.client.connection_pool.acquire() as connection:
+                    try:
+                        self._connection = connection
+                        self._opened.set()
+                        await self._read(connection)
+                    finally:
+                        connection.invalidate()  # subscribed: never back to the pool
+            except* self.errors as group:
+                leaf: BaseException = group
+                while isinstance(leaf, BaseExceptionGroup):
+                    leaf = leaf.exceptions[0]
+                self._error = leaf
+            finally:
+                self._connection = None
+                self._opened = trio.Event()
+                self._lost.set()
+                self._lost = trio.Event()
+                for event in self._acks.values():
+                    event.set()  # their waiters find the connection lost
+                self._acks.clear()
+                self._quiet.clear()
+            await trio.sleep(0.05)  # the lanes come back after their own backoff
+
+    async def attach(self, deliver: Callable[[bytes], None]) -> LaneSubscription:
+        """A lane's subscription on the connection (opened if there is none).
+
+        :raises Exception: the connection could not be opened (one of ``errors``), or not
+            within ``timeout`` (``trio.TooSlowError``).
+        """
+        self._users += 1
+        self._wanted.set()
+        try:
+            lost = self._lost
+            with trio.fail_after(self.timeout):
+                while not self._opened.is_set():
+                    await _first_of(self._opened, lost)
+                    if lost.is_set() and not self._opened.is_set():
+                        raise self._error
+        except BaseException:
+            self._users -= 1
+            raise
+        return LaneSubscription(self, self._connection, self._lost, deliver)
+
+    def detach(self, view: LaneSubscription) -> None:
+        self._users -= 1
+        for channel in view.channels:
+            self._routes.pop(channel, None)
+        if view.channels and view.connection is self._connection and self._connection:
+            command = b"SUNSUBSCRIBE" if self.sharded else b"UNSUBSCRIBE"
+            self._quiet.update(view.channels)
+            self._connection.send_command(command, *view.channels)  # unacknowledged
+
+    def send(self, view: LaneSubscription, command: bytes, channels: list[str]) -> list[trio.Event]:
+        if view.connection is not self._connection:
+            raise self._error
+        events = [self._acks.setdefault(c, trio.Event()) for c in channels]
+        view.connection.send_command(command, *channels)
+        return events
+
+    def route(self, channel: str, deliver: Callable[[bytes], None] | None) -> None:
+        if deliver is None:
+            self._routes.pop(channel, None)
+        else:
+            self._routes[channel] = deliver
+
+    async def _read(self, connection: Any) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._errors, connection)
+            async for push in connection.push_messages:
+                kind = push[0]
+                if kind in _MESSAGES:
+                    deliver = self._routes.get(_text(push[1]))
+                    if deliver is not None:
+                        deliver(push[2])
+                    continue
+                channel = _text(push[1])
+                event = self._acks.pop(channel, None)
+                if event is not None:
+                    event.set()
+                elif kind in _UNSUBSCRIBED and channel in self._quiet:
+                    self._quiet.discard(channel)
+                elif kind in _UNSUBSCRIBED and self.sharded:
+                    raise SubscriptionLost(f"Redis ended the subscription to {channel!r}")
+            raise SubscriptionLost("the subscription connection closed")
+
+    async def _errors(self, connection: Any) -> None:
+        """An answer that is not a push message: only an error can come (to a subscribe)."""
+        async for answer in connection.streamed_messages:
+            raise SubscriptionLost(f"Redis refused a subscription: {answer}")
+
+
+class LaneSubscription:
+    """One lane's channels on a :class:`SharedSubscription`'s connection."""
 
     def __init__(
         self,
+        shared: SharedSubscription,
         connection: Any,
-        sharded: bool,
+        lost: trio.Event,
         deliver: Callable[[bytes], None],
-        timeout: float,
     ) -> None:
+        self.shared = shared
         self.connection = connection
-        self.sharded = sharded
+        self._lost = lost
         self.deliver = deliver
-        self.timeout = timeout
         #: the channels in force (acknowledged by Redis)
         self.channels: set[str] = set()
-        self._waiting: dict[str, trio.Event] = {}
-        self._leaving: dict[str, trio.Event] = {}
 
     async def subscribe(self, channels: list[str]) -> None:
-        """Subscribe to ``channels``: sent in chunks, each chunk's acknowledgements awaited.
+        """Subscribe to ``channels`` (their messages go to ``deliver``), in chunks, each
+        chunk's acknowledgements awaited.
 
-        :raises trio.TooSlowError: not acknowledged within ``timeout``.
+        :raises Exception: the connection was lost, or ``trio.TooSlowError``: not
+            acknowledged within the timeout.
         """
-        command = b"SSUBSCRIBE" if self.sharded else b"SUBSCRIBE"
+        shared = self.shared
+        command = b"SSUBSCRIBE" if shared.sharded else b"SUBSCRIBE"
         for i in range(0, len(channels), SUBSCRIBE_CHUNK):
             chunk = channels[i : i + SUBSCRIBE_CHUNK]
-            events = [self._waiting.setdefault(c, trio.Event()) for c in chunk]
-            self.connection.send_command(command, *chunk)
-            with trio.fail_after(self.timeout):
-                for event in events:
-                    await event.wait()
+            for channel in chunk:
+                shared.route(channel, self.deliver)
+            await self._acknowledged(shared.send(self, command, chunk))
+            self.channels.update(chunk)
 
     async def unsubscribe(self, channels: list[str]) -> None:
-        """Leave ``channels``; their acknowledgements are awaited.
-
-        :raises trio.TooSlowError: not acknowledged within ``timeout``.
-        """
+        """Leave ``channels``; their acknowledgements are awaited (as :meth:`subscribe`)."""
         if not channels:
             return
-        events = [self._leaving.setdefault(c, trio.Event()) for c in channels]
-        self.connection.send_command(b"SUNSUBSCRIBE" if self.sharded else b"UNSUBSCRIBE", *channels)
-        with trio.fail_after(self.timeout):
+        shared = self.shared
+        command = b"SUNSUBSCRIBE" if shared.sharded else b"UNSUBSCRIBE"
+        events = shared.send(self, command, channels)
+        self.channels.difference_update(channels)
+        for channel in channels:
+            shared.route(channel, None)
+        await self._acknowledged(events)
+
+    async def wait_lost(self) -> None:
+        """Return when the connection is lost (raise its error)."""
+        await self._lost.wait()
+        raise self.shared.error
+
+    async def _acknowledged(self, events: list[trio.Event]) -> None:
+        with trio.fail_after(self.shared.timeout):
             for event in events:
                 await event.wait()
+        if self._lost.is_set():
+            raise self.shared.error
 
-    async def run(self) -> None:
-        """Read until the connection is lost (raises: see the module's docstring)."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._errors)
-            async for push in self.connection.push_messages:
-                kind = push[0]
-                if kind in _MESSAGES:
-                    self.deliver(push[2])
-                    continue
-                channel = push[1].decode() if isinstance(push[1], bytes) else str(push[1])
-                if kind in _SUBSCRIBED:
-                    self.channels.add(channel)
-                    event = self._waiting.pop(channel, None)
-                    if event is not None:
-                        event.set()
-                elif kind in _UNSUBSCRIBED:
-                    self.channels.discard(channel)
-                    event = self._leaving.pop(channel, None)
-                    if event is not None:
-                        event.set()
-                    elif self.sharded:
-                        raise SubscriptionLost(f"Redis ended the subscription to {channel!r}")
 
-    async def _errors(self) -> None:
-        """An answer that is not a push message: only an error can come (to a subscribe)."""
-        async for answer in self.connection.streamed_messages:
-            raise SubscriptionLost(f"Redis refused a subscription: {answer}")
+async def _first_of(*events: trio.Event) -> None:
+    """Wait until one of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+        for event in events:
+
+            async def wait(event: trio.Event = event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -6,8 +6,8 @@ They run in the lane's nursery and work on the backplane's state
 (``_backplane_core.BackplaneCore``) and the lane's through their methods:
 
 * the **publisher** sends the lane's outbox to its Redis, up to ``batch`` commands per
-  pipelined round trip; a failed or timed-out round trip counts its messages as lost and marks
-  the lane down;
+  pipelined round trip (shared with the other lanes on that Redis, ``_backplane_pipeline.py``);
+  a failed or timed-out round trip counts its messages as lost and marks the lane down;
 * the **subscriber** keeps one connection subscribed to the lane's channels (``send_all`` and
   presence of its partition, this process's own channel on its home lane, and the topics of
   the partition with local subscribers; ``_backplane_subscription.py``) and delivers the other
@@ -22,13 +22,15 @@ anything else is a bug and is raised (it ends ``serve()``, as Trio wants errors 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import trio
 
 from ._backplane_core import BackplaneCore, BackplaneOptions
 from ._backplane_lane import Lane
-from ._backplane_subscription import Subscription
+from ._backplane_pipeline import Pipelines
+from ._backplane_subscription import LaneSubscription, SharedSubscription
 from ._backplane_wire import (
     PUBLISH,
     SADD,
@@ -64,12 +66,20 @@ class LaneTasks:
     """The publisher, subscriber and presence of one lane, on one Redis client."""
 
     def __init__(
-        self, options: BackplaneOptions, core: BackplaneCore, lane: Lane, client: Any
+        self,
+        options: BackplaneOptions,
+        core: BackplaneCore,
+        lane: Lane,
+        client: Any,
+        pipelines: Pipelines,
+        shared: SharedSubscription,
     ) -> None:
         self.options = options
         self.core = core
         self.lane = lane
         self.client = client
+        self.pipelines = pipelines
+        self.shared = shared
         self.sharded = len(core.lanes) > 1
         self.errors = redis_errors()
         self.presence = Presence(options, core, lane, client, self.down)
@@ -120,50 +130,14 @@ class LaneTasks:
     # ---------------------------------------------------------------- publishing
 
     async def _publisher(self) -> None:
-        core, options, lane = self.core, self.options, self.lane
-        script, sha = PUBLISH_SCRIPT, PUBLISH_SHA
-        if self.sharded:
-            script, sha = SHARDED_PUBLISH_SCRIPT, SHARDED_PUBLISH_SHA
+        core, lane = self.core, self.lane
         while True:
             await lane.wait_outbox()
-            batch = core.take(lane, options.batch)
+            batch = core.take(lane, self.options.batch)
             messages = sum(1 for op, _, _, _ in batch if op in (PUBLISH, STORE))
-            ttl = int(options.presence_ttl) + 1
-            names, node = core.names, core.node_id
-            scripts: list[Any] = []
             self._in_flight = messages
             try:
-                with trio.fail_after(options.command_timeout):
-                    # an error answer to one command fails that command only (a script on a
-                    # key someone changed the type of is not "Redis lost"); a connection
-                    # error still fails the pipeline
-                    async with self.client.pipeline(
-                        transaction=False, raise_on_error=False
-                    ) as pipe:
-                        loaded = False
-                        for op, name, value, _ in batch:
-                            if op == PUBLISH:
-                                if self.sharded:
-                                    pipe.spublish(name, value)
-                                else:
-                                    pipe.publish(name, value)
-                            elif op == STORE:
-                                if not loaded:  # cheap when cached; a restarted Redis needs it
-                                    pipe.script_load(script)
-                                    loaded = True
-                                history, opcode, message = value
-                                head = encode(Envelope(Kind.HISTORY, node, opcode, name))
-                                result = pipe.evalsha(
-                                    sha,
-                                    [names.history(name), names.stream(name), names.topic(name)],
-                                    publish_args(history, head, opcode, message),
-                                )
-                                scripts.append((name, result))
-                            elif op == SADD:
-                                pipe.sadd(name, [value])
-                                pipe.expire(name, ttl)  # a set made anew has no expiry yet
-                            elif op == SREM:
-                                pipe.srem(name, [value])
+                scripts = await self.pipelines.send(partial(self._build, batch))
             except self.errors as exc:
                 self._in_flight = 0
                 self.down(exc)
@@ -174,6 +148,40 @@ class LaneTasks:
             core.sent(messages - refused)
             if refused:
                 core.count_lost(refused, lane)
+
+    def _build(self, batch: list[tuple[int, str, Any, int]], pipe: Any) -> list[Any]:
+        """Add ``batch``'s commands to ``pipe``; the replies of its publish scripts."""
+        names, node = self.core.names, self.core.node_id
+        ttl = int(self.options.presence_ttl) + 1
+        script, sha = PUBLISH_SCRIPT, PUBLISH_SHA
+        if self.sharded:
+            script, sha = SHARDED_PUBLISH_SCRIPT, SHARDED_PUBLISH_SHA
+        scripts: list[Any] = []
+        loaded = False
+        for op, name, value, _ in batch:
+            if op == PUBLISH:
+                if self.sharded:
+                    pipe.spublish(name, value)
+                else:
+                    pipe.publish(name, value)
+            elif op == STORE:
+                if not loaded:  # cheap when cached; a restarted Redis needs it
+                    pipe.script_load(script)
+                    loaded = True
+                history, opcode, message = value
+                head = encode(Envelope(Kind.HISTORY, node, opcode, name))
+                result = pipe.evalsha(
+                    sha,
+                    [names.history(name), names.stream(name), names.topic(name)],
+                    publish_args(history, head, opcode, message),
+                )
+                scripts.append((name, result))
+            elif op == SADD:
+                pipe.sadd(name, [value])
+                pipe.expire(name, ttl)  # a set made anew has no expiry yet
+            elif op == SREM:
+                pipe.srem(name, [value])
+        return scripts
 
     async def _refused(self, scripts: list[Any]) -> int:
         """How many publish scripts of a pipeline Redis answered with an error (logged)."""
@@ -206,11 +214,11 @@ class LaneTasks:
         while True:
             try:
                 with trio.CancelScope() as self._subscriber_scope:
-                    async with self.client.connection_pool.acquire() as connection:
-                        try:
-                            await self._listen(connection, task_status)
-                        finally:
-                            connection.invalidate()  # subscribed: never back to the pool
+                    subscription = await self.shared.attach(self._message)
+                    try:
+                        await self._listen(subscription, task_status)
+                    finally:
+                        self.shared.detach(subscription)
             except* self.errors as group:
                 if fresh and not self._subscribed_once:
                     raise  # at start: the backplane fails to start
@@ -223,27 +231,22 @@ class LaneTasks:
             self._delay = min(self._delay * 2, self.options.reconnect_max)
             await lane.wait_up()  # the heartbeat tells when Redis answers again
 
-    async def _listen(self, connection: Any, task_status: trio.TaskStatus[None]) -> None:
+    async def _listen(
+        self, subscription: LaneSubscription, task_status: trio.TaskStatus[None]
+    ) -> None:
         core, lane = self.core, self.lane
-        subscription = Subscription(
-            connection, self.sharded, self._message, self.options.command_timeout
-        )
+        lane.subscription_opened(subscription.channels)  # the channels of this moment:
+        await self._subscribe(subscription, core.followed_channels(lane))
+        core.subscription_ready(lane)
+        self._delay = 0.05
+        if not self._subscribed_once:
+            self._subscribed_once = True
+            task_status.started()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._read, subscription)
-            lane.subscription_opened(subscription.channels)  # the channels of this moment:
-            await self._subscribe(subscription, core.followed_channels(lane))
-            core.subscription_ready(lane)
-            self._delay = 0.05
             nursery.start_soon(self._subscriptions, subscription)
-            if not self._subscribed_once:
-                self._subscribed_once = True
-                task_status.started()
+            await subscription.wait_lost()
 
-    async def _read(self, subscription: Subscription) -> None:
-        await subscription.run()
-        raise trio.BrokenResourceError("the subscription ended")  # run() returns on EOF only
-
-    async def _subscribe(self, subscription: Subscription, channels: list[str]) -> None:
+    async def _subscribe(self, subscription: LaneSubscription, channels: list[str]) -> None:
         await subscription.subscribe(channels)
 
     def _message(self, data: bytes) -> None:
@@ -261,7 +264,7 @@ class LaneTasks:
             return
         core.delivered(envelope)
 
-    async def _subscriptions(self, subscription: Subscription) -> None:
+    async def _subscriptions(self, subscription: LaneSubscription) -> None:
         """Apply topic changes, batched: one SUBSCRIBE and one UNSUBSCRIBE per round.  A
         failure fails the subscription (the subscriber starts a new one)."""
         lane = self.lane

@@ -31,6 +31,7 @@ import trio
 
 from ._backplane_core import BackplaneCore, BackplaneOptions
 from ._backplane_lane import Lane
+from ._backplane_subscription import SubscriptionLost
 from ._backplane_wire import text
 
 __all__ = ["FULL_READ_EVERY", "Presence", "redis_errors"]
@@ -40,12 +41,13 @@ FULL_READ_EVERY = 60
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:
-    """What "Redis is lost" looks like: its errors, the network's, a closed connection, and
-    our own command timeouts."""
+    """What "Redis is lost" looks like: its errors, the network's, a closed connection, a
+    subscription Redis refused or ended, and our own command timeouts."""
     import anyio
     import coredis.exceptions
 
     return (
+        SubscriptionLost,
         coredis.exceptions.RedisError,
         OSError,
         trio.TooSlowError,
