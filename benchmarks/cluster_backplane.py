@@ -2,16 +2,20 @@
 Cluster of three masters (sharded pub/sub), in one run (the figures in docs/scaling.md).
 
     python benchmarks/cluster_backplane.py [--rate 2000] [--seconds 5] [--turns 2]
+    python benchmarks/cluster_backplane.py --redis-only 200000
 
 Each turn starts, for each setup, ``--processes`` (4) processes of this library, each a
 handler with a RedisBackplane (one Redis: ``redis://``; the cluster: ``redis+cluster://``,
-12 partitions) following ``--topics`` topics (spread over every partition, so over every
-shard), and publishing ``--rate`` messages per second of ``--size`` bytes to them in turn for
-``--seconds``.  Every message reaches the three other processes.  Measured: messages
-published and delivered per second, each Redis process's CPU per published message (from
-/proc), and the library processes' CPU per message delivered to them.  Targets (issue #22):
-the busiest shard's CPU per message at most 0.5x one Redis's, and the processes' cost at most
-1.2x.  Needs Redis 7 with redis-cli (``tests/redis_cluster.py`` says where it looks).
+12 partitions) following ``--topics`` topics, and publishing ``--rate`` messages per second
+of ``--size`` bytes to them in turn for ``--seconds``.  The topics' names are chosen so that
+each partition has as many (a benchmark's few topics would land unevenly; an application's
+many spread by their number).  Every message reaches the three other processes.  Measured:
+messages published and delivered per second, each Redis process's CPU per published message
+(from /proc), and the library processes' CPU per message delivered to them.  Targets (issue
+#22): the busiest shard's CPU per message at most 0.5x one Redis's, and the processes' cost
+at most 1.2x.  ``--redis-only N``: Redis alone instead (coredis subscribers, one publisher
+with pipelines of 512 per Redis), for Redis's cost when its clients batch more.  Needs Redis
+7 with redis-cli (``tests/redis_cluster.py`` says where it looks).
 """
 
 from __future__ import annotations
@@ -44,6 +48,25 @@ def cpu_seconds(pid: int) -> float:
 # ------------------------------------------------------------------ one library process
 
 
+def spread_topics(count: int, partitions: int) -> list[str]:
+    """``count`` topic names, as many in each partition as can be (a real application's many
+    topics spread so by their number; a benchmark's few would land unevenly)."""
+    from trio_wshandler._cluster_slots import partition_of
+
+    per = -(-count // partitions)
+    taken: dict[int, int] = {}
+    names: list[str] = []
+    j = 0
+    while len(names) < count:
+        name = f"topic-{j}"
+        j += 1
+        p = partition_of(name, partitions)
+        if taken.get(p, 0) < per:
+            taken[p] = taken.get(p, 0) + 1
+            names.append(name)
+    return names
+
+
 async def node(
     url: str, prefix: str, topics: int, rate: int, seconds: float, size: int, partitions: int
 ) -> None:
@@ -52,7 +75,7 @@ async def node(
 
     backplane = RedisBackplane(url, prefix=prefix, max_pending=100_000, partitions=partitions)
     handler = WebSocketHandler(backplane=backplane)
-    names = [f"topic-{i}" for i in range(topics)]
+    names = spread_topics(topics, partitions)
     payload = "x" * size
     async with trio.open_nursery() as nursery:
         await nursery.start(backplane.run, handler)
@@ -61,10 +84,10 @@ async def node(
         with trio.fail_after(30):
             for topic in names:
                 await backplane.wait_following(topic)
+        received0 = backplane.received  # before "ready": others may start before this one
         print("ready", flush=True)
         await trio.to_thread.run_sync(sys.stdin.readline)
         cpu0, start = time.process_time(), trio.current_time()
-        received0 = backplane.received
         tick, sent = 0.01, 0
         while (now := trio.current_time() - start) < seconds:
             due = int(now * rate) + 1
@@ -86,6 +109,99 @@ async def node(
         }
         print(json.dumps(report), flush=True)
         nursery.cancel_scope.cancel()
+
+
+# ------------------------------------------------------------------ Redis alone
+
+
+def channels_of(url: str, topics: int, partitions: int) -> list[str]:
+    """The topic channels a backplane on ``url`` would use (tagged on a cluster)."""
+    from trio_wshandler._backplane_wire import Names
+    from trio_wshandler._cluster_slots import partition_tags
+
+    tags = partition_tags(partitions) if url.startswith("redis+cluster") else ()
+    return [Names("raw", tags).topic(t) for t in spread_topics(topics, partitions)]
+
+
+async def raw_subscriber(url: str, topics: int, partitions: int, count: int) -> None:
+    """Subscribe to the channels with coredis alone (sharded on a cluster), say ``ready``,
+    count ``count`` messages, say ``done``."""
+    import coredis
+
+    channels = channels_of(url, topics, partitions)
+    got = 0
+    if url.startswith("redis+cluster"):
+        host, port = url.split("://")[1].split(",")[0].split(":")
+        client: Any = coredis.RedisCluster(host, int(port), decode_responses=False)
+        pubsub = client.sharded_pubsub(ignore_subscribe_messages=True)
+    else:
+        client = coredis.Redis.from_url(url, decode_responses=False)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+    async with client, pubsub:
+        for channel in channels:
+            await pubsub.subscribe(channel)
+        print("ready", flush=True)
+        async for _ in pubsub:
+            got += 1
+            if got == count:
+                break
+    print("done", flush=True)
+
+
+async def raw_publisher(url: str, topics: int, partitions: int, count: int, size: int) -> None:
+    """``count`` messages round-robin over the channels, in pipelines of 512 per Redis (on a
+    cluster: one plain client per master, as the backplane's links)."""
+    import coredis
+
+    from trio_wshandler._cluster_slots import key_slot
+
+    channels = channels_of(url, topics, partitions)
+    payload = b"x" * size
+    cluster = url.startswith("redis+cluster")
+    if cluster:
+        host, port = url.split("://")[1].split(",")[0].split(":")
+        async with coredis.Redis(host=host, port=int(port)) as probe:
+            shards = await probe.cluster_shards()
+        ranges = []
+        for shard in shards:
+            master = next(n for n in shard[b"nodes"] if n[b"role"] == b"master")
+            slots = shard[b"slots"]
+            for i in range(0, len(slots), 2):
+                ranges.append((slots[i], slots[i + 1], int(master[b"port"])))
+        port_of = {c: next(p for a, b, p in ranges if a <= key_slot(c) <= b) for c in channels}
+        ports = sorted(set(port_of.values()))
+    else:
+        port_of = dict.fromkeys(channels, 0)
+        ports = [0]
+    clients = {
+        p: (coredis.Redis(host="127.0.0.1", port=p) if cluster else coredis.Redis.from_url(url))
+        for p in ports
+    }
+    async with trio.open_nursery() as nursery:
+        for p, client in clients.items():
+            mine = [c for c in channels if port_of[c] == p]
+
+            async def send(client: Any = client, mine: list[str] = mine) -> None:
+                async with client:
+                    # message i goes to channel i % C: how many of them are this Redis's
+                    n = sum(
+                        count // len(channels) + (i < count % len(channels))
+                        for i, c in enumerate(channels)
+                        if port_of[c] == port_of[mine[0]]
+                    )
+                    sent = 0
+                    while sent < n:
+                        k = min(512, n - sent)
+                        async with client.pipeline(transaction=False) as pipe:
+                            for j in range(k):
+                                channel = mine[(sent + j) % len(mine)]
+                                if cluster:
+                                    pipe.spublish(channel, payload)
+                                else:
+                                    pipe.publish(channel, payload)
+                        sent += k
+
+            nursery.start_soon(send)
 
 
 # ------------------------------------------------------------------ the parent
@@ -138,6 +254,7 @@ def run_setup(
     published = sum(r["published"] for r in reports)
     received = sum(r["received"] for r in reports)
     return {
+        "nodes": [(r["published"], r["received"], r["lost"]) for r in reports],
         "published": published,
         "received": received,
         "published_per_s": published / args.seconds,
@@ -146,6 +263,54 @@ def run_setup(
         and not any(r["lost"] for r in reports),
         "redis_us_per_message": {n: c / published * 1e6 for n, c in cpu.items()},
         "process_us_per_delivery": sum(r["cpu"] for r in reports) / max(received, 1) * 1e6,
+    }
+
+
+def run_raw(
+    url: str, redis_pids: dict[str, int], args: argparse.Namespace, count: int
+) -> dict[str, Any]:
+    """Redis alone: ``--processes`` coredis subscribers, one publisher with pipelines of 512."""
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--raw-sub",
+                url,
+                str(args.topics),
+                str(args.partitions),
+                str(count),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for _ in range(args.processes)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError("a subscriber did not start")
+        cpu0 = {name: cpu_seconds(pid) for name, pid in redis_pids.items()}
+        started = time.perf_counter()
+        trio.run(raw_publisher, url, args.topics, args.partitions, count, args.size)
+        for proc in procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "done":
+                raise RuntimeError("a subscriber did not get every message")
+        elapsed = time.perf_counter() - started
+        cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in redis_pids.items()}
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    return {
+        "published_per_s": count / elapsed,
+        "delivered_per_s": count * args.processes / elapsed,
+        "complete": True,
+        "redis_us_per_message": {n: c / count * 1e6 for n, c in cpu.items()},
+        "process_us_per_delivery": 0.0,
     }
 
 
@@ -163,13 +328,25 @@ def main() -> int:
         "--if-redis7", action="store_true", help="without Redis 7: say why and exit 0 (CI smoke)"
     )
     parser.add_argument("--partitions", type=int, default=12, help="of the cluster's backplane")
+    parser.add_argument(
+        "--redis-only",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: N messages through Redis alone (coredis subscribers, pipelines of 512)",
+    )
     parser.add_argument("--node", nargs=7, help=argparse.SUPPRESS)
+    parser.add_argument("--raw-sub", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.node:
         url, prefix, topics, rate, seconds, size, partitions = args.node
         trio.run(
             node, url, prefix, int(topics), int(rate), float(seconds), int(size), int(partitions)
         )
+        return 0
+    if args.raw_sub:
+        url, topics, partitions, count = args.raw_sub
+        trio.run(raw_subscriber, url, int(topics), int(partitions), int(count))
         return 0
     found = cluster_binaries()
     if isinstance(found, str):
@@ -185,13 +362,19 @@ def main() -> int:
         assert single.process is not None
         masters = sorted(cluster.slots_of())
         for turn in range(args.turns):
-            one = run_setup(single.url, {"redis": single.process.pid}, args, f"b1t{turn}")
+            if args.redis_only:
+                one = run_raw(single.url, {"redis": single.process.pid}, args, args.redis_only)
+            else:
+                one = run_setup(single.url, {"redis": single.process.pid}, args, f"b1t{turn}")
             pids = {f"master {i + 1}": cluster.processes[p].pid for i, p in enumerate(masters)}
             pids.update(
                 {f"replica of {i + 1}": cluster.processes[r].pid
                  for i, p in enumerate(masters) for r in cluster.shards().get(p, [])}
             )  # fmt: skip
-            many = run_setup(cluster.url, pids, args, f"bct{turn}")
+            if args.redis_only:
+                many = run_raw(cluster.url, pids, args, args.redis_only)
+            else:
+                many = run_setup(cluster.url, pids, args, f"bct{turn}")
             rows["one"].append(one)
             rows["cluster"].append(many)
             print(f"# turn {turn + 1}: one {one}\n#   cluster {many}", file=sys.stderr)
@@ -229,8 +412,12 @@ def main() -> int:
         )
     print(
         f"\nbusiest shard / one Redis, CPU per message: {busiest / single_us:.2f}x"
-        f" (target <= 0.5x); all masters together: {sum(shard_us.values()) / single_us:.2f}x;"
-        f" process cost: {many['process_us'] / one['process_us']:.2f}x (target <= 1.2x)"
+        f" (target <= 0.5x); all masters together: {sum(shard_us.values()) / single_us:.2f}x"
+        + (
+            ""
+            if args.redis_only
+            else f"; process cost: {many['process_us'] / one['process_us']:.2f}x (target <= 1.2x)"
+        )
     )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -86,6 +86,12 @@ async def test_tags_spread_evenly_and_slots_match_redis(cluster: RedisCluster) -
         nursery.cancel_scope.cancel()
     masters = {f"127.0.0.1:{p}" for p in cluster.slots_of()}
     assert handler_spread == dict.fromkeys(masters, PARTITIONS // 3), handler_spread
+    # one partition is a cluster too (sharded names and commands, one master)
+    alone = RedisBackplane(cluster.url, prefix=PREFIX, partitions=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(alone.run, WebSocketHandler(backplane=alone))
+        assert list((await alone.partition_spread()).values()) == [1]
+        nursery.cancel_scope.cancel()
 
 
 async def test_send_all_publish_send_one_stop_one_through_a_cluster(

@@ -405,7 +405,8 @@ class RedisBackplane:
             raise BackplaneError("the backplane is running already")
         await self.check()
         startup: list[Address] = [None] if self.cluster is None else list(self.cluster.nodes)
-        run = BackplaneRun(self, core, self._clients.new, startup)
+        tls = self.cluster is not None and self.cluster.tls
+        run = BackplaneRun(self, core, self._clients.new, startup, tls)
         self._run = run
         core.mark_up()
         self.running = True

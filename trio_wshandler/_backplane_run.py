@@ -34,18 +34,22 @@ __all__ = ["Address", "BackplaneRun", "Link", "masters_by_partition"]
 Address = tuple[str, int] | None
 
 
-def masters_by_partition(shards: Any, tags: Sequence[str]) -> list[Address]:
+def masters_by_partition(shards: Any, tags: Sequence[str], tls: bool = False) -> list[Address]:
     """The master serving each partition's tag, from coredis's ``cluster_shards()`` reply
     (``CLUSTER SHARDS``: per shard, its ``slots`` as a flat list of inclusive ranges, and its
-    ``nodes``); None where no healthy master serves it (a shard lost whole)."""
+    ``nodes``); None where no healthy master serves it (a shard lost whole).  ``tls``: the
+    nodes' ``tls-port`` (a TLS-only node has no ``port``)."""
     ranges: list[tuple[int, int, Address]] = []
     for shard in shards:
         shard = {_text(k): v for k, v in shard.items()}
         master: Address = None
         for node in shard.get("nodes", ()):
             node = {_text(k): v for k, v in node.items()}
-            if _text(node.get("role", "")) == "master" and _text(node.get("health", "")) != "fail":
-                master = (_text(node.get("endpoint") or node.get("ip")), int(node["port"]))
+            port = node.get("tls-port") if tls else None
+            port = port or node.get("port")
+            healthy = _text(node.get("health", "")) != "fail"
+            if _text(node.get("role", "")) == "master" and healthy and port:
+                master = (_text(node.get("endpoint") or node.get("ip")), int(port))
         slots = shard.get("slots", [])
         for i in range(0, len(slots) - 1, 2):
             ranges.append((int(slots[i]), int(slots[i + 1]), master))
@@ -78,25 +82,37 @@ class BackplaneRun:
         core: BackplaneCore,
         new_client: Callable[[Address], Any],
         startup: Sequence[Address],
+        tls: bool = False,
     ) -> None:
         self.options = options
         self.core = core
         self.new_client = new_client
-        self.cluster = len(core.lanes) > 1
+        self.cluster = bool(core.names.tags)
+        self.startup = list(startup)
         self.known: list[Address] = list(startup)  # nodes to ask for the slot map
+        self.tls = tls
         self.errors = redis_errors()
         self.runners: list[LaneRunner] = []
         self._links: dict[Address, Link] = {}
+        self._opening: dict[Address, trio.Event] = {}
         self._holders: trio.Nursery | None = None
         self._holding: list[trio.CancelScope] = []
 
     async def link(self, address: Address) -> Link:
         """The client of ``address`` and its pipelines (opened on first use, closed when the
         backplane stops)."""
+        opening = self._opening.get(address)
+        if opening is not None:  # another lane is opening it: the same client for both
+            await opening.wait()
         link = self._links.get(address)
         if link is None:
             assert self._holders is not None
-            link = await self._holders.start(self._hold, address)
+            self._opening[address] = opening = trio.Event()
+            try:
+                link = await self._holders.start(self._hold, address)
+            finally:
+                del self._opening[address]
+                opening.set()
         return link
 
     async def _hold(self, address: Address, task_status: trio.TaskStatus[Link]) -> None:
@@ -142,10 +158,10 @@ class BackplaneRun:
                     shards = await (await self.link(address)).client.cluster_shards()
                 except self.errors:
                     continue
-                found = masters_by_partition(shards, tags)
-                for master in found:
-                    if master is not None and master not in self.known:
-                        self.known.append(master)
+                found = masters_by_partition(shards, tags, self.tls)
+                # next time: this node first, then the masters of now, then the startup nodes
+                known = [address, *(m for m in found if m is not None), *self.startup]
+                self.known = list(dict.fromkeys(known))
                 return found
         raise trio.TooSlowError("no node of the cluster answered CLUSTER SHARDS")
 

@@ -21,6 +21,7 @@ does that to the subscribers of a slot that moved): every lane on it then starts
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -54,8 +55,9 @@ class SharedSubscription:
         self.errors = errors
         self._connection: Any = None
         self._routes: dict[str, Callable[[bytes], None]] = {}
-        self._acks: dict[str, trio.Event] = {}  # subscriptions and unsubscriptions awaited
-        self._quiet: set[str] = set()  # left by a lane that went away: no one awaits it
+        # the replies expected, in order, per (subscribe?, channel): an event to set, or None
+        # for an unsubscription nobody awaits (a lane that went away)
+        self._expected: dict[tuple[bool, str], deque[trio.Event | None]] = {}
         self._users = 0
         self._wanted = trio.Event()
         self._opened = trio.Event()  # set while a connection is open
@@ -91,10 +93,11 @@ class SharedSubscription:
                 self._opened = trio.Event()
                 self._lost.set()
                 self._lost = trio.Event()
-                for event in self._acks.values():
-                    event.set()  # their waiters find the connection lost
-                self._acks.clear()
-                self._quiet.clear()
+                for waiting in self._expected.values():
+                    for event in waiting:
+                        if event is not None:
+                            event.set()  # their waiters find the connection lost
+                self._expected.clear()
             await trio.sleep(0.05)  # the lanes come back after their own backoff
 
     async def attach(self, deliver: Callable[[bytes], None]) -> LaneSubscription:
@@ -118,20 +121,45 @@ class SharedSubscription:
         return LaneSubscription(self, self._connection, self._lost, deliver)
 
     def detach(self, view: LaneSubscription) -> None:
+        """The lane is done with the connection: its channels (and those it was still
+        subscribing to) are left, without waiting."""
         self._users -= 1
-        for channel in view.channels:
+        channels = sorted(view.channels | view.pending)
+        for channel in channels:
             self._routes.pop(channel, None)
-        if view.channels and view.connection is self._connection and self._connection:
-            command = b"SUNSUBSCRIBE" if self.sharded else b"UNSUBSCRIBE"
-            self._quiet.update(view.channels)
-            self._connection.send_command(command, *view.channels)  # unacknowledged
+        if channels and view.connection is self._connection and self._connection is not None:
+            self._send(False, channels, None)
 
-    def send(self, view: LaneSubscription, command: bytes, channels: list[str]) -> list[trio.Event]:
-        if view.connection is not self._connection:
+    def send(
+        self, view: LaneSubscription, subscribe: bool, channels: list[str]
+    ) -> list[trio.Event]:
+        """Subscribe to or leave ``channels`` on ``view``'s connection; the events their
+        replies set.
+
+        :raises Exception: the connection is lost (the error that lost it).
+        """
+        if view.connection is not self._connection or self._connection is None:
             raise self._error
-        events = [self._acks.setdefault(c, trio.Event()) for c in channels]
-        view.connection.send_command(command, *channels)
+        events = [trio.Event() for _ in channels]
+        self._send(subscribe, channels, events)
         return events
+
+    def reset(self, why: str) -> None:
+        """Drop the connection (Redis did not answer on it, or a lane found its Redis lost):
+        every lane on it starts again on a new one."""
+        if self._connection is not None:
+            self._error = SubscriptionLost(why)
+            self._connection.invalidate()
+
+    def _send(self, subscribe: bool, channels: list[str], events: list[trio.Event] | None) -> None:
+        for i, channel in enumerate(channels):
+            waiting = self._expected.setdefault((subscribe, channel), deque())
+            waiting.append(None if events is None else events[i])
+        if subscribe:
+            command = b"SSUBSCRIBE" if self.sharded else b"SUBSCRIBE"
+        else:
+            command = b"SUNSUBSCRIBE" if self.sharded else b"UNSUBSCRIBE"
+        self._connection.send_command(command, *channels)
 
     def route(self, channel: str, deliver: Callable[[bytes], None] | None) -> None:
         if deliver is None:
@@ -150,11 +178,14 @@ class SharedSubscription:
                         deliver(push[2])
                     continue
                 channel = _text(push[1])
-                event = self._acks.pop(channel, None)
-                if event is not None:
-                    event.set()
-                elif kind in _UNSUBSCRIBED and channel in self._quiet:
-                    self._quiet.discard(channel)
+                key = (kind in _SUBSCRIBED, channel)
+                waiting = self._expected.get(key)
+                if waiting:
+                    event = waiting.popleft()
+                    if not waiting:
+                        del self._expected[key]
+                    if event is not None:
+                        event.set()
                 elif kind in _UNSUBSCRIBED and self.sharded:
                     raise SubscriptionLost(f"Redis ended the subscription to {channel!r}")
             raise SubscriptionLost("the subscription connection closed")
@@ -181,21 +212,25 @@ class LaneSubscription:
         self.deliver = deliver
         #: the channels in force (acknowledged by Redis)
         self.channels: set[str] = set()
+        #: the channels asked for and not yet acknowledged
+        self.pending: set[str] = set()
 
     async def subscribe(self, channels: list[str]) -> None:
         """Subscribe to ``channels`` (their messages go to ``deliver``), in chunks, each
         chunk's acknowledgements awaited.
 
         :raises Exception: the connection was lost, or ``trio.TooSlowError``: not
-            acknowledged within the timeout.
+            acknowledged within the timeout (the connection is then dropped).
         """
         shared = self.shared
-        command = b"SSUBSCRIBE" if shared.sharded else b"SUBSCRIBE"
         for i in range(0, len(channels), SUBSCRIBE_CHUNK):
             chunk = channels[i : i + SUBSCRIBE_CHUNK]
             for channel in chunk:
                 shared.route(channel, self.deliver)
-            await self._acknowledged(shared.send(self, command, chunk))
+            events = shared.send(self, True, chunk)
+            self.pending.update(chunk)
+            await self._acknowledged(events)
+            self.pending.difference_update(chunk)
             self.channels.update(chunk)
 
     async def unsubscribe(self, channels: list[str]) -> None:
@@ -203,8 +238,7 @@ class LaneSubscription:
         if not channels:
             return
         shared = self.shared
-        command = b"SUNSUBSCRIBE" if shared.sharded else b"UNSUBSCRIBE"
-        events = shared.send(self, command, channels)
+        events = shared.send(self, False, channels)
         self.channels.difference_update(channels)
         for channel in channels:
             shared.route(channel, None)
@@ -216,9 +250,13 @@ class LaneSubscription:
         raise self.shared.error
 
     async def _acknowledged(self, events: list[trio.Event]) -> None:
-        with trio.fail_after(self.shared.timeout):
-            for event in events:
-                await event.wait()
+        try:
+            with trio.fail_after(self.shared.timeout):
+                for event in events:
+                    await event.wait()
+        except trio.TooSlowError:
+            self.shared.reset("Redis did not acknowledge a subscription in time")
+            raise
         if self._lost.is_set():
             raise self.shared.error
 

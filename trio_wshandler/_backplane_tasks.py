@@ -80,7 +80,7 @@ class LaneTasks:
         self.client = client
         self.pipelines = pipelines
         self.shared = shared
-        self.sharded = len(core.lanes) > 1
+        self.sharded = bool(core.names.tags)  # a cluster (even with one partition)
         self.errors = redis_errors()
         self.presence = Presence(options, core, lane, client, self.down)
         self.stopping = False
@@ -105,9 +105,12 @@ class LaneTasks:
 
     def down(self, exc: BaseException) -> None:
         """This lane's Redis is lost: say so once, drop its subscription (the subscriber opens
-        a new one when the heartbeat finds Redis again)."""
+        a new one when the heartbeat finds Redis again) and the connection it was on (which
+        may be dead without knowing it: every lane on that Redis starts again)."""
         if self._subscriber_scope is not None:
             self._subscriber_scope.cancel()
+            if not self.stopping:
+                self.shared.reset(f"Redis lost: {exc}")
         if self.lane.mark_down() and not self.stopping:
             where = self.options.safe_url
             if self.sharded:
@@ -150,7 +153,8 @@ class LaneTasks:
                 core.count_lost(refused, lane)
 
     def _build(self, batch: list[tuple[int, str, Any, int]], pipe: Any) -> list[Any]:
-        """Add ``batch``'s commands to ``pipe``; the replies of its publish scripts."""
+        """Add ``batch``'s commands to ``pipe``; the replies of its messages (PUBLISH and
+        publish scripts), each with its channel or topic."""
         names, node = self.core.names, self.core.node_id
         ttl = int(self.options.presence_ttl) + 1
         script, sha = PUBLISH_SCRIPT, PUBLISH_SHA
@@ -161,9 +165,9 @@ class LaneTasks:
         for op, name, value, _ in batch:
             if op == PUBLISH:
                 if self.sharded:
-                    pipe.spublish(name, value)
+                    scripts.append((name, pipe.spublish(name, value)))
                 else:
-                    pipe.publish(name, value)
+                    scripts.append((name, pipe.publish(name, value)))
             elif op == STORE:
                 if not loaded:  # cheap when cached; a restarted Redis needs it
                     pipe.script_load(script)
@@ -183,20 +187,22 @@ class LaneTasks:
                 pipe.srem(name, [value])
         return scripts
 
-    async def _refused(self, scripts: list[Any]) -> int:
-        """How many publish scripts of a pipeline Redis answered with an error (logged)."""
+    async def _refused(self, replies: list[Any]) -> int:
+        """How many messages of a round Redis answered with an error (logged): a script on a
+        key of another type, a ``MOVED`` (the slot has another master: the watch of the
+        masters moves the lane), a Redis out of memory or read-only."""
         import coredis.exceptions
 
         refused: list[tuple[str, Exception]] = []
-        for topic, script in scripts:
+        for name, reply in replies:
             try:
-                await script
+                await reply
             except coredis.exceptions.ResponseError as exc:
-                refused.append((topic, exc))
+                refused.append((name, exc))
         if refused:
             first, error = refused[0]
             self.options.logger.warning(
-                "backplane: %d publication(s) refused by Redis, the first on %r: %s",
+                "backplane: %d message(s) refused by Redis, the first on %r: %s",
                 len(refused),
                 first,
                 error,

@@ -124,7 +124,7 @@ class ClientMaker:
             except redis_errors() as exc:
                 problem = exc
                 continue
-            masters = masters_by_partition(shards, tags)
+            masters = masters_by_partition(shards, tags, self.cluster.tls)
             for partition, master in enumerate(masters):
                 if master is None:
                     raise LookupError(f"no master serves partition {partition}'s slot")
