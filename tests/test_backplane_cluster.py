@@ -14,11 +14,14 @@ from typing import Any
 
 import pytest
 import trio
+from websockets.exceptions import ConnectionClosed
+from websockets.trio.client import connect
 
 from trio_wshandler import HistoryOptions, RedisBackplane
 from trio_wshandler._backplane_wire import Names
 from trio_wshandler._cluster_slots import key_slot, partition_tags
 
+from .conftest import RecordingHandler, wait_for, ws_url
 from .redis_cluster import RedisCluster, cluster_binaries
 from .test_backplane import Client, client, eventually, nodes
 from .test_history_redis import nothing_more, position, receive, serving
@@ -143,25 +146,19 @@ async def test_each_master_holds_its_partitions_channels(cluster: RedisCluster) 
                     assert any(first <= slot <= last for first, last in ranges), channel
 
 
+def history_node(cluster: RedisCluster, prefix: str, topic: str) -> RecordingHandler:
+    """A handler (a node of its own) with a history for ``topic``, on the cluster."""
+    backplane = RedisBackplane(
+        cluster.url, prefix=prefix, heartbeat=0.1, presence_ttl=1.0, command_timeout=0.5
+    )
+    return RecordingHandler(history={topic: HistoryOptions(size=100, ttl=60)}, backplane=backplane)
+
+
 async def test_history_is_recovered_through_a_cluster(cluster: RedisCluster) -> None:
     """Publications numbered on the topic's shard (one slot: hash, stream and channel) are
     recovered by a client of another node."""
-    from .conftest import RecordingHandler, wait_for
-
-    room = HistoryOptions(size=100, ttl=60)
-    topic = topics_by_master(cluster, "hist")[cluster.slots_of().__iter__().__next__()][0]
-
-    def node() -> RecordingHandler:
-        backplane = RedisBackplane(
-            cluster.url, prefix="hist", heartbeat=0.1, presence_ttl=1.0, command_timeout=0.5
-        )
-        return RecordingHandler(history={topic: room}, backplane=backplane)
-
-    from websockets.trio.client import connect
-
-    from .conftest import ws_url
-
-    a, b = node(), node()
+    topic = topics_by_master(cluster, "hist")[next(iter(cluster.slots_of()))][0]
+    a, b = history_node(cluster, "hist", topic), history_node(cluster, "hist", topic)
     async with serving(a, b) as (_, server_b):
         async with connect(ws_url(server_b)) as ws:
             [conn] = await b.wait_connections(1)
@@ -232,6 +229,45 @@ async def test_a_master_killed_then_its_shard_lost(own_cluster: RedisCluster) ->
             for topic in safe:
                 assert await _crossed(a, b, topic)
         assert process_a.poll() is None and process_b.poll() is None
+
+
+async def test_a_topics_history_through_a_failover(own_cluster: RedisCluster) -> None:
+    """The master of a topic with history is killed: once its replica took over, what is
+    published there continues the topic's offsets in its epoch (the replica had them), or, if
+    it had not, starts a new epoch and the subscribers are told 1013; never offsets that mean
+    something else.  A client that comes back recovers from its position."""
+    cluster = own_cluster
+    victim = sorted(cluster.slots_of())[0]
+    topic = topics_by_master(cluster, "hf")[victim][0]
+    slot = key_slot(Names("hf", partition_tags(PARTITIONS)).topic(topic))
+    a, b = history_node(cluster, "hf", topic), history_node(cluster, "hf", topic)
+    async with serving(a, b) as (_, server_b):
+        async with connect(ws_url(server_b)) as ws:
+            [conn] = await b.wait_connections(1)
+            await conn.subscribe_from(topic)
+            for i in range(3):
+                a.publish(topic, f"m{i}")
+            before = await receive(ws, 3)
+            epoch = before[-1]["epoch"]
+            await trio.to_thread.run_sync(cluster.kill, victim)
+            await trio.to_thread.run_sync(cluster.wait_master_replaced, slot, victim)
+            after: dict[str, Any] | None = None
+            with trio.fail_after(15):
+                while after is None:  # lost while the lane moves; numbered once it is there
+                    a.publish(topic, "after")
+                    with trio.move_on_after(0.3):
+                        try:
+                            after = json.loads(await ws.recv())
+                        except ConnectionClosed as closed:
+                            assert closed.rcvd is not None and closed.rcvd.code == 1013
+                            after = {"closed": 1013}
+            if "closed" not in after:
+                assert after["data"] == "after" and after["epoch"] == epoch, after
+                assert after["offset"] == 4, after  # the replica had offsets 1-3
+        async with connect(ws_url(server_b)) as ws:
+            await wait_for(lambda: len(b.connections) == 2)
+            recovery = await b.connections[1].subscribe_from(topic, position(before[-1]))
+            assert recovery.recovered == ("closed" not in after), recovery
 
 
 def _victim(spread: dict[int, list[str]]) -> tuple[int, list[int]]:
