@@ -68,7 +68,14 @@ def spread_topics(count: int, partitions: int) -> list[str]:
 
 
 async def node(
-    url: str, prefix: str, topics: int, rate: int, seconds: float, size: int, partitions: int
+    url: str,
+    prefix: str,
+    topics: int,
+    rate: int,
+    seconds: float,
+    size: int,
+    partitions: int,
+    tick: float,
 ) -> None:
     """Follow the topics, say ``ready``, wait for ``go`` on stdin, publish, report JSON."""
     from trio_wshandler import RedisBackplane, WebSocketHandler
@@ -88,7 +95,7 @@ async def node(
         print("ready", flush=True)
         await trio.to_thread.run_sync(sys.stdin.readline)
         cpu0, start = time.process_time(), trio.current_time()
-        tick, sent = 0.01, 0
+        sent = 0
         while (now := trio.current_time() - start) < seconds:
             due = int(now * rate) + 1
             while sent < due:
@@ -223,6 +230,7 @@ def run_setup(
                 str(args.seconds),
                 str(args.size),
                 str(args.partitions),
+                str(args.tick),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -335,13 +343,24 @@ def main() -> int:
         metavar="N",
         help="instead: N messages through Redis alone (coredis subscribers, pipelines of 512)",
     )
-    parser.add_argument("--node", nargs=7, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--tick", type=float, default=0.01, help="seconds between a process's bursts (0.01)"
+    )
+    parser.add_argument("--node", nargs=8, help=argparse.SUPPRESS)
     parser.add_argument("--raw-sub", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.node:
-        url, prefix, topics, rate, seconds, size, partitions = args.node
+        url, prefix, topics, rate, seconds, size, partitions, tick = args.node
         trio.run(
-            node, url, prefix, int(topics), int(rate), float(seconds), int(size), int(partitions)
+            node,
+            url,
+            prefix,
+            int(topics),
+            int(rate),
+            float(seconds),
+            int(size),
+            int(partitions),
+            float(tick),
         )
         return 0
     if args.raw_sub:
