@@ -3,8 +3,9 @@
 Each process (a *node*) keeps the ids of its connections in the Redis set ``P:conns:N``, with a
 TTL, and itself in the sorted set ``P:nodes``, scored by when its presence expires: Redis's own
 clock (``TIME``) plus ``presence_ttl``, so the machines' clocks need not agree.  Every
-``heartbeat`` seconds it pushes both forward and removes the nodes whose time has passed; a
-node that crashed therefore drops out within ``presence_ttl`` + ``heartbeat``.
+``heartbeat`` seconds it pushes both forward and removes the nodes whose time has passed, in
+one round trip (a script, :data:`BEAT_SCRIPT`); a node that crashed therefore drops out within
+``presence_ttl`` + ``heartbeat``.
 
 On a Redis Cluster these keys are per partition (``_backplane_wire.Names``): a node's set, its
 entry in its partition's sorted set, and its JOIN/LEAVE channel live on its partition's shard,
@@ -23,7 +24,6 @@ a message was lost.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -34,10 +34,26 @@ from ._backplane_lane import Lane
 from ._backplane_subscription import SubscriptionLost
 from ._backplane_wire import text
 
-__all__ = ["FULL_READ_EVERY", "Presence", "redis_errors"]
+__all__ = ["BEAT_SCRIPT", "FULL_READ_EVERY", "Presence", "redis_errors"]
 
 #: Heartbeats between two full reads of the other nodes' connection sets (a safety net).
 FULL_READ_EVERY = 60
+
+#: One heartbeat of one partition, in one round trip, by Redis's clock: push this node's
+#: presence forward (ARGV[1] its id, or "" on a lane that is not its home; ARGV[2] the
+#: presence's time to live, ARGV[3] its connection set's, in whole seconds), remove the nodes
+#: whose time has passed, and return the live ones.  KEYS: the partition's sorted set of nodes,
+#: and this node's connection set (same slot: same hash tag).
+BEAT_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if ARGV[1] ~= '' then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+"""
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:
@@ -77,6 +93,7 @@ class Presence:
         self.errors = redis_errors()
         self._nodes: set[str] = set()  # the other live nodes whose sets have been read
         self._changes: list[tuple[bool, str, str]] | None = None  # JOIN/LEAVE during a read
+        self._to_read: set[str] = set()  # nodes whose sets the next read takes
 
     async def start(self) -> None:
         with trio.fail_after(self.options.command_timeout * 2):
@@ -99,8 +116,7 @@ class Presence:
                 with trio.fail_after(options.command_timeout):
                     if lane.up:
                         beats += 1
-                        await self._refresh()
-                        await self._read(full=beats % FULL_READ_EVERY == 0)
+                        await self._beat(full=beats % FULL_READ_EVERY == 0)
                     else:
                         await self._reconnect()
                         delay = 0.05
@@ -153,31 +169,44 @@ class Presence:
             pipe.zadd(names.nodes(self.lane.partition), {node: now + ttl})
         return cids
 
-    async def _refresh(self) -> None:
+    async def _beat(self, full: bool) -> None:
+        """One heartbeat, one round trip (:data:`BEAT_SCRIPT`): this node's presence pushed
+        forward (on its home lane), the expired nodes removed, the live ones followed."""
         names, node, ttl = self.core.names, self.core.node_id, self.options.presence_ttl
-        nodes = names.nodes(self.lane.partition)
-        now = await self._now()
-        async with self.client.pipeline(transaction=False) as pipe:
-            if self.home:
-                pipe.zadd(nodes, {node: now + ttl})
-                pipe.expire(names.connections(node), int(ttl) + 1)
-            pipe.zremrangebyscore(nodes, -math.inf, now)
+        nodes_key = names.nodes(self.lane.partition)
+        if self.home:
+            keys, mine = [nodes_key, names.connections(node)], node
+        else:
+            keys, mine = [nodes_key], ""
+        live = await self.client.eval(BEAT_SCRIPT, keys, [mine, ttl, int(ttl) + 1])
+        self._follow(live, full)
+        await self._read_sets(full)
 
     async def _read(self, full: bool) -> None:
         """Follow the other nodes: drop the vanished, read the sets of the new (all, if
         ``full``), keeping the JOIN/LEAVE messages that arrive meanwhile."""
-        core, client = self.core, self.client
         from coredis.tokens import PureToken
 
         now = await self._now()
-        nodes_key = core.names.nodes(self.lane.partition)
-        live = await client.zrange(nodes_key, now, "+inf", sortby=PureToken.BYSCORE)
+        nodes_key = self.core.names.nodes(self.lane.partition)
+        live = await self.client.zrange(nodes_key, now, "+inf", sortby=PureToken.BYSCORE)
+        self._follow(live, full)
+        await self._read_sets(full)
+
+    def _follow(self, live: list[bytes | str], full: bool) -> None:
+        """The live nodes of the partition: the vanished are dropped; the sets to read next
+        (of the new ones; all, if ``full``) are noted."""
+        core = self.core
         others = {text(n) for n in live} - {core.node_id}
         vanished = self._nodes - others
         if vanished:
             core.forget_nodes(vanished)
-        to_read = others if full else others - self._nodes
+        self._to_read = others if full else others - self._nodes
         self._nodes = others
+
+    async def _read_sets(self, full: bool) -> None:
+        core, client = self.core, self.client
+        to_read, self._to_read = self._to_read, set()
         if not to_read:
             return
         nodes = sorted(to_read)
