@@ -24,6 +24,7 @@ a message was lost.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,7 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 """
+BEAT_SHA = hashlib.sha1(BEAT_SCRIPT.encode()).hexdigest()
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:
@@ -172,13 +174,20 @@ class Presence:
     async def _beat(self, full: bool) -> None:
         """One heartbeat, one round trip (:data:`BEAT_SCRIPT`): this node's presence pushed
         forward (on its home lane), the expired nodes removed, the live ones followed."""
+        from coredis.exceptions import NoScriptError
+
         names, node, ttl = self.core.names, self.core.node_id, self.options.presence_ttl
         nodes_key = names.nodes(self.lane.partition)
         if self.home:
             keys, mine = [nodes_key, names.connections(node)], node
         else:
             keys, mine = [nodes_key], ""
-        live = await self.client.eval(BEAT_SCRIPT, keys, [mine, ttl, int(ttl) + 1])
+        args = [mine, ttl, int(ttl) + 1]
+        try:
+            live = await self.client.evalsha(BEAT_SHA, keys, args)
+        except NoScriptError:  # a Redis that has not seen it (new, restarted, failed over)
+            await self.client.script_load(BEAT_SCRIPT)
+            live = await self.client.evalsha(BEAT_SHA, keys, args)
         self._follow(live, full)
         await self._read_sets(full)
 
