@@ -41,6 +41,9 @@ class Pipelines:
         self.errors = errors
         self._queued: list[_Entry] = []
         self._wake = trio.Event()
+        self._closed = False
+        self._round = trio.Event()  # set when no round is on its way
+        self._round.set()
         #: round trips made (each carries one or more lanes' commands)
         self.rounds = 0
 
@@ -58,13 +61,16 @@ class Pipelines:
         return entry.result
 
     async def run(self) -> None:
-        """Send rounds until cancelled (a task of the backplane, for as long as the client)."""
-        while True:
+        """Send rounds until :meth:`close` (a task of the backplane, for as long as the
+        client)."""
+        while not self._closed:
             if not self._queued:
                 self._wake = trio.Event()
                 await self._wake.wait()
+                continue
             await trio.lowlevel.checkpoint()  # the lanes woken with the first one join it
             batch, self._queued = self._queued, []
+            self._round = trio.Event()
             try:
                 with trio.fail_after(self.timeout):
                     # an error answer to one command fails that command only (a script on
@@ -78,6 +84,16 @@ class Pipelines:
             except self.errors as exc:
                 for entry in batch:
                     entry.error = exc
+            finally:
+                self._round.set()
             self.rounds += 1
             for entry in batch:
                 entry.done.set()
+
+    async def close(self) -> None:
+        """Send no more rounds; return once the one on its way has ended (the backplane is
+        stopping: cancelling a round while coredis opens a connection for it makes coredis
+        log an error)."""
+        self._closed = True
+        self._wake.set()
+        await self._round.wait()

@@ -187,6 +187,10 @@ class BackplaneRun:
                             scope.deadline = trio.current_time() + 1.0
                             for runner in self.runners:
                                 await runner.withdraw()
+                            self.core.mark_down()  # nothing more is queued
+                            for link in list(self._links.values()):
+                                await link.pipelines.close()
+                                await link.subscription.close()
             finally:
                 self.runners = []
                 self._links.clear()

@@ -63,6 +63,10 @@ class SharedSubscription:
         self._opened = trio.Event()  # set while a connection is open
         self._lost = trio.Event()  # set when the current connection is lost
         self._error: BaseException = SubscriptionLost("not connected")
+        self._closed = False
+        self._reading = trio.CancelScope()  # of the reads of the connection open
+        self._idle = trio.Event()  # set while no connection is open or being opened
+        self._idle.set()
 
     @property
     def error(self) -> BaseException:
@@ -70,17 +74,21 @@ class SharedSubscription:
         return self._error
 
     async def run(self) -> None:
-        """Open a connection while some lane wants one; read it until it is lost."""
-        while True:
+        """Open a connection while some lane wants one; read it until it is lost, or until
+        :meth:`close`."""
+        while not self._closed:
             if not self._users:
                 self._wanted = trio.Event()
                 await self._wanted.wait()
+                continue
+            self._idle = trio.Event()
             try:
                 async with self.client.connection_pool.acquire() as connection:
                     try:
                         self._connection = connection
                         self._opened.set()
-                        await self._read(connection)
+                        with self._reading:
+                            await self._read(connection)
                     finally:
                         connection.invalidate()  # subscribed: never back to the pool
             except* self.errors as group:
@@ -98,7 +106,18 @@ class SharedSubscription:
                         if event is not None:
                             event.set()  # their waiters find the connection lost
                 self._expected.clear()
+                self._reading = trio.CancelScope()
+                self._idle.set()
             await trio.sleep(0.05)  # the lanes come back after their own backoff
+
+    async def close(self) -> None:
+        """Open no more connections, stop reading the one open (the backplane is stopping);
+        return once a connection being opened is open (cancelling coredis while it opens one
+        makes it log an error)."""
+        self._closed = True
+        self._wanted.set()
+        self._reading.cancel()
+        await self._idle.wait()
 
     async def attach(self, deliver: Callable[[bytes], None]) -> LaneSubscription:
         """A lane's subscription on the connection (opened if there is none).
