@@ -411,19 +411,8 @@ async def run_trio_wshandler_asgi(mode: str = "echo") -> None:
     """The same handler as ``trio_wshandler``, mounted under Hypercorn's Trio worker
     (``handler.asgi()``) instead of ``serve()``: Hypercorn frames each message for each client
     (``asgi_fanout.py``).  Hypercorn's access log is off, its other settings its defaults."""
-    from functools import partial
-
-    from hypercorn.config import Config
-    from hypercorn.trio import serve as hypercorn_serve
-
     handler = trio_wshandler_handler(mode=mode)
     mount = handler.asgi()
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.errorlog = None
-    config.backlog = 4096
-    mount.configure(config)
 
     async def broadcast(count: int, size: int, padding: bytes, paced: bool) -> None:
         for seq in range(count):
@@ -431,9 +420,28 @@ async def run_trio_wshandler_asgi(mode: str = "echo") -> None:
             if paced:
                 await trio.lowlevel.checkpoint()
 
+    await serve_hypercorn(mount, broadcast, mount.configure)
+
+
+async def serve_hypercorn(app: Any, broadcast: Any, configure: Any = None) -> None:
+    """Serve ``app`` with Hypercorn's Trio worker on a free port (announced), access and error
+    logs off, a backlog of 4096 (``configure(config)`` may set more), and run the commands
+    with ``broadcast``."""
+    from functools import partial
+
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.errorlog = None
+    config.backlog = 4096
+    if configure is not None:
+        configure(config)
     async with trio.open_nursery() as nursery:
         shutdown = trio.Event()
-        serving = partial(hypercorn_serve, mount, config, shutdown_trigger=shutdown.wait)
+        serving = partial(hypercorn_serve, app, config, shutdown_trigger=shutdown.wait)
         binds = await nursery.start(serving)
         announce(int(binds[0].rsplit(":", 1)[1]))
         await trio_commands(broadcast, RECEIVED.answer)
@@ -446,11 +454,6 @@ async def run_hypercorn_floor(mode: str = "echo", tasks: bool = False) -> None:
     task per client: one client that reads nothing would stall every other).  With ``tasks``
     (``hypercorn_floor_tasks``) each client has a writer task of its own fed by an unbounded
     memory channel, the least an app that isolates its clients does."""
-    from functools import partial
-
-    from hypercorn.config import Config
-    from hypercorn.trio import serve as hypercorn_serve
-
     sends: dict[int, Any] = {}
 
     async def writer(channel: Any, send: Any) -> None:
@@ -492,18 +495,7 @@ async def run_hypercorn_floor(mode: str = "echo", tasks: bool = False) -> None:
             if paced:
                 await trio.lowlevel.checkpoint()
 
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.errorlog = None
-    config.backlog = 4096
-    async with trio.open_nursery() as nursery:
-        shutdown = trio.Event()
-        serving = partial(hypercorn_serve, app, config, shutdown_trigger=shutdown.wait)
-        binds = await nursery.start(serving)
-        announce(int(binds[0].rsplit(":", 1)[1]))
-        await trio_commands(broadcast, RECEIVED.answer)
-        nursery.cancel_scope.cancel()
+    await serve_hypercorn(app, broadcast)
 
 
 #: the backplane's counters, reported by ``stats``

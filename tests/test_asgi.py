@@ -91,15 +91,18 @@ class EchoHandler(WebSocketHandler):
 
 
 @asynccontextmanager
-async def hypercorn(app: Any, **options: Any) -> AsyncIterator[int]:
-    """Serve ``app`` with Hypercorn's Trio worker on 127.0.0.1 (a free port, yielded)."""
+async def hypercorn(
+    app: Any, shutdown: trio.Event | None = None, **options: Any
+) -> AsyncIterator[int]:
+    """Serve ``app`` with Hypercorn's Trio worker on 127.0.0.1 (a free port, yielded), with
+    Config ``options``; it stops (gracefully) when the block ends or ``shutdown`` is set."""
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.graceful_timeout = 2
     config.accesslog = None
     for name, value in options.items():
         setattr(config, name, value)
-    shutdown = trio.Event()
+    shutdown = trio.Event() if shutdown is None else shutdown
     with trio.fail_after(WAIT + 5):
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(
@@ -419,22 +422,14 @@ async def test_a_slow_client_does_not_stall_the_others() -> None:
 
 async def test_hypercorn_shutting_down_closes_the_mounts_connections() -> None:
     handler = EchoHandler()
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.graceful_timeout = 0.5
     shutdown = trio.Event()
-    with trio.fail_after(WAIT):
-        async with trio.open_nursery() as nursery:
-            serving = partial(
-                hypercorn_trio.serve, handler.asgi(), config, shutdown_trigger=shutdown.wait
-            )
-            port = int((await nursery.start(serving))[0].rsplit(":", 1)[1])
-            async with open_test_client(("127.0.0.1", port)) as client:
-                await client.receive()
-                # Hypercorn gives its connections graceful_timeout, then cancels them: the
-                # client is told 1001, the hooks run
-                shutdown.set()
-                assert await client.receive_close() == (1001, "server is stopping")
+    async with hypercorn(handler.asgi(), shutdown, graceful_timeout=0.5) as port:
+        async with open_test_client(("127.0.0.1", port)) as client:
+            await client.receive()
+            # Hypercorn gives its connections graceful_timeout, then cancels them: the
+            # client is told 1001, the hooks run
+            shutdown.set()
+            assert await client.receive_close() == (1001, "server is stopping")
     assert len(handler) == 0 and [code for _, code in handler.closed] == [1001]
 
 
@@ -816,23 +811,16 @@ async def test_hypercorn_stops_while_a_client_reads_nothing() -> None:
     # the writer is held in Hypercorn's shielded write: it must not hold the app's task, which
     # Hypercorn's shutdown waits for before it closes the socket that would free the write
     handler = EchoHandler(send_timeout=0.5, close_timeout=0.5, slow_consumer="drop")
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.graceful_timeout = 0.5
     shutdown = trio.Event()
-    with trio.fail_after(WAIT):
-        async with trio.open_nursery() as nursery:
-            serving = partial(
-                hypercorn_trio.serve, handler.asgi(), config, shutdown_trigger=shutdown.wait
-            )
-            port = int((await nursery.start(serving))[0].rsplit(":", 1)[1])
-            sock = trio.socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            await sock.connect(("127.0.0.1", port))
-            await sock.send(
-                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            )
+    async with hypercorn(handler.asgi(), shutdown, graceful_timeout=0.5) as port:
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", port))
+        await sock.send(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        with trio.fail_after(WAIT):
             while len(handler) == 0:
                 await trio.sleep(0.01)
             while handler.stats().send_timeouts == 0:  # it reads nothing: a send is held
@@ -840,8 +828,8 @@ async def test_hypercorn_stops_while_a_client_reads_nothing() -> None:
                 await trio.sleep(0.01)
             while len(handler):
                 await trio.sleep(0.01)
-            stopping = trio.current_time()
-            shutdown.set()
-        assert trio.current_time() - stopping < 3  # Hypercorn stopped all the same
-        sock.close()
+        stopping = trio.current_time()
+        shutdown.set()
+    assert trio.current_time() - stopping < 3  # Hypercorn stopped all the same
+    sock.close()
     assert [code for _, code in handler.closed] == [1013]
