@@ -19,7 +19,11 @@ from typing import Any
 
 import trio
 
-__all__ = ["Pipelines"]
+__all__ = ["Pipelines", "Stopping"]
+
+
+class Stopping(Exception):
+    """The backplane stopped before a lane's commands were sent."""
 
 
 class _Entry:
@@ -50,8 +54,11 @@ class Pipelines:
     async def send(self, build: Callable[[Any], Any]) -> Any:
         """Send ``build``'s commands in the next round; what ``build`` returned.
 
-        :raises Exception: one of ``errors``: the round failed.
+        :raises Exception: one of ``errors``: the round failed; :class:`Stopping`: the
+            backplane stopped first.
         """
+        if self._closed:
+            raise Stopping("the backplane is stopping")
         entry = _Entry(build)
         self._queued.append(entry)
         self._wake.set()
@@ -62,33 +69,43 @@ class Pipelines:
 
     async def run(self) -> None:
         """Send rounds until :meth:`close` (a task of the backplane, for as long as the
-        client)."""
-        while not self._closed:
-            if not self._queued:
-                self._wake = trio.Event()
-                await self._wake.wait()
-                continue
-            await trio.lowlevel.checkpoint()  # the lanes woken with the first one join it
-            batch, self._queued = self._queued, []
-            self._round = trio.Event()
-            try:
-                with trio.fail_after(self.timeout):
-                    # an error answer to one command fails that command only (a script on
-                    # a key someone changed the type of is not "Redis lost"); a connection
-                    # error still fails the round
-                    async with self.client.pipeline(
-                        transaction=False, raise_on_error=False
-                    ) as pipe:
-                        for entry in batch:
-                            entry.result = entry.build(pipe)
-            except self.errors as exc:
-                for entry in batch:
-                    entry.error = exc
-            finally:
-                self._round.set()
-            self.rounds += 1
-            for entry in batch:
+        client); what is still queued then fails with :class:`Stopping`."""
+        try:
+            while not self._closed:
+                if not self._queued:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                    continue
+                self._round = trio.Event()
+                try:
+                    await trio.lowlevel.checkpoint()  # the lanes woken with the first join it
+                    if self._closed:
+                        break
+                    await self._send_round()
+                finally:
+                    self._round.set()
+        finally:
+            queued, self._queued = self._queued, []
+            for entry in queued:
+                entry.error = Stopping("the backplane is stopping")
                 entry.done.set()
+
+    async def _send_round(self) -> None:
+        batch, self._queued = self._queued, []
+        try:
+            with trio.fail_after(self.timeout):
+                # an error answer to one command fails that command only (a script on a key
+                # someone changed the type of is not "Redis lost"); a connection error still
+                # fails the round
+                async with self.client.pipeline(transaction=False, raise_on_error=False) as pipe:
+                    for entry in batch:
+                        entry.result = entry.build(pipe)
+        except self.errors as exc:
+            for entry in batch:
+                entry.error = exc
+        self.rounds += 1
+        for entry in batch:
+            entry.done.set()
 
     async def close(self) -> None:
         """Send no more rounds; return once the one on its way has ended (the backplane is

@@ -32,6 +32,7 @@ import trio
 
 from ._backplane_core import BackplaneCore, BackplaneOptions
 from ._backplane_lane import Lane
+from ._backplane_pipeline import Stopping
 from ._backplane_subscription import SubscriptionLost
 from ._backplane_wire import text
 
@@ -46,6 +47,7 @@ FULL_READ_EVERY = 60
 #: whose time has passed, and return the live ones.  KEYS: the partition's sorted set of nodes,
 #: and this node's connection set (same slot: same hash tag).
 BEAT_SCRIPT = """
+redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 if ARGV[1] ~= '' then
@@ -66,6 +68,7 @@ def redis_errors() -> tuple[type[BaseException], ...]:
 
     return (
         SubscriptionLost,
+        Stopping,
         coredis.exceptions.RedisError,
         OSError,
         trio.TooSlowError,
