@@ -41,7 +41,7 @@ from ._backplane_lane import Lane
 from ._backplane_run import Address, BackplaneRun
 from ._backplane_wire import STORE, Envelope, Kind, Names
 from ._cluster_slots import parse_cluster_url, partition_tags
-from ._errors import WebSocketHandlerError
+from ._errors import WebSocketHandlerError, first_error
 from ._history import HistoryOptions
 from ._history_redis import READ_SCRIPT, Snapshot, decode_read, read_args
 from ._ids import new_connection_id
@@ -377,9 +377,8 @@ class RedisBackplane:
             with trio.fail_after(self.connect_timeout):
                 await self._clients.check(self.names.tags)
         except (Exception, trio.TooSlowError) as exc:
-            leaf: BaseException = exc
-            while isinstance(leaf, BaseExceptionGroup):  # coredis runs in a task group
-                leaf = leaf.exceptions[0]
+            # coredis runs in a task group
+            leaf = first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
             reason = str(leaf) or type(leaf).__name__
             raise BackplaneError(f"cannot reach Redis at {self.safe_url}: {reason}") from None
 

@@ -208,10 +208,7 @@ class BackplaneCore:
         shared = self.hub.shared if self.hub is not None else None
         if shared is not None:
             names = self.names
-            if len(self.lanes) == 1:
-                shared.resync()
-            else:
-                shared.resync(lambda topic: names.topic_partition(topic) == lane.partition)
+            shared.resync(lambda topic: names.topic_partition(topic) == lane.partition)
 
     def subscribed_topic(self, topic: str) -> bool:
         return self.topic_lane(topic).subscribed_channel(self.names.topic(topic))
@@ -228,9 +225,7 @@ class BackplaneCore:
         if lane is self.home:
             channels.append(names.node(self.node_id))
         assert self.hub is not None
-        topics = self.hub.followed_topics()
-        if len(self.lanes) > 1:
-            topics = [t for t in topics if names.topic_partition(t) == p]
+        topics = [t for t in self.hub.followed_topics() if names.topic_partition(t) == p]
         return channels + [names.topic(t) for t in topics]
 
     # ---------------------------------------------------------------- from other processes

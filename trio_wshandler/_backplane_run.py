@@ -25,6 +25,7 @@ from ._backplane_lane import Lane
 from ._backplane_pipeline import Pipelines
 from ._backplane_subscription import SharedSubscription
 from ._backplane_tasks import LaneTasks
+from ._backplane_wire import text
 from ._cluster_slots import key_slot
 from ._presence import redis_errors
 
@@ -41,15 +42,15 @@ def masters_by_partition(shards: Any, tags: Sequence[str], tls: bool = False) ->
     nodes' ``tls-port`` (a TLS-only node has no ``port``)."""
     ranges: list[tuple[int, int, Address]] = []
     for shard in shards:
-        shard = {_text(k): v for k, v in shard.items()}
+        shard = {text(k): v for k, v in shard.items()}
         master: Address = None
         for node in shard.get("nodes", ()):
-            node = {_text(k): v for k, v in node.items()}
+            node = {text(k): v for k, v in node.items()}
             port = node.get("tls-port") if tls else None
             port = port or node.get("port")
-            healthy = _text(node.get("health", "")) != "fail"
-            if _text(node.get("role", "")) == "master" and healthy and port:
-                master = (_text(node.get("endpoint") or node.get("ip")), int(port))
+            healthy = text(node.get("health", "")) != "fail"
+            if text(node.get("role", "")) == "master" and healthy and port:
+                master = (text(node.get("endpoint") or node.get("ip")), int(port))
         slots = shard.get("slots", [])
         for i in range(0, len(slots) - 1, 2):
             ranges.append((int(slots[i]), int(slots[i + 1]), master))
@@ -58,10 +59,6 @@ def masters_by_partition(shards: Any, tags: Sequence[str], tls: bool = False) ->
         slot = key_slot(tag)
         found.append(next((m for first, last, m in ranges if first <= slot <= last), None))
     return found
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @attrs.frozen

@@ -27,6 +27,9 @@ from typing import Any
 
 import trio
 
+from ._backplane_wire import text
+from ._errors import first_error
+
 __all__ = ["SUBSCRIBE_CHUNK", "LaneSubscription", "SharedSubscription", "SubscriptionLost"]
 
 #: Channels per SUBSCRIBE command (each command's acknowledgements are awaited together).
@@ -92,10 +95,7 @@ class SharedSubscription:
                     finally:
                         connection.invalidate()  # subscribed: never back to the pool
             except* self.errors as group:
-                leaf: BaseException = group
-                while isinstance(leaf, BaseExceptionGroup):
-                    leaf = leaf.exceptions[0]
-                self._error = leaf
+                self._error = first_error(group)
             finally:
                 self._connection = None
                 self._opened = trio.Event()
@@ -192,11 +192,11 @@ class SharedSubscription:
             async for push in connection.push_messages:
                 kind = push[0]
                 if kind in _MESSAGES:
-                    deliver = self._routes.get(_text(push[1]))
+                    deliver = self._routes.get(text(push[1]))
                     if deliver is not None:
                         deliver(push[2])
                     continue
-                channel = _text(push[1])
+                channel = text(push[1])
                 key = (kind in _SUBSCRIBED, channel)
                 waiting = self._expected.get(key)
                 if waiting:
@@ -290,7 +290,3 @@ async def _first_of(*events: trio.Event) -> None:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(wait)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

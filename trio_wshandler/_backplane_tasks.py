@@ -42,6 +42,7 @@ from ._backplane_wire import (
     envelope_of,
     refusal,
 )
+from ._errors import first_error
 from ._history_redis import (
     PUBLISH_SCRIPT,
     PUBLISH_SHA,
@@ -51,15 +52,7 @@ from ._history_redis import (
 )
 from ._presence import Presence, redis_errors
 
-__all__ = ["LaneTasks", "first_error"]
-
-
-def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first exception at the bottom of a group (to say what went wrong)."""
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
+__all__ = ["LaneTasks"]
 
 
 class LaneTasks:

@@ -12,6 +12,7 @@ compresses, the frame once for its own clients (``_fanout.py``), exactly as for 
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import attrs
 
@@ -122,9 +123,10 @@ def refusal(envelope: Envelope) -> str | None:
     return None
 
 
-def text(value: str | bytes) -> str:
-    """A Redis reply as text (the client is made with ``decode_responses=False``)."""
-    return value.decode() if isinstance(value, bytes) else value
+def text(value: Any) -> str:
+    """A Redis reply (or a part of one) as text: the clients are made with
+    ``decode_responses=False``."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @attrs.frozen

@@ -33,3 +33,12 @@ class AuthenticationError(WebSocketHandlerError):
 
     Any *other* exception from an authenticator is a bug in it and gives a 500.
     """
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception at the bottom of a group (to say what went wrong: coredis and our
+    tasks run in nurseries, which raise groups)."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

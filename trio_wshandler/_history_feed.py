@@ -244,12 +244,12 @@ class SharedHistory:
 
     # ---------------------------------------------------------------- repairs
 
-    def resync(self, which: Callable[[str], bool] | None = None) -> None:
+    def resync(self, which: Callable[[str], bool]) -> None:
         """A pub/sub connection was opened again: what was published meanwhile may be
-        missing here; check every feed (or those of the topics ``which`` says, the ones of
-        one partition of a cluster) against Redis."""
+        missing here; check the feeds of the topics ``which`` says (those of the partition
+        whose subscription it is; every topic with one Redis) against Redis."""
         for topic, feed in self.feeds.items():
-            if feed.mirror is not None and (which is None or which(topic)):
+            if feed.mirror is not None and which(topic):
                 self._repair(topic)
 
     def _repair(self, topic: str) -> None:

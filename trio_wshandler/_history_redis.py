@@ -36,6 +36,7 @@ from typing import Any
 
 import attrs
 
+from ._backplane_wire import text
 from ._history import HistoryOptions, Position, new_epoch
 
 __all__ = [
@@ -158,25 +159,21 @@ class Snapshot:
         return self.entries[0].offset if self.entries else self.position.offset + 1
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def decode_read(reply: Any, ttl: float) -> Snapshot:
     """A :data:`READ_SCRIPT` reply as a :class:`Snapshot`: entries older than ``ttl`` are
     dropped from the front (gone, as in the in-memory ring); the rest must be consecutive
     offsets ending at the position, or none is kept (a hole means they are not all there)."""
     epoch, offset, now_ms, raw = reply
-    position = Position(int(offset), _text(epoch))
+    position = Position(int(offset), text(epoch))
     now_ms = int(now_ms)
     cutoff = now_ms - ttl * 1000
     entries: list[Entry] = []
     for entry_id, fields in raw:
         values = dict(zip(fields[::2], fields[1::2], strict=True))
-        values = {_text(k): v for k, v in values.items()}
+        values = {text(k): v for k, v in values.items()}
         entries.append(
             Entry(
-                int(_text(entry_id).partition("-")[0]),
+                int(text(entry_id).partition("-")[0]),
                 int(values["k"]),
                 bytes(values["d"]),
                 int(values["t"]),
