@@ -138,8 +138,10 @@ async def raw_subscriber(url: str, topics: int, partitions: int, count: int) -> 
     channels = channels_of(url, topics, partitions)
     got = 0
     if url.startswith("redis+cluster"):
-        host, port = url.split("://")[1].split(",")[0].split(":")
-        client: Any = coredis.RedisCluster(host, int(port), decode_responses=False)
+        from trio_wshandler._cluster_slots import parse_cluster_url
+
+        host, port = parse_cluster_url(url).nodes[0]
+        client: Any = coredis.RedisCluster(host, port, decode_responses=False)
         pubsub = client.sharded_pubsub(ignore_subscribe_messages=True)
     else:
         client = coredis.Redis.from_url(url, decode_responses=False)
@@ -160,22 +162,19 @@ async def raw_publisher(url: str, topics: int, partitions: int, count: int, size
     cluster: one plain client per master, as the backplane's links)."""
     import coredis
 
-    from trio_wshandler._cluster_slots import key_slot
+    from trio_wshandler._backplane_run import masters_by_partition
+    from trio_wshandler._cluster_slots import parse_cluster_url
 
     channels = channels_of(url, topics, partitions)
     payload = b"x" * size
     cluster = url.startswith("redis+cluster")
     if cluster:
-        host, port = url.split("://")[1].split(",")[0].split(":")
-        async with coredis.Redis(host=host, port=int(port)) as probe:
+        host, port = parse_cluster_url(url).nodes[0]
+        async with coredis.Redis(host=host, port=port) as probe:
             shards = await probe.cluster_shards()
-        ranges = []
-        for shard in shards:
-            master = next(n for n in shard[b"nodes"] if n[b"role"] == b"master")
-            slots = shard[b"slots"]
-            for i in range(0, len(slots), 2):
-                ranges.append((slots[i], slots[i + 1], int(master[b"port"])))
-        port_of = {c: next(p for a, b, p in ranges if a <= key_slot(c) <= b) for c in channels}
+        # a channel's hash tag is its slot: the master of each channel
+        masters = masters_by_partition(shards, channels)
+        port_of = {c: m[1] for c, m in zip(channels, masters, strict=True) if m is not None}
         ports = sorted(set(port_of.values()))
     else:
         port_of = dict.fromkeys(channels, 0)
@@ -214,31 +213,25 @@ async def raw_publisher(url: str, topics: int, partitions: int, count: int, size
 # ------------------------------------------------------------------ the parent
 
 
-def run_setup(
-    url: str, redis_pids: dict[str, int], args: argparse.Namespace, prefix: str
-) -> dict[str, Any]:
-    procs = [
+def spawn(count: int, *argv: object) -> list[subprocess.Popen[str]]:
+    """``count`` processes of this script with ``argv`` (stdin and stdout piped, text)."""
+    return [
         subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--node",
-                url,
-                prefix,
-                str(args.topics),
-                str(args.rate),
-                str(args.seconds),
-                str(args.size),
-                str(args.partitions),
-                str(args.tick),
-            ],
+            [sys.executable, __file__, *map(str, argv)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
-        for _ in range(args.processes)
+        for _ in range(count)
     ]
+
+
+def run_setup(
+    url: str, redis_pids: dict[str, int], args: argparse.Namespace, prefix: str
+) -> dict[str, Any]:
+    node_args = [url, prefix, args.topics, args.rate, args.seconds, args.size, args.partitions]
+    procs = spawn(args.processes, "--node", *node_args, args.tick)
     try:
         for proc in procs:
             assert proc.stdout is not None
@@ -278,23 +271,7 @@ def run_raw(
     url: str, redis_pids: dict[str, int], args: argparse.Namespace, count: int
 ) -> dict[str, Any]:
     """Redis alone: ``--processes`` coredis subscribers, one publisher with pipelines of 512."""
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--raw-sub",
-                url,
-                str(args.topics),
-                str(args.partitions),
-                str(count),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        for _ in range(args.processes)
-    ]
+    procs = spawn(args.processes, "--raw-sub", url, args.topics, args.partitions, count)
     try:
         for proc in procs:
             assert proc.stdout is not None

@@ -17,14 +17,22 @@ import trio
 from websockets.exceptions import ConnectionClosed
 from websockets.trio.client import connect
 
-from trio_wshandler import HistoryOptions, RedisBackplane
+from trio_wshandler import RedisBackplane
 from trio_wshandler._backplane_wire import Names
 from trio_wshandler._cluster_slots import key_slot, partition_tags
 
 from .conftest import RecordingHandler, wait_for, ws_url
 from .redis_cluster import RedisCluster, cluster_binaries
-from .test_backplane import Client, client, eventually, nodes
-from .test_history_redis import nothing_more, position, receive, serving
+from .test_backplane import (
+    Client,
+    _count_is,
+    _sent_one,
+    _subscribed,
+    client,
+    eventually,
+    nodes,
+)
+from .test_history_redis import ROOM, node, nothing_more, position, receive, serving
 
 pytest.importorskip("coredis", reason="the backplane needs coredis (pip install .[redis])")
 
@@ -146,26 +154,25 @@ async def test_each_master_holds_its_partitions_channels(cluster: RedisCluster) 
                     assert any(first <= slot <= last for first, last in ranges), channel
 
 
-def history_node(cluster: RedisCluster, prefix: str, topic: str) -> RecordingHandler:
-    """A handler (a node of its own) with a history for ``topic``, on the cluster."""
-    backplane = RedisBackplane(
-        cluster.url, prefix=prefix, heartbeat=0.1, presence_ttl=1.0, command_timeout=0.5
-    )
-    return RecordingHandler(history={topic: HistoryOptions(size=100, ttl=60)}, backplane=backplane)
+async def three_published(
+    a: RecordingHandler, b: RecordingHandler, ws: Any, topic: str
+) -> list[dict[str, Any]]:
+    """``ws``, b's only client, subscribes to ``topic``; a publishes m0-m2; what ws gets."""
+    [conn] = await b.wait_connections(1)
+    await conn.subscribe_from(topic)
+    for i in range(3):
+        a.publish(topic, f"m{i}")
+    return await receive(ws, 3)
 
 
 async def test_history_is_recovered_through_a_cluster(cluster: RedisCluster) -> None:
     """Publications numbered on the topic's shard (one slot: hash, stream and channel) are
     recovered by a client of another node."""
     topic = topics_by_master(cluster, "hist")[next(iter(cluster.slots_of()))][0]
-    a, b = history_node(cluster, "hist", topic), history_node(cluster, "hist", topic)
+    a, b = node(cluster, "hist", **{topic: ROOM}), node(cluster, "hist", **{topic: ROOM})
     async with serving(a, b) as (_, server_b):
         async with connect(ws_url(server_b)) as ws:
-            [conn] = await b.wait_connections(1)
-            await conn.subscribe_from(topic)
-            for i in range(3):
-                a.publish(topic, f"m{i}")
-            got = await receive(ws, 3)
+            got = await three_published(a, b, ws, topic)
             assert [e["data"] for e in got] == ["m0", "m1", "m2"]
             last = got[-1]
         for i in range(3, 6):
@@ -240,14 +247,10 @@ async def test_a_topics_history_through_a_failover(own_cluster: RedisCluster) ->
     victim = sorted(cluster.slots_of())[0]
     topic = topics_by_master(cluster, "hf")[victim][0]
     slot = key_slot(Names("hf", partition_tags(PARTITIONS)).topic(topic))
-    a, b = history_node(cluster, "hf", topic), history_node(cluster, "hf", topic)
+    a, b = node(cluster, "hf", **{topic: ROOM}), node(cluster, "hf", **{topic: ROOM})
     async with serving(a, b) as (_, server_b):
         async with connect(ws_url(server_b)) as ws:
-            [conn] = await b.wait_connections(1)
-            await conn.subscribe_from(topic)
-            for i in range(3):
-                a.publish(topic, f"m{i}")
-            before = await receive(ws, 3)
+            before = await three_published(a, b, ws, topic)
             epoch = before[-1]["epoch"]
             await trio.to_thread.run_sync(cluster.kill, victim)
             await trio.to_thread.run_sync(cluster.wait_master_replaced, slot, victim)
@@ -273,25 +276,6 @@ async def test_a_topics_history_through_a_failover(own_cluster: RedisCluster) ->
 def _victim(spread: dict[int, list[str]]) -> tuple[int, list[int]]:
     ports = sorted(spread)
     return ports[0], ports[1:]
-
-
-async def _count_is(asker: Client, expected: str) -> bool:
-    return await asker.ask("count", "count:") == expected
-
-
-async def _subscribed(asker: Client, topic: str) -> bool:
-    return await asker.ask(f"subscribed:{topic}", "subscribed:") == "True"
-
-
-async def _sent_one(sender: Client, receiver: Client, text: str) -> bool:
-    answer = await sender.ask(f"one:{receiver.id}:{text}", "one:")
-    if answer != "ok":
-        return False
-    with trio.move_on_after(0.5):
-        while await receiver.recv() != text:
-            pass
-        return True
-    return False
 
 
 async def _crossed(sender: Client, receiver: Client, topic: str) -> bool:

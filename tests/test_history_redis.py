@@ -26,12 +26,17 @@ from trio_wshandler._history_feed import GAP_CLOSE
 from trio_wshandler.codec import encode_data
 
 from .conftest import TIMEOUT, RawClient, RecordingHandler, wait_for, ws_url
+from .redis_cluster import RedisCluster
 from .redis_server import RedisServer
 
 ROOM = HistoryOptions(size=100, ttl=60)
 
 
-def node(redis: RedisServer, prefix: str = "h", **history: HistoryOptions) -> RecordingHandler:
+def node(
+    redis: RedisServer | RedisCluster, prefix: str = "h", **history: HistoryOptions
+) -> RecordingHandler:
+    """A handler (a node of its own) with a backplane on ``redis`` (one Redis or a cluster)
+    and a history for each topic of ``history`` (``room`` unless given)."""
     backplane = RedisBackplane(
         redis.url, prefix=prefix, heartbeat=0.1, presence_ttl=1.0, command_timeout=0.5
     )
